@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Remove every partition: scripts/faults/heal.sh
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+[[ "${KIND:-local}" == netns ]] || skipped "no partitions on a loopback cluster"
+for ((id = 1; id <= NODES; id++)); do
+    # shellcheck disable=SC1090
+    ns=$(source "$cluster_dir/node-$id.env" && echo "$NETNS")
+    ip netns exec "$ns" iptables -F QKV-PARTITION
+done
+installed "healed all partitions"

@@ -1,0 +1,74 @@
+# Shared by the fault scripts: finds the cluster, resolves node names, reports outcomes.
+# A fault script prints one line and exits 0 when the fault was installed, 3 when it could not
+# apply here (skipped), 1 on error. It only signals processes listed in the cluster's PID files.
+
+repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+if [[ -n "${QUORUMKV_CLUSTER_DIR:-}" ]]; then
+    cluster_dir="$QUORUMKV_CLUSTER_DIR"
+elif [[ -f "$repo_dir/.quorumkv-netns/cluster.env" ]]; then
+    cluster_dir="$repo_dir/.quorumkv-netns"
+else
+    cluster_dir="$repo_dir/.quorumkv"
+fi
+if [[ ! -f "$cluster_dir/cluster.env" ]]; then
+    echo "error: no cluster at $cluster_dir (start one, or set QUORUMKV_CLUSTER_DIR)" >&2
+    exit 1
+fi
+# shellcheck disable=SC1091
+source "$cluster_dir/cluster.env"
+
+installed() { echo "installed: $*"; exit 0; }
+skipped() { echo "skipped: $*"; exit 3; }
+
+node_pid() {
+    local pid_file="$cluster_dir/node-$1.pid"
+    [[ -f "$pid_file" ]] || return 1
+    local pid
+    pid=$(cat "$pid_file")
+    # Right after start the process is still `bash node-N.cmd`; then it execs quorumkv.
+    grep -qaE "quorumkv|node-$1.cmd" "/proc/$pid/cmdline" 2>/dev/null || return 1
+    # The PID file may name the `ip netns exec` wrapper's successor: it execs, so it is the node.
+    echo "$pid"
+}
+
+client_addr() {
+    # shellcheck disable=SC1090
+    (source "$cluster_dir/node-$1.env" && echo "$CLIENT_ADDR")
+}
+
+current_leader() {
+    local id leader
+    for ((id = 1; id <= NODES; id++)); do
+        node_pid "$id" >/dev/null || continue
+        [[ -f "$cluster_dir/node-$id.paused" ]] && continue
+        leader=$(curl -sf --max-time 1 "$(client_addr "$id")/v1/cluster" | grep -o '"leader_id":[0-9]*' | cut -d: -f2 || true)
+        if [[ -n "$leader" ]]; then
+            echo "$leader"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Resolves "all" to every node id, else one node as resolve_node does.
+resolve_targets() {
+    if [[ "$1" == all ]]; then seq 1 "$NODES"; else resolve_node "$1"; fi
+}
+
+# Resolves "leader" or a node id to a node id.
+resolve_node() {
+    case "$1" in
+        leader) current_leader || { echo "error: no leader known" >&2; exit 1; } ;;
+        [0-9]*)
+            if (($1 < 1 || $1 > NODES)); then
+                echo "error: node $1 is not in 1..$NODES" >&2
+                exit 1
+            fi
+            echo "$1"
+            ;;
+        *)
+            echo "error: expected a node id or 'leader', got '$1'" >&2
+            exit 1
+            ;;
+    esac
+}

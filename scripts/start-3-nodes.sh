@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Starts a local 3-node quorumkv cluster on loopback, or restarts whichever of its nodes are
+# not running. Idempotent: run it again after killing a node and that node comes back.
+#
+#   client API: 127.0.0.1:8081..8083    peer (Raft): 127.0.0.1:9081..9083
+#   state:      $QUORUMKV_STATE_DIR (default ./.quorumkv): node-N/ data, node-N.log, node-N.pid
+#
+# Stop it with scripts/stop-3-nodes.sh.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+state_dir="${QUORUMKV_STATE_DIR:-$PWD/.quorumkv}"
+binary="$PWD/target/debug/quorumkv"
+initial_cluster="1=127.0.0.1:9081,2=127.0.0.1:9082,3=127.0.0.1:9083"
+leader_deadline_seconds=60
+
+echo "building quorumkv (the first build compiles RocksDB: about 10 minutes on 2 cores)..."
+cargo build --quiet --bin quorumkv
+
+mkdir -p "$state_dir"
+
+is_running() {
+    local pid_file="$state_dir/node-$1.pid"
+    # Right after start the process is still `bash node-N.cmd`; then it execs quorumkv.
+    [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null \
+        && grep -qaE "quorumkv|node-$1.cmd" "/proc/$(cat "$pid_file")/cmdline" 2>/dev/null
+}
+
+# The layout scripts/faults/* read: cluster.env, node-N.env, node-N.cmd.
+printf 'NODES=3\nKIND=local\n' >"$state_dir/cluster.env"
+for id in 1 2 3; do
+    printf 'CLIENT_ADDR=127.0.0.1:808%s\nPEER_ADDR=127.0.0.1:908%s\n' "$id" "$id" >"$state_dir/node-$id.env"
+    cat >"$state_dir/node-$id.cmd" <<CMD
+exec $binary serve --id $id --data-dir $state_dir/node-$id \
+  --client-addr 127.0.0.1:808$id --peer-addr 127.0.0.1:908$id --initial-cluster $initial_cluster
+CMD
+    if is_running "$id"; then
+        echo "node $id already running (pid $(cat "$state_dir/node-$id.pid"))"
+        continue
+    fi
+    setsid bash "$state_dir/node-$id.cmd" >>"$state_dir/node-$id.log" 2>&1 </dev/null &
+    echo $! >"$state_dir/node-$id.pid"
+    echo "started node $id (pid $!), log: $state_dir/node-$id.log"
+done
+
+echo "waiting for a leader..."
+deadline=$((SECONDS + leader_deadline_seconds))
+leader=""
+while [[ -z "$leader" ]]; do
+    if ((SECONDS > deadline)); then
+        echo "no leader after ${leader_deadline_seconds}s; see the logs in $state_dir" >&2
+        exit 1
+    fi
+    for id in 1 2 3; do
+        if ! is_running "$id"; then
+            echo "node $id exited; last log lines:" >&2
+            tail -n 5 "$state_dir/node-$id.log" >&2
+            exit 1
+        fi
+    done
+    leader=$(curl -sf "127.0.0.1:8081/v1/cluster" 2>/dev/null | grep -o '"leader_id":[0-9]*' | cut -d: -f2 || true)
+    [[ -n "$leader" ]] || sleep 0.2
+done
+
+cat <<USAGE
+cluster is up: leader is node $leader (pid $(cat "$state_dir/node-$leader.pid"))
+
+  curl -X PUT localhost:8081/v1/kv/greeting -d hello
+  curl localhost:8082/v1/kv/greeting
+  curl localhost:8083/v1/cluster
+  $binary get greeting
+
+  kill -9 \$(cat $state_dir/node-$leader.pid)    # kill the leader; the others elect a new one
+  scripts/start-3-nodes.sh                        # restart whatever is not running
+  scripts/stop-3-nodes.sh                         # stop all three (SIGTERM, graceful)
+USAGE

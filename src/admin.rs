@@ -1,0 +1,214 @@
+//! Membership and leadership changes, run on the leader and reachable from any node.
+//!
+//! openraft serializes membership changes itself: a second change while one is in flight is
+//! refused, reported as 503 (retry shortly). On top of that quorumkv refuses changes that would hurt availability or safety:
+//! re-adding a live voter's id as a learner, promoting a learner that has not caught up, and
+//! removing a voter when the remaining voters would not include a healthy majority.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::error::ChangeMembershipError;
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use openraft::ChangeMembers;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::limits;
+use crate::network::CallError;
+use crate::node::matched_index;
+use crate::node::Node;
+use crate::types::Member;
+use crate::types::NodeId;
+
+/// A cluster administration request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminCommand {
+    /// Add a node as a non-voting learner that receives the log (and snapshots).
+    AddLearner { id: NodeId, peer_addr: String },
+    /// Make a caught-up learner a voter.
+    Promote { id: NodeId },
+    /// Remove a voter or learner from the cluster.
+    Remove { id: NodeId },
+    /// Hand leadership to the given voter.
+    TransferLeader { to: NodeId },
+}
+
+impl Node {
+    /// Runs an administration request from any node: on the leader, or forwarded to it.
+    pub async fn admin(&self, command: AdminCommand) -> Result<(), Error> {
+        for _ in 0..3 {
+            let leader = self.leader_or_wait().await?;
+            if leader == self.id() {
+                match self.admin_as_leader(command.clone()).await {
+                    Err(Error::NoLeader { .. }) => {
+                        self.wait_leader_change(leader).await;
+                        continue;
+                    }
+                    other => return other,
+                }
+            }
+            let peer = self.peer_client(leader)?;
+            let timeout = self.config().write_timeout() + Duration::from_secs(1);
+            let answer: Result<Result<(), Error>, CallError> = peer.call("/internal/admin", &command, timeout).await;
+            match answer {
+                Ok(Err(Error::NoLeader { .. })) => self.wait_leader_change(leader).await,
+                Ok(result) => return result,
+                Err(error) if error.is_definite() => self.wait_leader_change(leader).await,
+                Err(error) => return Err(Error::OutcomeUnknown(error.to_string())),
+            }
+        }
+        Err(Error::NoLeader { last_known_leader: None })
+    }
+
+    /// Runs an administration request on this node, which must be the leader.
+    pub async fn admin_as_leader(&self, command: AdminCommand) -> Result<(), Error> {
+        let metrics = self.metrics();
+        if metrics.current_leader != Some(self.id()) {
+            return Err(Error::NoLeader { last_known_leader: metrics.current_leader });
+        }
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let is_member = |id: NodeId| membership.get_node(&id).is_some();
+        let last_log_index = metrics.last_log_index.unwrap_or(0);
+        let lag_of = |id: NodeId| {
+            if id == self.id() {
+                return 0;
+            }
+            last_log_index.saturating_sub(matched_index(&metrics, id))
+        };
+        let changes: ChangeMembers<NodeId, Member> = match command {
+            AdminCommand::AddLearner { id, peer_addr } => {
+                if voters.contains(&id) {
+                    return Err(Error::Conflict(format!(
+                        "node {id} is a voter; a node that lost its data must be removed \
+                         (quorumkv cluster remove {id}) before it joins again"
+                    )));
+                }
+                if membership.get_node(&id).is_some_and(|m| m.peer_addr == peer_addr) {
+                    return Ok(());
+                }
+                let timeout = self.config().write_timeout();
+                let added = tokio::time::timeout(timeout, self.raft().add_learner(id, Member { peer_addr }, false));
+                return map_change(added.await);
+            }
+            AdminCommand::Promote { id } => {
+                if !is_member(id) {
+                    return Err(Error::MemberNotFound(id));
+                }
+                if voters.contains(&id) {
+                    return Ok(());
+                }
+                let lag = lag_of(id);
+                if lag > limits::MAX_PROMOTION_LAG_ENTRIES {
+                    return Err(Error::Conflict(format!(
+                        "node {id} is {lag} entries behind; promote it once caught up"
+                    )));
+                }
+                ChangeMembers::AddVoterIds(BTreeSet::from([id]))
+            }
+            AdminCommand::Remove { id } => {
+                if !is_member(id) {
+                    return Err(Error::MemberNotFound(id));
+                }
+                if voters.contains(&id) {
+                    let remaining: Vec<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+                    if remaining.is_empty() {
+                        return Err(Error::Conflict(format!("node {id} is the last voter")));
+                    }
+                    let healthy = remaining.iter().filter(|v| lag_of(**v) <= limits::MAX_HEALTHY_LAG_ENTRIES).count();
+                    let quorum = remaining.len() / 2 + 1;
+                    if healthy < quorum {
+                        return Err(Error::Conflict(format!(
+                            "removing node {id} would leave {healthy} healthy of {} voters, fewer than the \
+                             quorum of {quorum}",
+                            remaining.len()
+                        )));
+                    }
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                }
+            }
+            AdminCommand::TransferLeader { to } => return self.transfer_leadership(to, &voters).await,
+        };
+        let timeout = self.config().write_timeout();
+        // retain = false: a removed voter leaves the cluster entirely rather than as a learner.
+        let changed = tokio::time::timeout(timeout, self.raft().change_membership(changes, false));
+        map_change(changed.await)
+    }
+
+    /// With `--join` and auto-promotion: asks for promotion until the leader finds this
+    /// learner caught up. Stops when it is a voter, was removed, or the node shuts down.
+    pub async fn promote_self_when_caught_up(&self) {
+        for _ in 0..limits::PROMOTE_ATTEMPTS {
+            if self.is_shutting_down() {
+                return;
+            }
+            let metrics = self.metrics();
+            let membership = metrics.membership_config.membership();
+            if membership.voter_ids().any(|v| v == self.id()) {
+                return;
+            }
+            if membership.get_node(&self.id()).is_some() {
+                match self.admin(AdminCommand::Promote { id: self.id() }).await {
+                    Ok(()) => {
+                        tracing::info!("promoted to voter");
+                        return;
+                    }
+                    Err(Error::MemberNotFound(_)) => return,
+                    Err(error) => tracing::debug!(%error, "not promoted yet"),
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tracing::warn!("gave up asking for promotion; promote with `quorumkv cluster promote {}`", self.id());
+    }
+
+    async fn transfer_leadership(&self, to: NodeId, voters: &BTreeSet<NodeId>) -> Result<(), Error> {
+        if !voters.contains(&to) {
+            return Err(Error::Conflict(format!("node {to} is not a voter")));
+        }
+        if to == self.id() {
+            return Ok(());
+        }
+        self.raft().trigger().transfer_leader(to).await.map_err(|e| Error::Unavailable(e.to_string()))?;
+        let moved = self
+            .raft()
+            .wait(Some(Duration::from_millis(limits::LEADER_TRANSFER_WAIT_MS)))
+            .metrics(|m| m.current_leader == Some(to), "leadership moved to the target")
+            .await;
+        moved.map(|_| ()).map_err(|_| Error::Unavailable(format!("leadership did not move to node {to} in time")))
+    }
+}
+
+type ChangeResult = Result<
+    Result<
+        openraft::raft::ClientWriteResponse<crate::types::TypeConfig>,
+        RaftError<crate::types::TypeConfig, ClientWriteError<crate::types::TypeConfig>>,
+    >,
+    tokio::time::error::Elapsed,
+>;
+
+/// Translates a membership change's outcome at the boundary.
+fn map_change(result: ChangeResult) -> Result<(), Error> {
+    match result {
+        Err(_) => Err(Error::OutcomeUnknown("the membership change was not committed in time".into())),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+            Err(Error::NoLeader { last_known_leader: forward.leader_id })
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(e))))) => {
+            // Transient: the next attempt succeeds once the change in flight commits.
+            Err(Error::Unavailable(format!("another membership change is in progress: {e}")))
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => Err(Error::Conflict(e.to_string())),
+        Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+            Err(Error::OutcomeUnknown("leadership changed before the membership change was committed".into()))
+        }
+        Ok(Err(RaftError::APIError(other))) => Err(Error::Internal(other.to_string())),
+        Ok(Err(RaftError::Fatal(fatal))) => Err(Error::OutcomeUnknown(format!("raft stopped: {fatal}"))),
+    }
+}

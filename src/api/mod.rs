@@ -1,0 +1,87 @@
+//! The client HTTP API on `--client-addr`. Handlers validate input, call [`Node`], and map
+//! results to HTTP; they never touch storage or Raft directly.
+
+mod cluster;
+mod kv;
+
+use std::sync::Arc;
+
+use axum::http::header;
+use axum::http::HeaderValue;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Json;
+use axum::Router;
+use serde_json::json;
+
+use crate::error::Error;
+use crate::node::Node;
+
+/// The router served on `--client-addr`.
+pub fn client_router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/kv", get(kv::list))
+        .route("/v1/kv/", get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key))
+        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/cluster", get(cluster::status))
+        .route("/v1/cluster/members", get(cluster::members))
+        .route("/v1/cluster/members/{id}", axum::routing::delete(cluster::remove))
+        .route("/v1/cluster/learners", axum::routing::post(cluster::add_learner))
+        .route("/v1/cluster/voters", axum::routing::post(cluster::promote))
+        .route("/v1/cluster/leader", axum::routing::post(cluster::transfer_leader))
+        .route("/health", get(cluster::health))
+        .route("/ready", get(cluster::ready))
+        .route("/metrics", get(cluster::metrics))
+        .route("/v1/backup", get(cluster::backup))
+        .route_layer(axum::middleware::from_fn_with_state(node.clone(), record_request))
+        .fallback(|| async { error_response(Error::RouteNotFound) })
+        .method_not_allowed_fallback(|| async {
+            let error = Error::InvalidParameter("method not allowed for this path".into());
+            let mut response = error_response(error);
+            *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            response
+        })
+        .layer(tower::limit::ConcurrencyLimitLayer::new(crate::limits::MAX_CONCURRENT_CLIENT_REQUESTS))
+        .with_state(node)
+}
+
+/// Counts every routed request by its route pattern (not the raw path, to bound cardinality),
+/// method and status, and records its latency.
+async fn record_request(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let method = request.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    node.telemetry().observe_request(&route, &method, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// The error half of the one table: status from [`Error::status`], a JSON body
+/// `{"error", "message", "outcome"}` plus any details, and `Retry-After` when retrying helps.
+pub fn error_response(error: Error) -> Response {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut body = json!({
+        "error": error.code(),
+        "message": error.to_string(),
+        "outcome": error.outcome(),
+    });
+    match &error {
+        Error::PreconditionFailed { current_revision } => body["current_revision"] = json!(current_revision),
+        Error::NoLeader { last_known_leader } => body["last_known_leader"] = json!(last_known_leader),
+        _ => {}
+    }
+    let mut response = (status, Json(body)).into_response();
+    if let Some(seconds) = error.retry_after_seconds() {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}

@@ -1,0 +1,706 @@
+//! One run: cluster up, workload and nemesis, durability phase, check, report, cluster down.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::checker;
+use crate::history::OpKind;
+use crate::history::Operation;
+use crate::history::Status;
+use crate::ClusterKind;
+use crate::Nemesis;
+use crate::Options;
+use crate::Workload;
+
+/// A client request that has not answered in this time is recorded as `info` (unknown):
+/// longer than the server's leader wait (2 s) plus a forwarded write's timeout (6 s), so the
+/// server's own 503 or 504 normally arrives first.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(12);
+/// How long the cluster may take to elect a leader after healing or a full restart.
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(60);
+/// Pause after a failed operation, so a client of a dead node does not spin.
+const FAILURE_BACKOFF: Duration = Duration::from_millis(50);
+/// Cap on operations per client, so a run's history (and the checker's work) stays bounded.
+const MAX_OPS_PER_CLIENT: usize = 20_000;
+
+type History = Arc<Mutex<Vec<Operation>>>;
+
+struct Cluster {
+    kind: ClusterKind,
+    dir: PathBuf,
+    repo: PathBuf,
+    nodes: u64,
+    endpoints: Vec<String>,
+}
+
+impl Cluster {
+    fn script(&self, name: &str, args: &[&str]) -> Result<String, String> {
+        let output = Command::new(self.repo.join("scripts").join(name))
+            .args(args)
+            .env("QUORUMKV_CLUSTER_DIR", &self.dir)
+            .env("QUORUMKV_NETNS_STATE_DIR", &self.dir)
+            .env("QUORUMKV_STATE_DIR", &self.dir)
+            .output()
+            .map_err(|e| format!("{name}: {e}"))?;
+        let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        match output.status.code() {
+            Some(0) | Some(3) => Ok(text),
+            _ => Err(format!("{name} {args:?}: {text} {}", String::from_utf8_lossy(&output.stderr).trim())),
+        }
+    }
+
+    fn up(options: &Options, dir: &Path, repo: &Path) -> Result<Cluster, String> {
+        let nodes = if options.cluster == ClusterKind::Local { 3 } else { options.nodes };
+        let mut cluster = Cluster {
+            kind: options.cluster,
+            dir: dir.to_path_buf(),
+            repo: repo.to_path_buf(),
+            nodes,
+            endpoints: vec![],
+        };
+        match options.cluster {
+            ClusterKind::Netns => cluster.script("netns-cluster.sh", &["up", &nodes.to_string()])?,
+            ClusterKind::Local => cluster.script("start-3-nodes.sh", &[])?,
+        };
+        for id in 1..=nodes {
+            let env = std::fs::read_to_string(dir.join(format!("node-{id}.env"))).map_err(|e| e.to_string())?;
+            let addr = env
+                .lines()
+                .find_map(|line| line.strip_prefix("CLIENT_ADDR="))
+                .ok_or_else(|| format!("node {id} has no CLIENT_ADDR"))?;
+            cluster.endpoints.push(format!("http://{addr}"));
+        }
+        Ok(cluster)
+    }
+
+    fn down(&self) {
+        let result = match self.kind {
+            ClusterKind::Netns => self.script("netns-cluster.sh", &["down"]),
+            ClusterKind::Local => self.script("stop-3-nodes.sh", &[]),
+        };
+        if let Err(error) = result {
+            eprintln!("warning: cluster teardown: {error}");
+        }
+    }
+
+    fn fault(&self, log: &mut std::fs::File, start: Instant, script: &str, args: &[&str]) {
+        let outcome = self.script(script, args).unwrap_or_else(|e| format!("error: {e}"));
+        let _ = writeln!(log, "{:>8.3}s {script} {} -> {outcome}", start.elapsed().as_secs_f64(), args.join(" "));
+    }
+
+    fn heal_all(&self, log: &mut std::fs::File, start: Instant) {
+        self.fault(log, start, "faults/heal.sh", &[]);
+        self.fault(log, start, "faults/resume.sh", &["all"]);
+        self.fault(log, start, "faults/restart.sh", &["all"]);
+    }
+
+    /// Sends a cluster administration request to the first node that answers; returns the
+    /// status and body.
+    async fn admin(
+        &self,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Option<(u16, String)> {
+        for endpoint in &self.endpoints {
+            let mut request = http.request(method.clone(), format!("{endpoint}{path}"));
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            if let Ok(response) = request.send().await {
+                let status = response.status().as_u16();
+                return Some((status, response.text().await.unwrap_or_default()));
+            }
+        }
+        None
+    }
+
+    /// Membership nemesis: removes a random voter that is not the leader.
+    async fn remove_member(
+        &self,
+        http: &reqwest::Client,
+        rng: &mut fastrand::Rng,
+        log: &mut std::fs::File,
+        start: Instant,
+    ) -> Option<u64> {
+        let status = self.admin(http, reqwest::Method::GET, "/v1/cluster", None).await?;
+        let status: serde_json::Value = serde_json::from_str(&status.1).ok()?;
+        let leader = status["leader_id"].as_u64()?;
+        let mut followers: Vec<u64> = status["members"]
+            .as_array()?
+            .iter()
+            .filter(|m| m["voter"] == true)
+            .filter_map(|m| m["id"].as_u64())
+            .filter(|id| *id != leader)
+            .collect();
+        followers.sort_unstable();
+        let id = *followers.get(rng.usize(..followers.len().max(1)))?;
+        let answer = self.admin(http, reqwest::Method::DELETE, &format!("/v1/cluster/members/{id}"), None).await;
+        let _ = writeln!(
+            log,
+            "{:>8.3}s membership remove {id} -> HTTP {:?}",
+            start.elapsed().as_secs_f64(),
+            answer.as_ref().map(|a| a.0)
+        );
+        matches!(answer, Some((200, _))).then_some(id)
+    }
+
+    /// Adds a removed node back as a learner, then promotes it once it has caught up.
+    async fn readd_member(&self, http: &reqwest::Client, id: u64, log: &mut std::fs::File, start: Instant) {
+        let env = std::fs::read_to_string(self.dir.join(format!("node-{id}.env"))).unwrap_or_default();
+        let Some(peer_addr) = env.lines().find_map(|line| line.strip_prefix("PEER_ADDR=")) else { return };
+        let request = json!({ "id": id, "peer_addr": peer_addr });
+        let mut outcome = None;
+        // Bounded: each step is retried while a change is in flight or the node catches up.
+        for _ in 0..40 {
+            let added = self.admin(http, reqwest::Method::POST, "/v1/cluster/learners", Some(request.clone())).await;
+            let promoted = match added {
+                Some((200, _)) => {
+                    self.admin(http, reqwest::Method::POST, "/v1/cluster/voters", Some(json!({ "id": id }))).await
+                }
+                other => other,
+            };
+            outcome = promoted.clone();
+            if matches!(promoted, Some((200, _))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let _ = writeln!(
+            log,
+            "{:>8.3}s membership re-add {id} -> HTTP {:?}",
+            start.elapsed().as_secs_f64(),
+            outcome.as_ref().map(|a| a.0)
+        );
+    }
+
+    async fn wait_for_leader(&self, http: &reqwest::Client) -> Result<(), String> {
+        let deadline = Instant::now() + RECOVERY_DEADLINE;
+        while Instant::now() < deadline {
+            for endpoint in &self.endpoints {
+                let answer = http.get(format!("{endpoint}/v1/cluster")).timeout(Duration::from_secs(1)).send().await;
+                if let Ok(response) = answer {
+                    if let Ok(status) = response.json::<serde_json::Value>().await {
+                        if status["leader_id"].is_u64() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err("no leader after recovery".into())
+    }
+}
+
+pub async fn run(options: Options) -> Result<checker::Verdict, String> {
+    validate(&options)?;
+    let seed = options.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    let repo = std::env::current_dir().map_err(|e| e.to_string())?;
+    let out = options.out.clone().unwrap_or_else(|| repo.join("target/jepsen").join(format!("{seed}")));
+    let cluster_dir = out.join("cluster");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    println!(
+        "quorumkv-jepsen seed={seed} workload={:?} nemesis={:?} cluster={:?} time={}s out={}",
+        options.workload,
+        options.nemesis,
+        options.cluster,
+        options.time_limit_secs,
+        out.display()
+    );
+    // A fresh cluster every run: replaying a seed must not meet the previous run's data.
+    if cluster_dir.join("cluster.env").exists() {
+        Cluster { kind: options.cluster, dir: cluster_dir.clone(), repo: repo.clone(), nodes: 0, endpoints: vec![] }
+            .down();
+    }
+    if cluster_dir.exists() {
+        std::fs::remove_dir_all(&cluster_dir).map_err(|e| format!("{}: {e}", cluster_dir.display()))?;
+    }
+    std::fs::create_dir_all(&cluster_dir).map_err(|e| e.to_string())?;
+    let cluster = match Cluster::up(&options, &cluster_dir, &repo) {
+        Ok(cluster) => cluster,
+        Err(error) => {
+            Cluster { kind: options.cluster, dir: cluster_dir, repo, nodes: 0, endpoints: vec![] }.down();
+            return Err(error);
+        }
+    };
+    let result = tokio::select! {
+        result = exercise(&options, seed, &cluster, &out) => result,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+    };
+    cluster.down();
+    result
+}
+
+/// Rejects options that cannot make a meaningful run.
+pub fn validate(options: &Options) -> Result<(), String> {
+    if options.cluster == ClusterKind::Local && options.nemesis == Nemesis::Partition {
+        return Err("--nemesis partition needs --cluster netns".into());
+    }
+    if options.cluster == ClusterKind::Netns && options.nodes != 3 && options.nodes != 5 {
+        return Err("--nodes must be 3 or 5".into());
+    }
+    if options.keys == 0 || options.clients == 0 {
+        return Err("--keys and --clients must be at least 1".into());
+    }
+    if options.nemesis_interval_secs < 2 {
+        return Err("--nemesis-interval-secs must be at least 2".into());
+    }
+    if !["linearizable", "lease", "stale"].contains(&options.read_consistency.as_str()) {
+        return Err("--read-consistency must be linearizable, lease or stale".into());
+    }
+    Ok(())
+}
+
+async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -> Result<checker::Verdict, String> {
+    let http = reqwest::Client::builder().timeout(CLIENT_TIMEOUT).build().map_err(|e| e.to_string())?;
+    cluster.wait_for_leader(&http).await?;
+    let history: History = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(options.time_limit_secs);
+    let mut nemesis_log = std::fs::File::create(out.join("nemesis.log")).map_err(|e| e.to_string())?;
+
+    let mut clients = Vec::new();
+    for process in 0..options.clients {
+        let endpoint = cluster.endpoints[process % cluster.endpoints.len()].clone();
+        let node = (process % cluster.endpoints.len()) as u64 + 1;
+        let client = Client {
+            process,
+            node,
+            endpoint,
+            http: http.clone(),
+            history: history.clone(),
+            start,
+            rng: fastrand::Rng::with_seed(seed ^ (process as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            keys: options.keys,
+            read_consistency: options.read_consistency.clone(),
+            last_failed: std::sync::atomic::AtomicBool::new(false),
+        };
+        let workload = options.workload;
+        clients.push(tokio::spawn(async move { client.run(workload, deadline).await }));
+    }
+
+    let mut schedule = fastrand::Rng::with_seed(seed);
+    let half_cycle = Duration::from_millis(options.nemesis_interval_secs * 500);
+    while Instant::now() + half_cycle * 2 <= deadline && options.nemesis != Nemesis::None {
+        tokio::time::sleep(half_cycle).await;
+        let removed = inject(options, cluster, &http, &mut schedule, &mut nemesis_log, start).await;
+        tokio::time::sleep(half_cycle).await;
+        cluster.heal_all(&mut nemesis_log, start);
+        if let Some(id) = removed {
+            cluster.readd_member(&http, id, &mut nemesis_log, start).await;
+        }
+    }
+    for client in clients {
+        let _ = client.await;
+    }
+    cluster.heal_all(&mut nemesis_log, start);
+    cluster.wait_for_leader(&http).await?;
+
+    if !options.no_durability {
+        for id in 1..=cluster.nodes {
+            cluster.fault(&mut nemesis_log, start, "faults/kill.sh", &[&id.to_string()]);
+        }
+        cluster.fault(&mut nemesis_log, start, "faults/restart.sh", &["all"]);
+        cluster.wait_for_leader(&http).await?;
+    }
+    let final_reader = Client {
+        process: options.clients,
+        node: 1,
+        endpoint: cluster.endpoints[0].clone(),
+        http: http.clone(),
+        history: history.clone(),
+        start,
+        rng: fastrand::Rng::with_seed(seed),
+        keys: options.keys,
+        read_consistency: "linearizable".into(),
+        last_failed: std::sync::atomic::AtomicBool::new(false),
+    };
+    let final_set = match options.workload {
+        Workload::Register => {
+            for key in 0..options.keys {
+                final_reader.final_read(&register_key(key)).await?;
+            }
+            None
+        }
+        Workload::Set => Some(final_reader.read_set().await?),
+    };
+
+    let operations = history.lock().map_err(|_| "history lock poisoned")?.clone();
+    let mut operations = operations;
+    for (index, op) in operations.iter_mut().enumerate() {
+        op.index = index;
+    }
+    write_history(out, &operations)?;
+    let counts = |status: Status| operations.iter().filter(|o| o.status == status).count();
+    let check_started = Instant::now();
+    let (verdict, anomalies) = match final_set {
+        None => {
+            let report = checker::check(&operations, options.step_budget);
+            let mut anomalies = serde_json::to_value(&report.anomalies).map_err(|e| e.to_string())?;
+            if !report.unknown_keys.is_empty() {
+                anomalies = json!({ "violations": anomalies, "keys_over_budget": report.unknown_keys });
+            }
+            (report.verdict.clone(), anomalies)
+        }
+        Some(present) => check_set(&operations, &present),
+    };
+    let checker_ms = check_started.elapsed().as_millis();
+    let valid = verdict == checker::Verdict::Valid;
+    let summary = json!({
+        "seed": seed,
+        "workload": format!("{:?}", options.workload).to_lowercase(),
+        "nemesis": format!("{:?}", options.nemesis).to_lowercase(),
+        "cluster": format!("{:?}", options.cluster).to_lowercase(),
+        "nodes": cluster.nodes,
+        "time_limit_secs": options.time_limit_secs,
+        "read_consistency": options.read_consistency,
+        "ops": operations.len(),
+        "ok": counts(Status::Ok),
+        "fail": counts(Status::Fail),
+        "info": counts(Status::Info),
+        "verdict": verdict,
+        "checker_ms": checker_ms,
+        "anomalies": anomalies,
+    });
+    std::fs::write(out.join("result.json"), serde_json::to_vec_pretty(&summary).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    println!("nemesis schedule: {}", out.join("nemesis.log").display());
+    println!("history: {}  node logs: {}", out.join("history.jsonl").display(), out.join("cluster").display());
+    println!(
+        "ops={} ok={} fail={} info={} checker={}ms verdict={:?}",
+        operations.len(),
+        counts(Status::Ok),
+        counts(Status::Fail),
+        counts(Status::Info),
+        checker_ms,
+        verdict
+    );
+    if !valid {
+        println!("anomalies: {}", serde_json::to_string_pretty(&summary["anomalies"]).unwrap_or_default());
+        println!("replay: quorumkv-jepsen --seed {seed} (same options)");
+    }
+    let mut compact = summary.clone();
+    if valid {
+        compact["anomalies"] = json!([]);
+    }
+    println!("{compact}");
+    Ok(verdict)
+}
+
+/// Picks and installs one fault, as the schedule's seed dictates. Returns the node removed
+/// from the membership, if that was the fault, so the healing step adds it back.
+async fn inject(
+    options: &Options,
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    rng: &mut fastrand::Rng,
+    log: &mut std::fs::File,
+    start: Instant,
+) -> Option<u64> {
+    let kinds: &[Nemesis] = match options.nemesis {
+        Nemesis::Mix if cluster.kind == ClusterKind::Netns => {
+            &[Nemesis::Kill, Nemesis::Pause, Nemesis::Partition, Nemesis::Membership]
+        }
+        Nemesis::Mix => &[Nemesis::Kill, Nemesis::Pause, Nemesis::Membership],
+        Nemesis::KillPause => &[Nemesis::Kill, Nemesis::Pause],
+        Nemesis::Kill => &[Nemesis::Kill],
+        Nemesis::Pause => &[Nemesis::Pause],
+        Nemesis::Membership => &[Nemesis::Membership],
+        Nemesis::Partition | Nemesis::None => &[Nemesis::Partition],
+    };
+    let kind = kinds[rng.usize(..kinds.len())];
+    let target = if rng.bool() { "leader".to_string() } else { rng.u64(1..=cluster.nodes).to_string() };
+    match kind {
+        Nemesis::Kill => cluster.fault(log, start, "faults/kill.sh", &[&target]),
+        Nemesis::Pause => cluster.fault(log, start, "faults/pause.sh", &[&target]),
+        Nemesis::Membership => return cluster.remove_member(http, rng, log, start).await,
+        _ => {
+            let spec = partition_spec(cluster.nodes, rng);
+            cluster.fault(log, start, "faults/partition.sh", &[&spec]);
+        }
+    }
+    None
+}
+
+/// A random partition: majority/minority, leader isolation, and on 5 nodes bridge or ring.
+fn partition_spec(nodes: u64, rng: &mut fastrand::Rng) -> String {
+    let mut ids: Vec<u64> = (1..=nodes).collect();
+    rng.shuffle(&mut ids);
+    let join = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let choices = if nodes >= 5 { 4 } else { 2 };
+    match rng.usize(..choices) {
+        0 => "isolate-leader".to_string(),
+        1 => {
+            let minority = (nodes as usize - 1) / 2;
+            format!("{}/{}", join(&ids[..minority]), join(&ids[minority..]))
+        }
+        // Bridge: two halves that both see one node in the middle (a non-transitive split).
+        2 => format!("{}/{}", join(&ids[..3]), join(&ids[2..])),
+        // Ring: each node sees only its two neighbours.
+        _ => (0..ids.len()).map(|i| join(&[ids[i], ids[(i + 1) % ids.len()]])).collect::<Vec<_>>().join("/"),
+    }
+}
+
+fn register_key(index: usize) -> String {
+    format!("register/{index}")
+}
+
+struct Client {
+    process: usize,
+    node: u64,
+    endpoint: String,
+    http: reqwest::Client,
+    history: History,
+    start: Instant,
+    rng: fastrand::Rng,
+    keys: usize,
+    read_consistency: String,
+    /// Whether this client's previous operation did not succeed (for the back-off).
+    last_failed: std::sync::atomic::AtomicBool,
+}
+
+/// What an HTTP exchange came to.
+enum Outcome {
+    Answered(u16, reqwest::header::HeaderMap, String),
+    /// Refused before anything was sent: certainly not applied.
+    NotSent(String),
+    /// Sent, no answer: unknown.
+    Lost(String),
+}
+
+impl Client {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn last_failed(&self) -> bool {
+        self.last_failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn record(&self, mut op: Operation) {
+        op.complete_ns = self.now();
+        self.last_failed.store(op.status != Status::Ok, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut history) = self.history.lock() {
+            history.push(op);
+        }
+    }
+
+    fn begin(&self, key: &str, kind: OpKind) -> Operation {
+        Operation {
+            index: 0,
+            process: self.process,
+            node: self.node,
+            key: key.to_string(),
+            kind,
+            value: None,
+            expected: None,
+            value_read: None,
+            status: Status::Info,
+            invoke_ns: self.now(),
+            complete_ns: 0,
+            error: None,
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Outcome {
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                match response.text().await {
+                    Ok(body) => Outcome::Answered(status, headers, body),
+                    Err(error) => Outcome::Lost(error.to_string()),
+                }
+            }
+            Err(error) if error.is_connect() => Outcome::NotSent(error.to_string()),
+            Err(error) => Outcome::Lost(error.to_string()),
+        }
+    }
+
+    async fn run(mut self, workload: Workload, deadline: Instant) {
+        let mut counter = 0usize;
+        while Instant::now() < deadline && counter < MAX_OPS_PER_CLIENT {
+            counter += 1;
+            // A client whose node is down or without a leader backs off instead of spinning.
+            let failed_before = self.last_failed();
+            if failed_before {
+                tokio::time::sleep(FAILURE_BACKOFF).await;
+            }
+            let value = format!("p{}-{counter}", self.process);
+            match workload {
+                Workload::Set => self.write(&format!("set/{value}"), &value).await,
+                Workload::Register => {
+                    let key = register_key(self.rng.usize(..self.keys));
+                    match self.rng.u8(..10) {
+                        0..=4 => {
+                            self.read(&key).await;
+                        }
+                        5..=7 => self.write(&key, &value).await,
+                        _ => self.cas(&key, &value).await,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Linearizable (or the configured) read; returns the value and its revision when present.
+    async fn read(&self, key: &str) -> Option<(String, String)> {
+        let mut op = self.begin(key, OpKind::Read);
+        let url = format!("{}/v1/kv/{key}?consistency={}", self.endpoint, self.read_consistency);
+        let result = match self.send(self.http.get(url)).await {
+            Outcome::Answered(200, headers, body) => {
+                op.status = Status::Ok;
+                op.value_read = Some(body.clone());
+                let etag = headers.get("etag").and_then(|v| v.to_str().ok()).map(str::to_string);
+                etag.map(|etag| (body, etag))
+            }
+            Outcome::Answered(404, _, _) => {
+                op.status = Status::Ok;
+                None
+            }
+            Outcome::Answered(status, _, body) => {
+                op.status = Status::Fail;
+                op.error = Some(format!("{status} {body}"));
+                None
+            }
+            Outcome::NotSent(error) | Outcome::Lost(error) => {
+                op.status = Status::Fail;
+                op.error = Some(error);
+                None
+            }
+        };
+        self.record(op);
+        result
+    }
+
+    async fn write(&self, key: &str, value: &str) {
+        let mut op = self.begin(key, OpKind::Write);
+        op.value = Some(value.to_string());
+        let request = self.http.put(format!("{}/v1/kv/{key}", self.endpoint)).body(value.to_string());
+        self.finish_write(op, request).await;
+    }
+
+    async fn cas(&self, key: &str, value: &str) {
+        let Some((current, etag)) = self.read(key).await else { return };
+        let mut op = self.begin(key, OpKind::Cas);
+        op.value = Some(value.to_string());
+        op.expected = Some(current);
+        let request =
+            self.http.put(format!("{}/v1/kv/{key}", self.endpoint)).header("If-Match", etag).body(value.to_string());
+        self.finish_write(op, request).await;
+    }
+
+    async fn finish_write(&self, mut op: Operation, request: reqwest::RequestBuilder) {
+        match self.send(request).await {
+            Outcome::Answered(200, _, _) => op.status = Status::Ok,
+            // 504 and 500 may have been applied; everything else was refused.
+            Outcome::Answered(status @ (500 | 504), _, body) => {
+                op.status = Status::Info;
+                op.error = Some(format!("{status} {body}"));
+            }
+            Outcome::Answered(status, _, body) => {
+                op.status = Status::Fail;
+                op.error = Some(format!("{status} {body}"));
+            }
+            Outcome::NotSent(error) => {
+                op.status = Status::Fail;
+                op.error = Some(error);
+            }
+            Outcome::Lost(error) => {
+                op.status = Status::Info;
+                op.error = Some(error);
+            }
+        }
+        self.record(op);
+    }
+
+    /// A final linearizable read after recovery, retried until it answers.
+    async fn final_read(&self, key: &str) -> Result<(), String> {
+        let deadline = Instant::now() + RECOVERY_DEADLINE;
+        while Instant::now() < deadline {
+            let before = self.history.lock().map_err(|_| "poisoned")?.len();
+            self.read(key).await;
+            let answered = {
+                let history = self.history.lock().map_err(|_| "poisoned")?;
+                history.len() > before && history[history.len() - 1].status == Status::Ok
+            };
+            if answered {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(format!("final read of {key} never succeeded"))
+    }
+
+    /// Every element of the set, through linearizable paginated listing.
+    async fn read_set(&self) -> Result<BTreeSet<String>, String> {
+        let deadline = Instant::now() + RECOVERY_DEADLINE;
+        let mut present = BTreeSet::new();
+        let mut start = String::new();
+        loop {
+            if Instant::now() > deadline {
+                return Err("final set read did not complete".into());
+            }
+            let url = format!("{}/v1/kv?prefix=set/&limit=1000&start={start}", self.endpoint);
+            let Outcome::Answered(200, _, body) = self.send(self.http.get(url)).await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let page: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            for item in page["items"].as_array().into_iter().flatten() {
+                if let Some(key) = item["key"].as_str() {
+                    present.insert(key.trim_start_matches("set/").to_string());
+                }
+            }
+            match page["next_start"].as_str() {
+                Some(next) => start = next.to_string(),
+                None => return Ok(present),
+            }
+        }
+    }
+}
+
+/// Set workload: every acknowledged add must be present; nothing may appear that was never
+/// attempted or that certainly failed.
+fn check_set(operations: &[Operation], present: &BTreeSet<String>) -> (checker::Verdict, serde_json::Value) {
+    let mut status_of: BTreeMap<String, Status> = BTreeMap::new();
+    for op in operations.iter().filter(|o| o.kind == OpKind::Write) {
+        if let Some(value) = &op.value {
+            status_of.insert(value.clone(), op.status);
+        }
+    }
+    let lost: Vec<&String> =
+        status_of.iter().filter(|(v, s)| **s == Status::Ok && !present.contains(*v)).map(|(v, _)| v).collect();
+    let unexpected: Vec<&String> =
+        present.iter().filter(|v| matches!(status_of.get(*v), None | Some(Status::Fail))).collect();
+    let recovered = status_of.iter().filter(|(v, s)| **s == Status::Info && present.contains(*v)).count();
+    let verdict =
+        if lost.is_empty() && unexpected.is_empty() { checker::Verdict::Valid } else { checker::Verdict::Invalid };
+    (
+        verdict,
+        json!({ "lost": lost, "unexpected": unexpected, "info_adds_present": recovered, "present": present.len() }),
+    )
+}
+
+fn write_history(out: &Path, operations: &[Operation]) -> Result<(), String> {
+    let mut file = std::fs::File::create(out.join("history.jsonl")).map_err(|e| e.to_string())?;
+    for op in operations {
+        let line = serde_json::to_string(op).map_err(|e| e.to_string())?;
+        writeln!(file, "{line}").map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! The HTTP client used by the CLI: tries the given endpoints, prefers the leader for writes,
+//! and retries only what certainly did not take effect.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::HeaderMap;
+use reqwest::Method;
+use reqwest::StatusCode;
+use reqwest::Url;
+
+use crate::limits;
+
+/// Why a request failed, split by whether it may have taken effect.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Certainly not applied: an error answer, or no node could be reached.
+    #[error("{0}")]
+    Failed(String),
+    /// May or may not have been applied (timeout or connection lost after sending, or 504).
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+}
+
+/// A response with a final status (success or a definite error answer).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A quorumkv client over a list of endpoints.
+pub struct Client {
+    endpoints: Vec<Url>,
+    http: reqwest::Client,
+}
+
+/// What may be retried after a transport failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Reads: retry on any transport failure.
+    Idempotent,
+    /// Writes: retry only when the request was certainly not processed.
+    OnlyIfNotSent,
+}
+
+impl Client {
+    pub fn new(endpoints: &str) -> Result<Self, ClientError> {
+        let endpoints: Vec<Url> = endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let with_scheme = if e.contains("://") { e.to_string() } else { format!("http://{e}") };
+                Url::parse(&with_scheme).map_err(|err| ClientError::Failed(format!("bad endpoint {e:?}: {err}")))
+            })
+            .collect::<Result<_, _>>()?;
+        if endpoints.is_empty() {
+            return Err(ClientError::Failed("no endpoints given".into()));
+        }
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_millis(1_000))
+            .timeout(Duration::from_millis(limits::CLIENT_REQUEST_TIMEOUT_MS))
+            .build()
+            .map_err(|e| ClientError::Failed(e.to_string()))?;
+        Ok(Self { endpoints, http })
+    }
+
+    /// `/v1/kv/<key>` with the key as one percent-encoded segment (slashes included).
+    pub fn key_path(key: &str) -> Vec<String> {
+        vec!["v1".into(), "kv".into(), key.into()]
+    }
+
+    /// Moves the leader's client address to the front, when some endpoint knows it.
+    pub async fn prefer_leader(&mut self) {
+        for endpoint in self.endpoints.clone() {
+            let Ok(url) = endpoint.join("/v1/cluster") else { continue };
+            let Ok(response) = self.http.get(url).timeout(Duration::from_millis(1_000)).send().await else { continue };
+            let Ok(status) = response.json::<serde_json::Value>().await else { continue };
+            let leader = status["leader_id"].as_u64();
+            let address = status["members"].as_array().and_then(|members| {
+                members.iter().find(|m| m["id"].as_u64() == leader).and_then(|m| m["client_addr"].as_str())
+            });
+            if let Some(Ok(url)) = address.map(|a| Url::parse(&format!("http://{a}"))) {
+                self.endpoints.retain(|e| e.host_str() != url.host_str() || e.port() != url.port());
+                self.endpoints.insert(0, url);
+            }
+            return;
+        }
+    }
+
+    /// Streams `GET <segments>` from the first endpoint that answers 200 into `file`.
+    /// Returns the bytes written.
+    pub async fn download(&self, segments: &[String], file: &mut tokio::fs::File) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let mut last_error = String::from("no endpoint");
+        for endpoint in &self.endpoints {
+            let mut url = endpoint.clone();
+            if let Ok(mut path) = url.path_segments_mut() {
+                path.clear().extend(segments);
+            }
+            let mut response = match self.http.get(url).timeout(Duration::from_secs(3600)).send().await {
+                Ok(response) if response.status().is_success() => response,
+                Ok(response) => {
+                    last_error = format!("{endpoint}: {}", response.status());
+                    continue;
+                }
+                Err(error) => {
+                    last_error = format!("{endpoint}: {error}");
+                    continue;
+                }
+            };
+            let mut written = 0u64;
+            while let Some(chunk) = response.chunk().await.map_err(|e| ClientError::Failed(e.to_string()))? {
+                file.write_all(&chunk).await.map_err(|e| ClientError::Failed(e.to_string()))?;
+                written += chunk.len() as u64;
+            }
+            file.flush().await.map_err(|e| ClientError::Failed(e.to_string()))?;
+            return Ok(written);
+        }
+        Err(ClientError::Failed(last_error))
+    }
+
+    /// Sends a request, retrying within [`limits::CLIENT_MAX_ATTEMPTS`] as `retry` allows.
+    pub async fn request(
+        &self,
+        method: Method,
+        segments: &[String],
+        query: &[(&str, String)],
+        headers: HeaderMap,
+        body: Option<Bytes>,
+        retry: Retry,
+    ) -> Result<Answer, ClientError> {
+        let mut backoff = Duration::from_millis(limits::CLIENT_BACKOFF_FIRST_MS);
+        let mut last_error = String::from("no attempt made");
+        for attempt in 0..limits::CLIENT_MAX_ATTEMPTS {
+            let endpoint = &self.endpoints[attempt as usize % self.endpoints.len()];
+            let mut url = endpoint.clone();
+            url.path_segments_mut()
+                .map_err(|_| ClientError::Failed(format!("endpoint {endpoint} cannot be a base")))?
+                .clear()
+                .extend(segments);
+            if !query.is_empty() {
+                url.query_pairs_mut().extend_pairs(query);
+            }
+            let mut request = self.http.request(method.clone(), url).headers(headers.clone());
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
+            let sent = request.send().await;
+            let response = match sent {
+                Ok(response) => response,
+                Err(error) if error.is_connect() => {
+                    last_error = format!("{endpoint}: {error}");
+                    if (attempt + 1) as usize % self.endpoints.len() == 0 {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(limits::CLIENT_BACKOFF_MAX_MS));
+                    }
+                    continue;
+                }
+                Err(error) if retry == Retry::Idempotent => {
+                    last_error = format!("{endpoint}: {error}");
+                    continue;
+                }
+                Err(error) => return Err(ClientError::Unknown(format!("{endpoint}: {error}"))),
+            };
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = match response.bytes().await {
+                Ok(body) => body,
+                Err(error) if retry == Retry::Idempotent => {
+                    last_error = error.to_string();
+                    continue;
+                }
+                Err(error) => return Err(ClientError::Unknown(error.to_string())),
+            };
+            if status == StatusCode::GATEWAY_TIMEOUT && retry == Retry::OnlyIfNotSent {
+                return Err(ClientError::Unknown(String::from_utf8_lossy(&body).into_owned()));
+            }
+            if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT {
+                // 503 is definite: nothing happened, so waiting and retrying is safe.
+                last_error = String::from_utf8_lossy(&body).into_owned();
+                let hinted = headers
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let wait = hinted.unwrap_or(backoff).min(Duration::from_millis(limits::CLIENT_BACKOFF_MAX_MS));
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(Duration::from_millis(limits::CLIENT_BACKOFF_MAX_MS));
+                continue;
+            }
+            return Ok(Answer { status, headers, body });
+        }
+        Err(ClientError::Failed(format!("gave up after {} attempts: {last_error}", limits::CLIENT_MAX_ATTEMPTS)))
+    }
+}

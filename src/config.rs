@@ -1,0 +1,341 @@
+//! The one configuration of a node: flags, `QUORUMKV_*` environment variables and an optional
+//! file, in that order of precedence, over the documented defaults.
+//!
+//! The file (`--config FILE` or `QUORUMKV_CONFIG`) holds `QUORUMKV_NAME=value` lines, like an
+//! etcd or systemd environment file; it fills only variables the environment does not set.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use clap::ValueEnum;
+
+use crate::limits;
+use crate::types::NodeId;
+
+/// Whether an empty data directory may bootstrap a new cluster (as etcd's flag of that name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InitialClusterState {
+    /// Bootstrap from `--initial-cluster` when the data directory is empty and no peer has
+    /// ever seen this node.
+    New,
+    /// Never bootstrap: an empty data directory is an error.
+    Existing,
+}
+
+/// `quorumkv serve` options.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// This node's id, unique in the cluster and never reused for another data directory.
+    #[arg(long, env = "QUORUMKV_ID")]
+    pub id: NodeId,
+
+    /// Directory for this node's RocksDB and snapshot. Created when missing.
+    #[arg(long, env = "QUORUMKV_DATA_DIR", default_value = "quorumkv-data")]
+    pub data_dir: PathBuf,
+
+    /// Address (`host:port`) the HTTP client API listens on.
+    #[arg(long, env = "QUORUMKV_CLIENT_ADDR", default_value = "127.0.0.1:8081")]
+    pub client_addr: String,
+
+    /// Address (`host:port`) for Raft and node-to-node traffic. Firewall it from clients.
+    #[arg(long, env = "QUORUMKV_PEER_ADDR", default_value = "127.0.0.1:9081")]
+    pub peer_addr: String,
+
+    /// Client address other nodes and clients should use, when it differs from
+    /// `--client-addr` (e.g. listening on 0.0.0.0). Defaults to `--client-addr`.
+    #[arg(long, env = "QUORUMKV_ADVERTISE_CLIENT_ADDR")]
+    pub advertise_client_addr: Option<String>,
+
+    /// Peer address other nodes should use, when it differs from `--peer-addr`.
+    /// Defaults to `--peer-addr`.
+    #[arg(long, env = "QUORUMKV_ADVERTISE_PEER_ADDR")]
+    pub advertise_peer_addr: Option<String>,
+
+    /// Join an existing cluster instead of bootstrapping: client addresses (`host:port`,
+    /// comma-separated) of any of its members. The node is added as a learner and catches up.
+    #[arg(long, env = "QUORUMKV_JOIN")]
+    pub join: Option<String>,
+
+    /// With `--join`: become a voter once caught up (`false` keeps the node a learner, an
+    /// asynchronous replica that does not count for commit).
+    #[arg(long, env = "QUORUMKV_AUTO_PROMOTE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_promote: bool,
+
+    /// The founding members, `id=peer_host:port` separated by commas, identical on every node.
+    /// Defaults to a one-node cluster of this node.
+    #[arg(long, env = "QUORUMKV_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+
+    /// `new`: an empty data directory may bootstrap; `existing`: it may not.
+    #[arg(long, env = "QUORUMKV_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
+    pub initial_cluster_state: InitialClusterState,
+
+    /// Leader heartbeat period.
+    #[arg(long, env = "QUORUMKV_HEARTBEAT_INTERVAL_MS", default_value_t = limits::DEFAULT_HEARTBEAT_INTERVAL_MS)]
+    pub heartbeat_interval_ms: u64,
+
+    /// Lower bound of the randomized election timeout.
+    #[arg(long, env = "QUORUMKV_ELECTION_TIMEOUT_MIN_MS", default_value_t = limits::DEFAULT_ELECTION_TIMEOUT_MIN_MS)]
+    pub election_timeout_min_ms: u64,
+
+    /// Upper bound of the randomized election timeout; also the leader lease length.
+    #[arg(long, env = "QUORUMKV_ELECTION_TIMEOUT_MAX_MS", default_value_t = limits::DEFAULT_ELECTION_TIMEOUT_MAX_MS)]
+    pub election_timeout_max_ms: u64,
+
+    /// How long a write waits for commit before answering 504 with an unknown outcome.
+    #[arg(long, env = "QUORUMKV_WRITE_TIMEOUT_MS", default_value_t = limits::DEFAULT_WRITE_TIMEOUT_MS)]
+    pub write_timeout_ms: u64,
+
+    /// How long a linearizable or lease read waits before answering 503.
+    #[arg(long, env = "QUORUMKV_READ_TIMEOUT_MS", default_value_t = limits::DEFAULT_READ_TIMEOUT_MS)]
+    pub read_timeout_ms: u64,
+
+    /// How long a request waits for an election when no leader is known, before a 503.
+    #[arg(long, env = "QUORUMKV_LEADER_WAIT_MS", default_value_t = limits::DEFAULT_LEADER_WAIT_MS)]
+    pub leader_wait_ms: u64,
+
+    /// Largest key, in bytes.
+    #[arg(long, env = "QUORUMKV_MAX_KEY_BYTES", default_value_t = limits::DEFAULT_MAX_KEY_BYTES)]
+    pub max_key_bytes: usize,
+
+    /// Largest value, in bytes.
+    #[arg(long, env = "QUORUMKV_MAX_VALUE_BYTES", default_value_t = limits::DEFAULT_MAX_VALUE_BYTES)]
+    pub max_value_bytes: usize,
+
+    /// Build a snapshot (and purge the log behind it) after this many applied entries.
+    #[arg(long, env = "QUORUMKV_SNAPSHOT_LOG_ENTRIES", default_value_t = 10_000)]
+    pub snapshot_log_entries: u64,
+
+    /// Log filter, e.g. `info` or `quorumkv=debug,openraft=info`.
+    #[arg(long, env = "QUORUMKV_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl ServeConfig {
+    /// Rejects configurations that cannot work, with a message naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("--id must be at least 1".into());
+        }
+        check_addr("--client-addr", &self.client_addr)?;
+        check_addr("--peer-addr", &self.peer_addr)?;
+        check_addr("--advertise-client-addr", self.advertised_client_addr())?;
+        check_addr("--advertise-peer-addr", self.advertised_peer_addr())?;
+        if let Some(join) = &self.join {
+            if self.initial_cluster.is_some() {
+                return Err(
+                    "--join and --initial-cluster exclude each other: join an existing cluster or found one".into()
+                );
+            }
+            for addr in join_addrs(join) {
+                check_addr("--join", addr)?;
+            }
+            if join_addrs(join).next().is_none() {
+                return Err("--join names no address".into());
+            }
+        }
+        if self.client_addr == self.peer_addr {
+            return Err("--client-addr and --peer-addr must differ".into());
+        }
+        let members = self.initial_members()?;
+        match members.get(&self.id) {
+            None => return Err(format!("--initial-cluster does not list this node's --id {}", self.id)),
+            Some(addr) if port_of(addr) != port_of(&self.peer_addr) => {
+                return Err(format!(
+                    "--initial-cluster gives node {} the peer address {addr}, but --peer-addr is {}",
+                    self.id, self.peer_addr
+                ))
+            }
+            Some(_) => {}
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return Err("--heartbeat-interval-ms must be positive".into());
+        }
+        if self.election_timeout_min_ms < 3 * self.heartbeat_interval_ms {
+            return Err("--election-timeout-min-ms must be at least 3 heartbeat intervals".into());
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err("--election-timeout-max-ms must exceed --election-timeout-min-ms".into());
+        }
+        for (flag, value) in [
+            ("--write-timeout-ms", self.write_timeout_ms),
+            ("--read-timeout-ms", self.read_timeout_ms),
+            ("--leader-wait-ms", self.leader_wait_ms),
+        ] {
+            if !(100..=600_000).contains(&value) {
+                return Err(format!("{flag} must be between 100 and 600000"));
+            }
+        }
+        if !(1..=limits::MAX_KEY_BYTES_CEILING).contains(&self.max_key_bytes) {
+            return Err(format!("--max-key-bytes must be between 1 and {}", limits::MAX_KEY_BYTES_CEILING));
+        }
+        if !(1024..=limits::MAX_VALUE_BYTES_CEILING).contains(&self.max_value_bytes) {
+            return Err(format!("--max-value-bytes must be between 1024 and {}", limits::MAX_VALUE_BYTES_CEILING));
+        }
+        if self.snapshot_log_entries < 100 {
+            return Err("--snapshot-log-entries must be at least 100".into());
+        }
+        Ok(())
+    }
+
+    pub fn advertised_client_addr(&self) -> &str {
+        self.advertise_client_addr.as_deref().unwrap_or(&self.client_addr)
+    }
+
+    pub fn advertised_peer_addr(&self) -> &str {
+        self.advertise_peer_addr.as_deref().unwrap_or(&self.peer_addr)
+    }
+
+    /// The client addresses given to `--join`.
+    pub fn join_addrs(&self) -> Vec<String> {
+        self.join.as_deref().map(|join| join_addrs(join).map(str::to_string).collect()).unwrap_or_default()
+    }
+
+    /// The founding members by id, parsed from `--initial-cluster`.
+    pub fn initial_members(&self) -> Result<BTreeMap<NodeId, String>, String> {
+        let Some(spec) = &self.initial_cluster else {
+            return Ok(BTreeMap::from([(self.id, self.advertised_peer_addr().to_string())]));
+        };
+        let mut members = BTreeMap::new();
+        for item in spec.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+            let (id, addr) =
+                item.split_once('=').ok_or_else(|| format!("--initial-cluster item {item:?} is not id=host:port"))?;
+            let id: NodeId = id.trim().parse().map_err(|_| format!("--initial-cluster id {id:?} is not a number"))?;
+            if id == 0 {
+                return Err("--initial-cluster ids must be at least 1".into());
+            }
+            check_addr("--initial-cluster", addr.trim())?;
+            if members.insert(id, addr.trim().to_string()).is_some() {
+                return Err(format!("--initial-cluster lists node {id} twice"));
+            }
+        }
+        if members.is_empty() {
+            return Err("--initial-cluster is empty".into());
+        }
+        Ok(members)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_timeout_ms)
+    }
+
+    pub fn leader_wait(&self) -> Duration {
+        Duration::from_millis(self.leader_wait_ms)
+    }
+
+    /// openraft's configuration, every option that matters set explicitly.
+    pub fn raft_config(&self) -> Result<openraft::Config, String> {
+        let config = openraft::Config {
+            cluster_name: "quorumkv".to_string(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            max_payload_entries: limits::MAX_PAYLOAD_ENTRIES,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_log_entries),
+            max_in_snapshot_log_to_keep: 1_000,
+            install_snapshot_timeout: limits::PEER_RPC_TIMEOUT_MS * 10,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        config.validate().map_err(|error| format!("raft configuration: {error}"))
+    }
+}
+
+fn join_addrs(join: &str) -> impl Iterator<Item = &str> {
+    join.split(',').map(|a| a.trim().trim_start_matches("http://")).filter(|a| !a.is_empty())
+}
+
+fn check_addr(flag: &str, addr: &str) -> Result<(), String> {
+    let (host, _) = addr.rsplit_once(':').ok_or_else(|| format!("{flag} {addr:?} is not host:port"))?;
+    if host.is_empty() {
+        return Err(format!("{flag} {addr:?} has no host"));
+    }
+    port_of(addr).map(|_| ()).ok_or_else(|| format!("{flag} {addr:?} has no valid port"))
+}
+
+fn port_of(addr: &str) -> Option<u16> {
+    addr.rsplit_once(':').and_then(|(_, port)| port.parse().ok())
+}
+
+/// Loads `QUORUMKV_*=value` lines from the config file named by `--config` or
+/// `QUORUMKV_CONFIG` into the environment, without overriding variables already set.
+/// Must run before any thread starts.
+pub fn load_config_file(args: &[String]) -> Result<(), String> {
+    let from_args = args.windows(2).find(|pair| pair[0] == "--config").map(|pair| pair[1].clone());
+    let from_flag_eq = args.iter().find_map(|arg| arg.strip_prefix("--config=").map(str::to_string));
+    let Some(path) = from_args.or(from_flag_eq).or_else(|| std::env::var("QUORUMKV_CONFIG").ok()) else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("config file {path}: {e}"))?;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, value) =
+            line.split_once('=').ok_or_else(|| format!("{path}:{}: expected QUORUMKV_NAME=value", number + 1))?;
+        let name = name.trim();
+        if !name.starts_with("QUORUMKV_") {
+            return Err(format!("{path}:{}: {name} does not start with QUORUMKV_", number + 1));
+        }
+        if std::env::var_os(name).is_none() {
+            std::env::set_var(name, value.trim().trim_matches('"'));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        config: ServeConfig,
+    }
+
+    fn parse(args: &[&str]) -> ServeConfig {
+        let mut argv = vec!["quorumkv"];
+        argv.extend_from_slice(args);
+        Wrapper::try_parse_from(argv).expect("parse").config
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        parse(&["--id", "1"]).validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn rejects_nonsense_with_the_flag_named() {
+        let cases: [(&[&str], &str); 6] = [
+            (&["--id", "0"], "--id"),
+            (&["--id", "1", "--peer-addr", "nohost"], "--peer-addr"),
+            (&["--id", "4", "--initial-cluster", "1=a:1,2=b:2"], "does not list"),
+            (&["--id", "1", "--initial-cluster", "1=a:9081,1=b:2"], "twice"),
+            (&["--id", "1", "--election-timeout-min-ms", "100"], "--election-timeout-min-ms"),
+            (&["--id", "1", "--max-value-bytes", "999999999"], "--max-value-bytes"),
+        ];
+        for (args, expected) in cases {
+            let error = parse(args).validate().expect_err("must be rejected");
+            assert!(error.contains(expected), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn initial_cluster_parses() {
+        let config = parse(&["--id", "2", "--peer-addr", "h:9082", "--initial-cluster", "1=h:9081, 2=h:9082,3=h:9083"]);
+        config.validate().expect("valid");
+        let members = config.initial_members().expect("members");
+        assert_eq!(members.len(), 3);
+        assert_eq!(members[&3], "h:9083");
+    }
+}

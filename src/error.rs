@@ -1,0 +1,115 @@
+//! The one closed error type of quorumkv's API edge.
+//!
+//! Every failure a client can see is one of these variants. Library errors (openraft,
+//! RocksDB, reqwest) are translated into them where they arise, and [`Error::status`] plus
+//! [`Error::code`] are the single table that maps them to HTTP (see `api::error_response`).
+//! Each variant is either *definite* (the request certainly had no effect) or *indeterminate*
+//! (a write may or may not have been committed).
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::types::NodeId;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum Error {
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+    #[error("invalid header: {0}")]
+    InvalidHeader(String),
+    #[error("key of {size} bytes exceeds the limit of {limit} bytes")]
+    KeyTooLarge { size: usize, limit: usize },
+    #[error("value of {size} bytes exceeds the limit of {limit} bytes")]
+    ValueTooLarge { size: usize, limit: usize },
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("precondition failed")]
+    PreconditionFailed { current_revision: Option<u64> },
+    #[error("no route for this method and path")]
+    RouteNotFound,
+    #[error("node {0} is not a member of the cluster")]
+    MemberNotFound(NodeId),
+    #[error("refused: {0}")]
+    Conflict(String),
+    #[error("no leader is known (election in progress or quorum lost)")]
+    NoLeader { last_known_leader: Option<NodeId> },
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("this replica is staler than max_lag_ms={max_lag_ms} (last leader contact {lag_ms:?} ms ago)")]
+    TooStale { lag_ms: Option<u64>, max_lag_ms: u64 },
+    #[error("the write may or may not have been committed: {0}")]
+    OutcomeUnknown(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Whether a failed request could have taken effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// It certainly did not take effect; retrying is safe.
+    Failed,
+    /// It may have taken effect; only an idempotent request may be retried blindly.
+    Unknown,
+}
+
+impl Error {
+    /// The one table from error to HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::InvalidKey(_) | Error::InvalidParameter(_) | Error::InvalidHeader(_) => 400,
+            Error::KeyNotFound | Error::RouteNotFound | Error::MemberNotFound(_) => 404,
+            Error::Conflict(_) => 409,
+            Error::PreconditionFailed { .. } => 412,
+            Error::KeyTooLarge { .. } | Error::ValueTooLarge { .. } => 413,
+            Error::Internal(_) => 500,
+            Error::NoLeader { .. } | Error::Unavailable(_) | Error::ShuttingDown | Error::TooStale { .. } => 503,
+            Error::OutcomeUnknown(_) => 504,
+        }
+    }
+
+    /// The stable machine-readable code sent as `"error"`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidKey(_) => "invalid_key",
+            Error::InvalidParameter(_) => "invalid_parameter",
+            Error::InvalidHeader(_) => "invalid_header",
+            Error::KeyTooLarge { .. } => "key_too_large",
+            Error::ValueTooLarge { .. } => "value_too_large",
+            Error::KeyNotFound => "key_not_found",
+            Error::PreconditionFailed { .. } => "precondition_failed",
+            Error::RouteNotFound => "not_found",
+            Error::MemberNotFound(_) => "member_not_found",
+            Error::Conflict(_) => "conflict",
+            Error::NoLeader { .. } => "no_leader",
+            Error::Unavailable(_) => "unavailable",
+            Error::ShuttingDown => "shutting_down",
+            Error::TooStale { .. } => "too_stale",
+            Error::OutcomeUnknown(_) => "outcome_unknown",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Error::OutcomeUnknown(_) => Outcome::Unknown,
+            // An internal error can come from anywhere, including after a write was proposed.
+            Error::Internal(_) => Outcome::Unknown,
+            _ => Outcome::Failed,
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for the `Retry-After` header.
+    pub fn retry_after_seconds(&self) -> Option<u32> {
+        match self {
+            Error::NoLeader { .. } | Error::Unavailable(_) | Error::ShuttingDown | Error::TooStale { .. } => Some(1),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

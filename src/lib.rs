@@ -1,0 +1,54 @@
+//! quorumkv: a shared-nothing replicated key-value store. Every node runs Raft (openraft)
+//! over its own RocksDB and serves the same HTTP API.
+//!
+//! # Layout
+//!
+//! | module | role |
+//! |---|---|
+//! | [`config`] | `ServeConfig`: flags, `QUORUMKV_*` env, optional file, `validate()` |
+//! | [`limits`] | every hard limit, named, with the reason for its value |
+//! | [`types`] | Raft type configuration; `Command`/`CommandResult`, the replicated payload |
+//! | [`error`] | the one closed API error enum and its status table |
+//! | [`api`] | client HTTP handlers on `--client-addr`: validate, call `Node`, map to HTTP |
+//! | [`node`] | `Node`: bootstrap or join, writes via the leader, linearizable reads, status, step-down |
+//! | [`admin`] | membership and leadership changes on the leader, with safety refusals |
+//! | [`backup`] | consistent JSON-lines backups streamed from a node |
+//! | [`network`] | peer HTTP on `--peer-addr`: Raft RPCs (postcard) and forwarding to the leader |
+//! | [`store`] | RocksDB: Raft log and metadata (group commit), state machine, snapshots |
+//! | [`server`] | listeners, signals, graceful shutdown |
+//! | [`client`] | the CLI's HTTP client: endpoint failover, safe retries |
+//! | [`logging`] | tracing output with the node id on every line |
+//! | [`metrics`] | Prometheus metrics served on `GET /metrics` |
+//!
+//! # Request path
+//!
+//! ```text
+//! write:  HTTP PUT ─▶ api::kv::put ─▶ Node::write ──(follower)──▶ peer /internal/write ─┐
+//!                                        │ (leader)                                      │
+//!                                        ▼                                               ▼
+//!                       Raft::client_write ◀───────────────────────── Node::write_as_leader
+//!                              │ append: LogStore (WAL write, then one fsync per batch)
+//!                              │ replicate: network::RaftConnection ─▶ peers' /raft/append
+//!                              ▼ quorum durable ⇒ committed
+//!                       StateMachine::apply (one WriteBatch) ─▶ CommandResult ─▶ 200 {"revision"}
+//!
+//! read:   HTTP GET ─▶ api::kv::get ─▶ Node::get
+//!            linearizable/lease: read point from the leader (ReadIndex or lease,
+//!            via /internal/read-index on a follower) ─▶ wait until applied here ─▶ KvReader
+//!            stale: KvReader directly
+//! ```
+
+pub mod admin;
+pub mod api;
+pub mod backup;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod limits;
+pub mod logging;
+pub mod metrics;
+pub mod network;
+pub mod node;
+pub mod server;
+pub mod store;
+pub mod types;

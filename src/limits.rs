@@ -1,0 +1,112 @@
+//! Every hard limit of quorumkv, each with the reason for its value.
+//!
+//! Configurable limits have their defaults here and their bounds checked by
+//! [`crate::config::ServeConfig::validate`]; the rest are fixed.
+
+/// Default largest key, in bytes. Keys are path segments and index entries; etcd and Consul
+/// users keep them short, and a bound keeps one request from bloating every replica's index.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+/// No configuration may raise the key limit past this: keys travel in URLs.
+pub const MAX_KEY_BYTES_CEILING: usize = 8 * 1024;
+
+/// Default largest value: 1 MiB, like etcd's request limit (1.5 MiB) and above Consul's 512 KB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// The value limit may be raised up to this; every value is copied into the log of every
+/// replica and sent in one AppendEntries, so large values cost heartbeats their latency.
+pub const MAX_VALUE_BYTES_CEILING: usize = 16 * 1024 * 1024;
+
+/// A request body up to this much over the value limit is read (and dropped) before the 413,
+/// so a client still sending it gets the answer rather than a broken pipe; a larger one is
+/// refused unread and its connection closed.
+pub const OVERSIZE_BODY_DRAIN_BYTES: usize = 1024 * 1024;
+
+/// Default and largest page of a list (`GET /v1/kv?limit=`): a page is built in memory.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+pub const MAX_LIST_LIMIT: usize = 1000;
+
+/// How long a client write may wait for commit before its outcome is reported unknown (504).
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 5_000;
+/// How long a read may wait for leadership confirmation and local apply before a 503.
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 5_000;
+
+/// While no leader is known, a request waits this long for an election before answering 503;
+/// a little over two election timeouts covers one failover.
+pub const DEFAULT_LEADER_WAIT_MS: u64 = 2_000;
+
+/// Raft timing defaults (ms). A new leader about 1 s after the old one dies, tolerating two
+/// lost heartbeats. openraft's followers refuse votes while the leader lease (the maximum
+/// election timeout) runs, so a first candidacy before it expires fails and the election takes
+/// one more timeout: about 0.9-1.2 s with these values (1.2-1.6 s measured with 400-800).
+/// openraft's own 150-300 ms flap on a loaded 2-core machine; etcd uses 100 ms / 1000 ms.
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 100;
+pub const DEFAULT_ELECTION_TIMEOUT_MIN_MS: u64 = 300;
+pub const DEFAULT_ELECTION_TIMEOUT_MAX_MS: u64 = 600;
+
+/// Timeout of one Raft RPC to a peer when openraft gives none. A peer that does not answer
+/// in this time is treated as unreachable for that round.
+pub const PEER_RPC_TIMEOUT_MS: u64 = 2_000;
+/// Connecting to a peer must be fast on a LAN; a partitioned peer must not stall replication.
+pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
+/// Largest Raft RPC body a peer accepts: one AppendEntries batch of `max_payload_entries`
+/// values at the value ceiling would be larger, so batches are also bounded by openraft's
+/// `max_payload_entries`; snapshots of issue 2's in-memory form are bounded by this too.
+pub const MAX_PEER_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// Entries per AppendEntries RPC: bounds a message at about this many values.
+pub const MAX_PAYLOAD_ENTRIES: u64 = 256;
+
+/// Completed-append callbacks queued for the fsync thread. openraft bounds in-flight appends
+/// itself; this bound only guards against a bug turning into unbounded memory.
+pub const FLUSH_QUEUE_CAPACITY: usize = 4096;
+
+/// At start-up with an empty data directory, how long to keep asking the configured peers
+/// whether this node was ever part of their cluster before bootstrapping a new one.
+pub const BOOTSTRAP_PROBE_MS: u64 = 3_000;
+
+/// On graceful shutdown, how long a leader waits for leadership to move to a follower.
+pub const LEADER_TRANSFER_WAIT_MS: u64 = 3_000;
+/// On graceful shutdown, how long in-flight HTTP requests may take to finish.
+pub const SHUTDOWN_DRAIN_MS: u64 = 5_000;
+
+/// Client requests served at once per node; further requests wait for a slot (backpressure
+/// through the connection) instead of piling up work and memory.
+pub const MAX_CONCURRENT_CLIENT_REQUESTS: usize = 4096;
+/// Registering this node's client address is retried this often (every 500 ms) at start-up.
+pub const REGISTER_CLIENT_ADDR_ATTEMPTS: u32 = 120;
+
+/// A learner is promoted to voter only when it is at most this many entries behind the
+/// leader's log: a lagging new voter would slow every commit while it catches up.
+pub const MAX_PROMOTION_LAG_ENTRIES: u64 = 100;
+/// A voter counts as healthy (for refusing unsafe removals) when its replicated log is at most
+/// this many entries behind the leader's.
+pub const MAX_HEALTHY_LAG_ENTRIES: u64 = 1_000;
+/// A joining node asks the cluster to add it this many times (one second apart) before it
+/// gives up, and asks for promotion this many times once caught up.
+pub const JOIN_ATTEMPTS: u32 = 60;
+pub const PROMOTE_ATTEMPTS: u32 = 600;
+/// Largest JSON body of a cluster administration request.
+pub const MAX_ADMIN_BODY_BYTES: usize = 4 * 1024;
+
+/// Largest `max_lag_ms` a bounded-staleness read may ask for: one hour.
+pub const MAX_STALENESS_BOUND_MS: u64 = 3_600_000;
+
+/// Client (CLI) retries of a request that certainly did not take effect (refused connection,
+/// 503). Writes whose outcome is unknown are never retried.
+pub const CLIENT_MAX_ATTEMPTS: u32 = 6;
+/// Client back-off between attempts, doubling from the first value up to the cap.
+pub const CLIENT_BACKOFF_FIRST_MS: u64 = 100;
+pub const CLIENT_BACKOFF_MAX_MS: u64 = 1_000;
+/// Client request timeout: above the server's write timeout so the server's 504 arrives first.
+pub const CLIENT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+
+const _: () = assert!(DEFAULT_MAX_KEY_BYTES <= MAX_KEY_BYTES_CEILING);
+const _: () = assert!(DEFAULT_MAX_VALUE_BYTES <= MAX_VALUE_BYTES_CEILING);
+const _: () = assert!(DEFAULT_LIST_LIMIT <= MAX_LIST_LIMIT);
+const _: () = assert!(DEFAULT_HEARTBEAT_INTERVAL_MS < DEFAULT_ELECTION_TIMEOUT_MIN_MS);
+const _: () = assert!(DEFAULT_ELECTION_TIMEOUT_MIN_MS < DEFAULT_ELECTION_TIMEOUT_MAX_MS);
+const _: () = assert!(CLIENT_REQUEST_TIMEOUT_MS > DEFAULT_WRITE_TIMEOUT_MS);
+const _: () = assert!(MAX_VALUE_BYTES_CEILING * 2 < MAX_PEER_MESSAGE_BYTES);
+
+/// A list page also stops at about this many value bytes, so a page of large values stays a
+/// bounded response (at least one item is always returned).
+pub const MAX_LIST_PAGE_BYTES: usize = 8 * 1024 * 1024;

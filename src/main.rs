@@ -1,0 +1,327 @@
+//! The `quorumkv` binary: `serve` runs a node; the other subcommands are a client.
+
+use std::io::Read;
+use std::io::Write;
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use clap::Parser;
+use clap::Subcommand;
+use quorumkv::client::Answer;
+use quorumkv::client::Client;
+use quorumkv::client::ClientError;
+use quorumkv::client::Retry;
+use quorumkv::config::ServeConfig;
+use reqwest::header::HeaderMap;
+use reqwest::header::HeaderValue;
+use reqwest::Method;
+
+/// Exit status when a write's outcome is unknown (it may or may not have been applied).
+const EXIT_OUTCOME_UNKNOWN: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "quorumkv", version, about = "A replicated key-value store on Raft and RocksDB")]
+struct Cli {
+    /// Client endpoints to try, comma-separated (`host:port` or URLs).
+    #[arg(
+        long,
+        global = true,
+        env = "QUORUMKV_ENDPOINTS",
+        default_value = "127.0.0.1:8081,127.0.0.1:8082,127.0.0.1:8083"
+    )]
+    endpoints: String,
+
+    /// Read `QUORUMKV_*=value` lines from this file (flags and environment take precedence).
+    #[arg(long, global = true, env = "QUORUMKV_CONFIG")]
+    config: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve(Box<ServeConfig>),
+    /// Write a value (from the argument, or standard input when omitted).
+    Put {
+        key: String,
+        value: Option<String>,
+        /// Only if the key's revision is this one (compare-and-set).
+        #[arg(long)]
+        if_match: Option<u64>,
+        /// Only if the key does not exist.
+        #[arg(long, conflicts_with = "if_match")]
+        create_only: bool,
+    },
+    /// Print a value.
+    Get {
+        key: String,
+        /// linearizable (default), lease or stale.
+        #[arg(long, default_value = "linearizable")]
+        consistency: String,
+    },
+    /// Delete a key.
+    Delete {
+        key: String,
+        /// Only if the key's revision is this one.
+        #[arg(long)]
+        if_match: Option<u64>,
+    },
+    /// List keys and values as JSON.
+    List {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value = "")]
+        start: String,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value = "linearizable")]
+        consistency: String,
+    },
+    /// Write a consistent backup of all keys to FILE (JSON lines).
+    Backup { file: std::path::PathBuf },
+    /// Write every key of a backup FILE into the cluster (unconditional, idempotent PUTs).
+    Restore { file: std::path::PathBuf },
+    /// Cluster commands.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Show members, leader, term and indexes as seen by the first reachable endpoint.
+    Status,
+    /// List members (id, addresses, voter or learner).
+    Members,
+    /// Add a node as a learner (it then needs `quorumkv serve --join`, or already runs).
+    AddLearner { id: u64, peer_addr: String },
+    /// Promote a caught-up learner to voter.
+    Promote { id: u64 },
+    /// Remove a voter or learner; refused when the remaining voters would lack a healthy quorum.
+    Remove { id: u64 },
+    /// Hand leadership to the given voter.
+    TransferLeader { id: u64 },
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let Err(error) = quorumkv::config::load_config_file(&args) {
+        eprintln!("error: {error}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(config) => {
+            quorumkv::logging::init(config.id, &config.log);
+            let result = runtime.block_on(quorumkv::server::serve(*config));
+            // Let the tasks that still hold the database finish, so RocksDB closes before exit.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{error}");
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        command => runtime.block_on(run_client(&cli.endpoints, command)),
+    }
+}
+
+async fn run_client(endpoints: &str, command: Command) -> ExitCode {
+    let result = async {
+        let mut client = Client::new(endpoints)?;
+        match command {
+            Command::Serve(_) => unreachable!("handled by main"),
+            Command::Put { key, value, if_match, create_only } => {
+                let value = match value {
+                    Some(value) => Bytes::from(value),
+                    None => {
+                        let mut buffer = Vec::new();
+                        std::io::stdin()
+                            .read_to_end(&mut buffer)
+                            .map_err(|e| ClientError::Failed(format!("reading stdin: {e}")))?;
+                        Bytes::from(buffer)
+                    }
+                };
+                client.prefer_leader().await;
+                let headers = precondition_headers(if_match, create_only);
+                let answer = client
+                    .request(Method::PUT, &Client::key_path(&key), &[], headers, Some(value), Retry::OnlyIfNotSent)
+                    .await?;
+                print_answer(answer, false)
+            }
+            Command::Get { key, consistency } => {
+                let query = [("consistency", consistency)];
+                let answer = client
+                    .request(Method::GET, &Client::key_path(&key), &query, HeaderMap::new(), None, Retry::Idempotent)
+                    .await?;
+                print_answer(answer, true)
+            }
+            Command::Delete { key, if_match } => {
+                client.prefer_leader().await;
+                let headers = precondition_headers(if_match, false);
+                let answer = client
+                    .request(Method::DELETE, &Client::key_path(&key), &[], headers, None, Retry::OnlyIfNotSent)
+                    .await?;
+                print_answer(answer, false)
+            }
+            Command::List { prefix, start, limit, consistency } => {
+                let mut query = vec![("prefix", prefix), ("start", start), ("consistency", consistency)];
+                if let Some(limit) = limit {
+                    query.push(("limit", limit.to_string()));
+                }
+                let segments = vec!["v1".to_string(), "kv".to_string()];
+                let answer =
+                    client.request(Method::GET, &segments, &query, HeaderMap::new(), None, Retry::Idempotent).await?;
+                print_answer(answer, false)
+            }
+            Command::Backup { file } => backup(&client, &file).await,
+            Command::Restore { file } => restore(&client, &file).await,
+            Command::Cluster { command: ClusterCommand::Members } => {
+                let segments = vec!["v1".to_string(), "cluster".to_string(), "members".to_string()];
+                let answer =
+                    client.request(Method::GET, &segments, &[], HeaderMap::new(), None, Retry::Idempotent).await?;
+                print_answer(answer, false)
+            }
+            Command::Cluster { command: ClusterCommand::AddLearner { id, peer_addr } } => {
+                let body = serde_json::json!({ "id": id, "peer_addr": peer_addr });
+                admin(&client, Method::POST, &["learners"], Some(body)).await
+            }
+            Command::Cluster { command: ClusterCommand::Promote { id } } => {
+                admin(&client, Method::POST, &["voters"], Some(serde_json::json!({ "id": id }))).await
+            }
+            Command::Cluster { command: ClusterCommand::Remove { id } } => {
+                admin(&client, Method::DELETE, &["members", &id.to_string()], None).await
+            }
+            Command::Cluster { command: ClusterCommand::TransferLeader { id } } => {
+                admin(&client, Method::POST, &["leader"], Some(serde_json::json!({ "id": id }))).await
+            }
+            Command::Cluster { command: ClusterCommand::Status } => {
+                let segments = vec!["v1".to_string(), "cluster".to_string()];
+                let answer =
+                    client.request(Method::GET, &segments, &[], HeaderMap::new(), None, Retry::Idempotent).await?;
+                if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&answer.body) {
+                    let pretty = serde_json::to_string_pretty(&json).unwrap_or_default();
+                    return print_answer(Answer { body: Bytes::from(pretty + "\n"), ..answer }, true);
+                }
+                print_answer(answer, false)
+            }
+        }
+    };
+    match result.await {
+        Ok(code) => code,
+        Err(ClientError::Unknown(message)) => {
+            eprintln!("outcome unknown: the write may or may not have been applied: {message}");
+            ExitCode::from(EXIT_OUTCOME_UNKNOWN)
+        }
+        Err(ClientError::Failed(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Streams `/v1/backup` into FILE (through a temporary file, renamed once complete).
+async fn backup(client: &Client, file: &std::path::Path) -> Result<ExitCode, ClientError> {
+    let failed = |e: std::io::Error| ClientError::Failed(format!("{}: {e}", file.display()));
+    let partial = file.with_extension("partial");
+    let mut out = tokio::fs::File::create(&partial).await.map_err(failed)?;
+    let segments = vec!["v1".to_string(), "backup".to_string()];
+    let bytes = client.download(&segments, &mut out).await?;
+    out.sync_all().await.map_err(failed)?;
+    let text = tokio::fs::read_to_string(&partial).await.map_err(failed)?;
+    let keys = quorumkv::backup::check_complete(&text).map_err(ClientError::Failed)?;
+    tokio::fs::rename(&partial, file).await.map_err(failed)?;
+    eprintln!("backup of {keys} keys ({bytes} bytes) written to {}", file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Replays a backup with unconditional PUTs, a bounded number at a time. Writing the same
+/// value again is harmless, so a PUT whose outcome is unknown is simply retried.
+async fn restore(client: &Client, file: &std::path::Path) -> Result<ExitCode, ClientError> {
+    use futures::StreamExt;
+    let text =
+        tokio::fs::read_to_string(file).await.map_err(|e| ClientError::Failed(format!("{}: {e}", file.display())))?;
+    let expected = quorumkv::backup::check_complete(&text).map_err(ClientError::Failed)?;
+    let records = quorumkv::backup::records(&text).map_err(ClientError::Failed)?;
+    let puts = futures::stream::iter(records).map(|(key, value)| async move {
+        let answer = client
+            .request(Method::PUT, &Client::key_path(&key), &[], HeaderMap::new(), Some(value), Retry::Idempotent)
+            .await;
+        match answer {
+            Ok(answer) if answer.status.is_success() => Ok(()),
+            Ok(answer) => {
+                Err(ClientError::Failed(format!("{key}: {} {}", answer.status, String::from_utf8_lossy(&answer.body))))
+            }
+            Err(error) => Err(ClientError::Failed(format!("{key}: {error}"))),
+        }
+    });
+    let mut results = puts.buffer_unordered(RESTORE_CONCURRENCY);
+    let mut restored = 0u64;
+    while let Some(result) = results.next().await {
+        result?;
+        restored += 1;
+    }
+    eprintln!("restored {restored} of {expected} keys from {}", file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// PUTs a restore keeps in flight: enough to batch in Raft, few enough not to flood a node.
+const RESTORE_CONCURRENCY: usize = 32;
+
+/// A cluster administration call. Membership changes are not blindly retried: an unknown
+/// outcome is reported (exit status 3) and `cluster members` shows what happened.
+async fn admin(
+    client: &Client,
+    method: Method,
+    path: &[&str],
+    body: Option<serde_json::Value>,
+) -> Result<ExitCode, ClientError> {
+    let mut segments = vec!["v1".to_string(), "cluster".to_string()];
+    segments.extend(path.iter().map(|s| s.to_string()));
+    let mut headers = HeaderMap::new();
+    headers.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let body = body.map(|b| Bytes::from(b.to_string()));
+    let answer = client.request(method, &segments, &[], headers, body, Retry::OnlyIfNotSent).await?;
+    print_answer(answer, false)
+}
+
+fn precondition_headers(if_match: Option<u64>, create_only: bool) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(revision) = if_match {
+        if let Ok(value) = HeaderValue::from_str(&format!("\"{revision}\"")) {
+            headers.insert(reqwest::header::IF_MATCH, value);
+        }
+    }
+    if create_only {
+        headers.insert(reqwest::header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+    }
+    headers
+}
+
+/// Success bodies go to stdout (raw for values), error bodies to stderr with exit status 1.
+fn print_answer(answer: Answer, raw: bool) -> Result<ExitCode, ClientError> {
+    if answer.status.is_success() {
+        let mut stdout = std::io::stdout();
+        let _ = stdout.write_all(&answer.body);
+        if !raw {
+            let _ = stdout.write_all(b"\n");
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{} {}", answer.status, String::from_utf8_lossy(&answer.body));
+        Ok(ExitCode::FAILURE)
+    }
+}

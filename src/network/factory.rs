@@ -1,0 +1,137 @@
+//! openraft's view of the network: [`PeerNetwork`] hands out one [`RaftConnection`] per peer.
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::error::NetworkError;
+use openraft::error::RPCError;
+use openraft::error::ReplicationClosed;
+use openraft::error::StreamingError;
+use openraft::error::Unreachable;
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::RPCOption;
+use openraft::network::RaftNetworkFactory;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::CallError;
+use super::PeerClient;
+use super::PeerClients;
+use crate::limits::PEER_RPC_TIMEOUT_MS;
+use crate::types::Member;
+use crate::types::NodeId;
+use crate::types::Snapshot;
+use crate::types::SnapshotData;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+
+/// The network factory given to openraft.
+pub struct PeerNetwork {
+    clients: PeerClients,
+}
+
+impl PeerNetwork {
+    pub fn new(clients: PeerClients) -> Self {
+        Self { clients }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = RaftConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Self::Network {
+        RaftConnection { peer: self.clients.get(target, &node.peer_addr) }
+    }
+}
+
+/// Raft RPCs to one peer.
+pub struct RaftConnection {
+    peer: PeerClient,
+}
+
+impl RaftConnection {
+    async fn raft_call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        match self.peer.call(path, request, timeout).await {
+            Ok(response) => {
+                self.peer.note_answered();
+                Ok(response)
+            }
+            // Unreachable makes openraft back off instead of hammering a dead or booting peer.
+            Err(error @ (CallError::NotSent(..) | CallError::NotReady(_))) => {
+                Err(RPCError::Unreachable(Unreachable::from_string(error)))
+            }
+            Err(error @ CallError::NoAnswer(..)) => Err(RPCError::Network(NetworkError::from_string(error))),
+        }
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for RaftConnection {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        request: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        // openraft's hard TTL for appends is one heartbeat interval; a large batch plus the
+        // follower's fsync can take longer, and a deadline it can never meet stalls replication.
+        let timeout = option.hard_ttl().max(Duration::from_millis(PEER_RPC_TIMEOUT_MS));
+        self.raft_call("/raft/append", &request, timeout).await
+    }
+
+    async fn vote(
+        &mut self,
+        request: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call("/raft/vote", &request, option.hard_ttl()).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        request: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call("/raft/pre-vote", &request, option.hard_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let request = (vote, snapshot.meta, snapshot.snapshot.into_inner());
+        let call = self.raft_call("/raft/snapshot", &request, option.hard_ttl());
+        tokio::select! {
+            result = call => result.map_err(|error| match error {
+                RPCError::Unreachable(e) => StreamingError::Unreachable(e),
+                RPCError::Timeout(e) => StreamingError::Timeout(e),
+                RPCError::Network(e) => StreamingError::Network(e),
+                RPCError::RemoteError(e) => StreamingError::Network(NetworkError::from_string(e)),
+            }),
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        request: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call("/raft/transfer-leader", &request, option.hard_ttl()).await
+    }
+}

@@ -1,0 +1,52 @@
+//! Node-to-node traffic on `--peer-addr`: Raft RPCs and the forwarding of client requests to
+//! the leader, all encoded with postcard over HTTP/1.1.
+//!
+//! | path | body → reply |
+//! |---|---|
+//! | `POST /raft/append` | `AppendEntriesRequest` → `AppendEntriesResponse` |
+//! | `POST /raft/vote`, `/raft/pre-vote` | `VoteRequest` → `VoteResponse` |
+//! | `POST /raft/snapshot` | `(Vote, SnapshotMeta, bytes)` → `SnapshotResponse` |
+//! | `POST /raft/transfer-leader` | `TransferLeaderRequest` → `TransferLeaderResponse` |
+//! | `POST /internal/write` | `(Command, Ack)` → `Result<CommandResult, Error>` (run on the leader) |
+//! | `POST /internal/read-index` | `ReadPolicy` → `Result<ReadLogId, Error>` (leader confirms) |
+//! | `POST /internal/probe` | asking `NodeId` → `ProbeReply` (bootstrap safety) |
+//! | `POST /internal/admin` | `AdminCommand` → `Result<(), Error>` (run on the leader) |
+//!
+//! A peer that is still deciding whether to bootstrap answers Raft RPCs with 503, so no
+//! leader can count it as seen before it has Raft state of its own.
+
+mod factory;
+mod peer_client;
+mod server;
+
+pub use factory::PeerNetwork;
+pub use peer_client::CallError;
+pub use peer_client::PeerClient;
+pub use peer_client::PeerClients;
+use serde::Deserialize;
+use serde::Serialize;
+pub use server::peer_router;
+
+/// How a read asks the leader to confirm its leadership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadPolicy {
+    /// ReadIndex: a heartbeat round to a quorum.
+    ReadIndex,
+    /// Leader lease: no round trip while the lease holds (assumes bounded clock drift).
+    Lease,
+}
+
+/// A peer's answer to "have you ever seen me?", asked by a node whose data dir is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReply {
+    /// The answering node once got a successful Raft reply from the asking node.
+    pub has_seen_asker: bool,
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_allocvec(value)
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}

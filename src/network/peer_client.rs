@@ -1,0 +1,149 @@
+//! The client side of node-to-node traffic: one reused HTTP client per peer.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::decode;
+use super::encode;
+use crate::limits::PEER_CONNECT_TIMEOUT_MS;
+use crate::store::BootstrapRecord;
+use crate::types::NodeId;
+
+/// Why a call to a peer failed, split by whether the request could have been processed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The request never reached the peer (connection refused or not established).
+    #[error("peer {0} unreachable: {1}")]
+    NotSent(NodeId, String),
+    /// The peer is up but not serving Raft yet (still bootstrapping) or shutting down.
+    #[error("peer {0} not ready")]
+    NotReady(NodeId),
+    /// Sent, but no valid answer arrived in time: the peer may have acted on it.
+    #[error("peer {0} did not answer: {1}")]
+    NoAnswer(NodeId, String),
+}
+
+impl CallError {
+    /// True when the peer certainly did not act on the request.
+    pub fn is_definite(&self) -> bool {
+        !matches!(self, CallError::NoAnswer(..))
+    }
+}
+
+/// A connection pool to one peer. Cheap to clone.
+#[derive(Clone)]
+pub struct PeerClient {
+    target: NodeId,
+    base_url: String,
+    http: reqwest::Client,
+    /// Set once the peer has been durably recorded as holding Raft state.
+    seen: Arc<AtomicBool>,
+    bootstrap: BootstrapRecord,
+}
+
+impl PeerClient {
+    pub fn target(&self) -> NodeId {
+        self.target
+    }
+
+    /// POSTs a postcard-encoded request and decodes the postcard reply.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let body = encode(request).map_err(|e| CallError::NotSent(self.target, format!("encode: {e}")))?;
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.classify(e))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            return Err(CallError::NotReady(self.target));
+        }
+        let bytes = response.bytes().await.map_err(|e| CallError::NoAnswer(self.target, e.to_string()))?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes);
+            return Err(CallError::NoAnswer(self.target, format!("HTTP {status}: {text}")));
+        }
+        decode(&bytes).map_err(|e| CallError::NoAnswer(self.target, format!("decode: {e}")))
+    }
+
+    fn classify(&self, error: reqwest::Error) -> CallError {
+        if error.is_connect() {
+            CallError::NotSent(self.target, error.to_string())
+        } else {
+            CallError::NoAnswer(self.target, error.to_string())
+        }
+    }
+
+    /// Records, once and durably, that this peer answered a Raft RPC: it holds Raft state.
+    pub(crate) fn note_answered(&self) {
+        if self.seen.load(Ordering::Relaxed) {
+            return;
+        }
+        // Once per peer per process: a synced write, kept off the async workers.
+        if self.seen.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let (bootstrap, target, seen) = (self.bootstrap.clone(), self.target, self.seen.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = bootstrap.mark_peer_seen(target) {
+                seen.store(false, Ordering::Relaxed);
+                tracing::warn!(peer = target, %error, "cannot record peer as seen");
+            }
+        });
+    }
+}
+
+/// One [`PeerClient`] per peer, created on first use and reused, re-created when the peer's
+/// address changes.
+#[derive(Clone)]
+pub struct PeerClients {
+    clients: Arc<Mutex<HashMap<NodeId, PeerClient>>>,
+    bootstrap: BootstrapRecord,
+}
+
+impl PeerClients {
+    pub fn new(bootstrap: BootstrapRecord) -> Self {
+        Self { clients: Arc::new(Mutex::new(HashMap::new())), bootstrap }
+    }
+
+    pub fn get(&self, target: NodeId, peer_addr: &str) -> PeerClient {
+        let base_url = format!("http://{peer_addr}");
+        let mut clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(client) = clients.get(&target) {
+            if client.base_url == base_url {
+                return client.clone();
+            }
+        }
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        let seen = self.bootstrap.has_seen_peer(target).unwrap_or(false);
+        let client = PeerClient {
+            target,
+            base_url,
+            http,
+            seen: Arc::new(AtomicBool::new(seen)),
+            bootstrap: self.bootstrap.clone(),
+        };
+        clients.insert(target, client.clone());
+        client
+    }
+}

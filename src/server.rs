@@ -1,0 +1,111 @@
+//! Running one node: listeners, bootstrap, signal handling and graceful shutdown.
+
+use std::future::Future;
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::client_router;
+use crate::config::ServeConfig;
+use crate::limits;
+use crate::network::peer_router;
+use crate::node::Node;
+
+/// Runs a node until SIGTERM or SIGINT, then shuts it down gracefully.
+pub async fn serve(config: ServeConfig) -> Result<(), String> {
+    serve_until(config, shutdown_signal()).await
+}
+
+/// Runs a node until `stop` completes.
+pub async fn serve_until(config: ServeConfig, stop: impl Future<Output = ()>) -> Result<(), String> {
+    config.validate()?;
+    let bind = |addr: String| async move {
+        TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
+    };
+    // Latency matters more than packet count for both Raft and client traffic.
+    let client_listener = bind(config.client_addr.clone()).await?.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let peer_listener = bind(config.peer_addr.clone()).await?.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let node = Node::open(config).await?;
+
+    let (stop_peer, peer_stopped) = watch::channel(false);
+    let (stop_client, client_stopped) = watch::channel(false);
+    let peer_server = tokio::spawn(
+        axum::serve(peer_listener, peer_router(node.clone()))
+            .with_graceful_shutdown(wait_true(peer_stopped))
+            .into_future(),
+    );
+    let client_server = tokio::spawn(
+        axum::serve(client_listener, client_router(node.clone()))
+            .with_graceful_shutdown(wait_true(client_stopped))
+            .into_future(),
+    );
+
+    if let Err(error) = node.bootstrap_or_resume().await {
+        node.shutdown().await;
+        return Err(error);
+    }
+    tracing::info!(
+        client_addr = %node.config().client_addr,
+        peer_addr = %node.config().peer_addr,
+        "node {} serving", node.id()
+    );
+    let registrar = {
+        let node = node.clone();
+        tokio::spawn(async move { node.register_client_addr().await })
+    };
+    let watcher = {
+        let node = node.clone();
+        tokio::spawn(async move { node.watch_raft_changes().await })
+    };
+    let promoter = (node.config().join.is_some() && node.config().auto_promote).then(|| {
+        let node = node.clone();
+        tokio::spawn(async move { node.promote_self_when_caught_up().await })
+    });
+
+    stop.await;
+    tracing::info!("shutting down");
+    node.transfer_leadership_away().await;
+    let _ = stop_client.send(true);
+    // In-flight requests finish (a leader forwards to the new leader) or are cut at the bound.
+    if tokio::time::timeout(Duration::from_millis(limits::SHUTDOWN_DRAIN_MS), client_server).await.is_err() {
+        tracing::warn!("in-flight client requests did not finish in time");
+    }
+    registrar.abort();
+    watcher.abort();
+    if let Some(promoter) = promoter {
+        promoter.abort();
+    }
+    node.shutdown().await;
+    let _ = stop_peer.send(true);
+    let _ = tokio::time::timeout(Duration::from_millis(limits::SHUTDOWN_DRAIN_MS), peer_server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_true(mut receiver: watch::Receiver<bool>) {
+    let _ = receiver.wait_for(|stop| *stop).await;
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::signal;
+    use tokio::signal::unix::SignalKind;
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,111 @@
+//! The Raft type configuration and the commands replicated through the log.
+//!
+//! Everything here is part of the on-disk and on-wire format (postcard): change it only with a
+//! migration plan.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::Serialize;
+
+/// A node's identity in the cluster; never reused for a different data directory.
+pub type NodeId = u64;
+
+/// What the cluster knows about a member: where to reach it.
+///
+/// Stored in every membership log entry, so it is kept small and stable.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Raft RPC and node-to-node forwarding address (`host:port`).
+    pub peer_addr: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "peer={}", self.peer_addr)
+    }
+}
+
+/// A condition that must hold at apply time for a write to take effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precondition {
+    /// Unconditional write.
+    None,
+    /// The key exists and its modification revision equals this one (`If-Match: "<rev>"`).
+    ModRevision(u64),
+    /// The key exists (`If-Match: *`).
+    Exists,
+    /// The key does not exist (`If-None-Match: *`).
+    Absent,
+}
+
+/// A state-machine command, the application payload of a Raft log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put {
+        key: String,
+        value: Bytes,
+        precondition: Precondition,
+    },
+    Delete {
+        key: String,
+        precondition: Precondition,
+    },
+    /// Records a member's client address so any node can tell clients where the leader is.
+    RegisterClientAddr {
+        node_id: NodeId,
+        client_addr: String,
+    },
+}
+
+/// The deterministic result of applying one log entry.
+///
+/// A failed precondition is a result, not an error: every replica computes the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// A put took effect; `revision` is the new modification revision of the key.
+    Put { revision: u64 },
+    /// A delete was applied at `revision`; `deleted` says whether the key existed.
+    Delete { revision: u64, deleted: bool },
+    /// The precondition did not hold; nothing changed. `current_revision` is `None` when absent.
+    PreconditionFailed { current_revision: Option<u64> },
+    /// Entries that carry no client command (blank, membership, bookkeeping).
+    Empty,
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Put { key, value, precondition } => {
+                write!(f, "put {key:?} ({} bytes, {precondition:?})", value.len())
+            }
+            Command::Delete { key, precondition } => write!(f, "delete {key:?} ({precondition:?})"),
+            Command::RegisterClientAddr { node_id, client_addr } => write!(f, "register {node_id} at {client_addr}"),
+        }
+    }
+}
+
+impl fmt::Display for CommandResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// quorumkv's Raft types: u64 node ids and terms, postcard-encoded commands.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = Member,
+);
+
+pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+pub type SnapshotData = std::io::Cursor<Vec<u8>>;
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;

@@ -1,0 +1,242 @@
+//! Real 3-node clusters of `quorumkv serve` processes: replication, reads, CAS, failover,
+//! restarts, bad input. Each test states its goal; all waiting is polling with a deadline.
+
+mod common;
+
+use std::time::Instant;
+
+use common::eventually;
+use common::Cluster;
+use serde_json::Value;
+
+/// Goal: a leader is elected, a write to any node (a follower here) is readable from every
+/// node: stale reads eventually, linearizable reads at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_to_any_node_is_readable_everywhere() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+
+    let revision = cluster.put_ok(follower, "greeting", "hello").await;
+    assert!(revision > 0);
+
+    for id in 1..=3 {
+        // Linearizable read right after the acknowledged write must see it, on every node.
+        assert_eq!(cluster.get(id, "greeting", "linearizable").await, (200, "hello".to_string()), "node {id}");
+        assert_eq!(cluster.get(id, "greeting", "lease").await, (200, "hello".to_string()), "node {id}");
+        eventually("stale read catches up", || async {
+            (cluster.get(id, "greeting", "stale").await == (200, "hello".to_string())).then_some(())
+        })
+        .await;
+    }
+
+    let response = cluster.http.get(cluster.url(1, "/v1/kv/greeting")).send().await.expect("GET");
+    assert_eq!(response.headers()["etag"], format!("\"{revision}\"").as_str());
+
+    let status = cluster.cluster_status(follower).await.expect("status");
+    assert_eq!(status["members"].as_array().expect("members").len(), 3);
+    assert_eq!(status["leader_id"].as_u64(), Some(leader));
+    assert!(status["commit_index"].as_u64() >= Some(revision));
+    eventually("every member registered its client address", || async {
+        let status = cluster.cluster_status(leader).await?;
+        let members = status["members"].as_array()?.clone();
+        members.iter().all(|m| m["client_addr"].is_string()).then_some(())
+    })
+    .await;
+    for id in 1..=3 {
+        let ready = cluster.http.get(cluster.url(id, "/ready")).send().await.expect("ready");
+        assert_eq!(ready.status(), 200, "node {id} ready");
+    }
+}
+
+/// Goal: compare-and-set on the modification revision, create-only, and conditional delete
+/// hold, and fail with 412 plus the current revision when they do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_create_only_and_delete() {
+    let cluster = Cluster::start(3).await;
+    cluster.wait_for_leader().await;
+    let url = cluster.url(2, "/v1/kv/config/db");
+    let send = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.expect("sent");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    };
+
+    let (status, body) = send(cluster.http.put(&url).header("If-None-Match", "*").body("v1")).await;
+    assert_eq!(status, 200, "{body}");
+    let first = body["revision"].as_u64().expect("revision");
+
+    let (status, body) = send(cluster.http.put(&url).header("If-None-Match", "*").body("v2")).await;
+    assert_eq!((status, body["error"].as_str()), (412, Some("precondition_failed")));
+    assert_eq!(body["current_revision"].as_u64(), Some(first));
+
+    let (status, body) =
+        send(cluster.http.put(&url).header("If-Match", format!("\"{}\"", first + 1000)).body("x")).await;
+    assert_eq!(status, 412, "{body}");
+    assert_eq!(body["current_revision"].as_u64(), Some(first));
+
+    let (status, body) = send(cluster.http.put(&url).header("If-Match", format!("\"{first}\"")).body("v3")).await;
+    assert_eq!(status, 200, "{body}");
+    let second = body["revision"].as_u64().expect("revision");
+    assert!(second > first, "revisions increase");
+    assert_eq!(cluster.get(3, "config/db", "linearizable").await, (200, "v3".to_string()));
+
+    // The old revision no longer matches: a lost update is refused.
+    let (status, _) = send(cluster.http.put(&url).header("If-Match", format!("\"{first}\"")).body("v4")).await;
+    assert_eq!(status, 412);
+
+    let (status, _) = send(cluster.http.delete(&url).header("If-Match", format!("\"{first}\""))).await;
+    assert_eq!(status, 412);
+    let (status, body) = send(cluster.http.delete(&url).header("If-Match", format!("\"{second}\""))).await;
+    assert_eq!((status, body["deleted"].as_bool()), (200, Some(true)), "{body}");
+    let (status, body) = send(cluster.http.delete(&url)).await;
+    assert_eq!((status, body["deleted"].as_bool()), (200, Some(false)), "{body}");
+    assert_eq!(cluster.get(1, "config/db", "linearizable").await.0, 404);
+
+    // If-Match: * requires existence.
+    let (status, body) = send(cluster.http.put(&url).header("If-Match", "*").body("v5")).await;
+    assert_eq!(status, 412);
+    assert_eq!(body["current_revision"], Value::Null);
+
+    // List with a prefix and pagination.
+    for i in 0..5 {
+        cluster.put_ok(1, &format!("list/k{i}"), &format!("v{i}")).await;
+    }
+    let page = cluster.get_json(3, "/v1/kv?prefix=list/&limit=2").await;
+    assert_eq!(page["items"].as_array().expect("items").len(), 2);
+    assert_eq!(page["items"][0]["key"], "list/k0");
+    assert_eq!(page["next_start"], "list/k2");
+    let rest = cluster.get_json(3, "/v1/kv?prefix=list/&start=list/k2&limit=10").await;
+    assert_eq!(rest["items"].as_array().expect("items").len(), 3);
+    assert_eq!(rest["next_start"], Value::Null);
+}
+
+/// Goal: bad input gets the documented 4xx JSON error and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_rejected_and_changes_nothing() {
+    let cluster = Cluster::start(3).await;
+    cluster.wait_for_leader().await;
+    let http = &cluster.http;
+    let kv = |key: &str| cluster.url(1, &format!("/v1/kv/{key}"));
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (http.put(kv("big")).body(vec![b'x'; 1024 * 1024 + 1]), 413, "value_too_large"),
+        (http.put(kv(&"k".repeat(1025))).body("v"), 413, "key_too_large"),
+        (http.put(kv("bad%01key")).body("v"), 400, "invalid_key"),
+        (http.put(kv("h")).header("If-Match", "seven").body("v"), 400, "invalid_header"),
+        (http.put(kv("h")).header("If-None-Match", "\"3\"").body("v"), 400, "invalid_header"),
+        (http.put(kv("h")).header("If-Match", "\"1\"").header("If-None-Match", "*").body("v"), 400, "invalid_header"),
+        (http.get(kv("h") + "?consistency=eventual"), 400, "invalid_parameter"),
+        (http.put(kv("h") + "?ttl=5").body("v"), 400, "invalid_parameter"),
+        (http.get(cluster.url(1, "/v1/kv?limit=100000")), 400, "invalid_parameter"),
+        (http.put(cluster.url(1, "/v1/kv/")).body("v"), 400, "invalid_key"),
+        (http.get(cluster.url(1, "/v2/nothing")), 404, "not_found"),
+    ];
+    for (request, expected_status, expected_code) in cases {
+        let response = request.send().await.expect("sent");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.expect("JSON error body");
+        assert_eq!(status, expected_status, "{body}");
+        assert_eq!(body["error"], expected_code, "{body}");
+        assert_eq!(body["outcome"], "failed", "{body}");
+        assert!(body["message"].is_string());
+    }
+    // Nothing was written.
+    let page = cluster.get_json(2, "/v1/kv").await;
+    assert_eq!(page["items"], serde_json::json!([]), "bad requests wrote something");
+    // An exactly-at-limit value is accepted.
+    let response = http.put(kv("max")).body(vec![b'y'; 1024 * 1024]).send().await.expect("sent");
+    assert_eq!(response.status(), 200);
+}
+
+/// Goal: kill -9 of the leader elects a new one; no acknowledged write is lost; writes go on;
+/// the killed node restarts, catches up, and holds everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3).await;
+    let old_leader = cluster.wait_for_leader().await;
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let node = 1 + i % 3;
+        cluster.put_ok(node, &format!("before/{i}"), &format!("value-{i}")).await;
+        acknowledged.push((format!("before/{i}"), format!("value-{i}")));
+    }
+
+    let killed_at = Instant::now();
+    cluster.kill(old_leader);
+    let new_leader = cluster.wait_for_leader().await;
+    eprintln!("new leader {new_leader} after {:?}", killed_at.elapsed());
+    assert_ne!(new_leader, old_leader);
+
+    let survivor = cluster.running_ids()[0];
+    for i in 0..10 {
+        cluster.put_ok(survivor, &format!("after/{i}"), &format!("value-{i}")).await;
+        acknowledged.push((format!("after/{i}"), format!("value-{i}")));
+    }
+    for id in cluster.running_ids() {
+        for (key, value) in &acknowledged {
+            assert_eq!(cluster.get(id, key, "linearizable").await, (200, value.clone()), "node {id} key {key}");
+        }
+    }
+
+    cluster.spawn(old_leader);
+    eventually("restarted node catches up", || async {
+        let (status, body) = cluster.get(old_leader, "after/9", "stale").await;
+        (status == 200 && body == "value-9").then_some(())
+    })
+    .await;
+    for (key, value) in &acknowledged {
+        assert_eq!(cluster.get(old_leader, key, "stale").await, (200, value.clone()), "restarted node key {key}");
+    }
+}
+
+/// Goal: stopping all three nodes (kill -9, so nothing is flushed on the way out) and
+/// starting them again keeps every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_restart_keeps_all_data() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.wait_for_leader().await;
+    for i in 0..30 {
+        cluster.put_ok(1 + i % 3, &format!("k{i}"), &format!("v{i}")).await;
+    }
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader().await;
+    for i in 0..30 {
+        let id = 1 + (i as u64 + 1) % 3;
+        assert_eq!(cluster.get(id, &format!("k{i}"), "linearizable").await, (200, format!("v{i}")));
+    }
+}
+
+/// Goal: SIGTERM on the leader hands leadership over before exiting, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_transfers_leadership() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.put_ok(leader, "k", "v").await;
+    let status = cluster.terminate(leader).await;
+    assert!(status.success(), "exit status {status:?}\n{}", cluster.log(leader));
+    assert!(cluster.log(leader).contains("transferring leadership"), "{}", cluster.log(leader));
+    let new_leader = cluster.wait_for_leader().await;
+    assert_ne!(new_leader, leader);
+    let other = cluster.running_ids().into_iter().find(|id| *id != new_leader).expect("other");
+    assert_eq!(cluster.get(other, "k", "linearizable").await, (200, "v".to_string()));
+}
+
+/// Goal: a node whose data dir was wiped refuses to start (it could lose committed data as a
+/// fresh voter) and says how to rejoin; the cluster is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_node_is_refused() {
+    let (mut cluster, leader, victim) = Cluster::with_wiped_follower().await;
+    cluster.spawn(victim);
+    let status = cluster.wait_exit(victim).await;
+    assert!(!status.success(), "a wiped node must not start");
+    let log = cluster.log(victim);
+    assert!(log.contains("lost or wiped"), "{log}");
+    assert!(log.contains("restore its data dir"), "{log}");
+    cluster.put_ok(leader, "k2", "v2").await;
+}

@@ -1,0 +1,255 @@
+//! Test harness: real 3-node clusters of `quorumkv serve` processes on free loopback ports,
+//! each with its own temporary data dir. Everything waits by polling with a deadline.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::ExitStatus;
+use std::time::Duration;
+use std::time::Instant;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// Generous bound for anything a healthy cluster does (elections, catch-up) on a loaded CI box.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(50);
+
+pub struct NodeProcess {
+    pub id: u64,
+    pub client_addr: String,
+    pub peer_addr: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    /// How the node enters the cluster: founding (`--initial-cluster`) or `--join` arguments.
+    entry_args: Vec<String>,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub nodes: Vec<NodeProcess>,
+    pub http: reqwest::Client,
+    _dir: TempDir,
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Polls `condition` until it returns `Some`, or panics with `what` at the deadline.
+pub async fn eventually<T, F, Fut>(what: &str, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+impl Cluster {
+    /// Starts `size` nodes bootstrapping one new cluster.
+    pub async fn start(size: u64) -> Cluster {
+        let dir = TempDir::new().expect("temp dir");
+        let nodes: Vec<NodeProcess> = (1..=size)
+            .map(|id| NodeProcess {
+                id,
+                client_addr: format!("127.0.0.1:{}", free_port()),
+                peer_addr: format!("127.0.0.1:{}", free_port()),
+                data_dir: dir.path().join(format!("node-{id}")),
+                log_path: dir.path().join(format!("node-{id}.log")),
+                entry_args: vec![],
+                child: None,
+            })
+            .collect();
+        let initial_cluster = nodes.iter().map(|n| format!("{}={}", n.id, n.peer_addr)).collect::<Vec<_>>().join(",");
+        let mut nodes = nodes;
+        for node in &mut nodes {
+            node.entry_args = vec!["--initial-cluster".into(), initial_cluster.clone()];
+        }
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("http client");
+        let mut cluster = Cluster { nodes, http, _dir: dir };
+        for id in 1..=size {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    pub fn node(&self, id: u64) -> &NodeProcess {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut NodeProcess {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Adds a node that joins the running cluster through the founding nodes' client
+    /// addresses, and starts it. Returns its id.
+    pub fn add_joining_node(&mut self, auto_promote: bool) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let join = self.nodes.iter().map(|n| n.client_addr.clone()).collect::<Vec<_>>().join(",");
+        let dir = self._dir.path();
+        self.nodes.push(NodeProcess {
+            id,
+            client_addr: format!("127.0.0.1:{}", free_port()),
+            peer_addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: dir.join(format!("node-{id}")),
+            log_path: dir.join(format!("node-{id}.log")),
+            entry_args: vec!["--join".into(), join, "--auto-promote".into(), auto_promote.to_string()],
+            child: None,
+        });
+        self.spawn(id);
+        id
+    }
+
+    /// A 3-node cluster holding `k=v` whose follower `victim` was killed and its data dir
+    /// wiped. Returns (cluster, leader, victim).
+    pub async fn with_wiped_follower() -> (Cluster, u64, u64) {
+        let mut cluster = Cluster::start(3).await;
+        let leader = cluster.wait_for_leader().await;
+        let victim = (1..=3).find(|id| *id != leader).expect("follower");
+        cluster.put_ok(leader, "k", "v").await;
+        cluster.kill(victim);
+        std::fs::remove_dir_all(&cluster.node(victim).data_dir).expect("wipe");
+        (cluster, leader, victim)
+    }
+
+    /// Starts (or restarts) node `id` with its data dir.
+    pub fn spawn(&mut self, id: u64) {
+        let node = self.node_mut(id);
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = File::options().create(true).append(true).open(&node.log_path).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_quorumkv"))
+            .arg("serve")
+            .args(["--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--client-addr", &node.client_addr])
+            .args(["--peer-addr", &node.peer_addr])
+            .args(&node.entry_args)
+            .env("QUORUMKV_LOG", "info,openraft=warn")
+            .stdout(log.try_clone().expect("log clone"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn quorumkv");
+        node.child = Some(child);
+    }
+
+    /// kill -9: no chance to flush or hand over anything.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for exit: the graceful path.
+    pub async fn terminate(&mut self, id: u64) -> ExitStatus {
+        let mut child = self.node_mut(id).child.take().expect("node running");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+        assert!(status.success(), "kill -TERM failed");
+        eventually("node exits after SIGTERM", || {
+            let exited = child.try_wait().expect("try_wait");
+            async move { exited }
+        })
+        .await
+    }
+
+    /// Waits for a node process that is expected to exit by itself.
+    pub async fn wait_exit(&mut self, id: u64) -> ExitStatus {
+        let mut child = self.node_mut(id).child.take().expect("node running");
+        eventually("node exits", || {
+            let exited = child.try_wait().expect("try_wait");
+            async move { exited }
+        })
+        .await
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.node(id).child.is_some()
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log_path).unwrap_or_default()
+    }
+
+    pub fn url(&self, id: u64, path: &str) -> String {
+        format!("http://{}{path}", self.node(id).client_addr)
+    }
+
+    /// GET a JSON document from node `id`; panics when it does not answer with JSON.
+    pub async fn get_json(&self, id: u64, path: &str) -> Value {
+        let response = self.http.get(self.url(id, path)).send().await.expect("GET sent");
+        response.json().await.expect("JSON body")
+    }
+
+    pub async fn cluster_status(&self, id: u64) -> Option<Value> {
+        let response = self.http.get(self.url(id, "/v1/cluster")).send().await.ok()?;
+        response.json().await.ok()
+    }
+
+    /// Waits until every running node reports the same leader, which is running too.
+    pub async fn wait_for_leader(&self) -> u64 {
+        eventually("all running nodes agree on a running leader", || async {
+            let mut agreed = None;
+            for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+                let leader = self.cluster_status(node.id).await?["leader_id"].as_u64()?;
+                if agreed.is_some_and(|a| a != leader) || !self.is_running(leader) {
+                    return None;
+                }
+                agreed = Some(leader);
+            }
+            agreed
+        })
+        .await
+    }
+
+    pub fn running_ids(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+    }
+
+    pub async fn put(&self, id: u64, key: &str, value: &str) -> reqwest::Response {
+        self.http.put(self.url(id, &format!("/v1/kv/{key}"))).body(value.to_string()).send().await.expect("PUT sent")
+    }
+
+    /// PUT that must succeed; returns the revision.
+    pub async fn put_ok(&self, id: u64, key: &str, value: &str) -> u64 {
+        let response = self.put(id, key, value).await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("json body");
+        assert_eq!(status, 200, "PUT {key} on node {id}: {body}");
+        body["revision"].as_u64().expect("revision")
+    }
+
+    /// GET with a consistency level; returns (status, body), or status 0 and the error when
+    /// no answer arrived (e.g. the node is still starting).
+    pub async fn get(&self, id: u64, key: &str, consistency: &str) -> (u16, String) {
+        let url = self.url(id, &format!("/v1/kv/{key}?consistency={consistency}"));
+        let response = match self.http.get(url).send().await {
+            Ok(response) => response,
+            Err(error) => return (0, error.to_string()),
+        };
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_else(|e| e.to_string()))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Membership changes on real clusters: joining with nothing but an address, automatic
+//! promotion, learners kept as learners, removal (and refusal when unsafe), leadership
+//! transfer. All waiting polls with a deadline.
+
+mod common;
+
+use common::eventually;
+use common::Cluster;
+use serde_json::json;
+use serde_json::Value;
+
+async fn member(cluster: &Cluster, via: u64, id: u64) -> Option<Value> {
+    let status = cluster.cluster_status(via).await?;
+    status["members"].as_array()?.iter().find(|m| m["id"].as_u64() == Some(id)).cloned()
+}
+
+/// Goal: a node started with `--join <any member>` is added as a learner, catches up, and
+/// becomes a voter by itself; one started with `--auto-promote false` stays a learner but
+/// still receives every write (an asynchronous replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_nodes_catch_up_and_promote_unless_told_not_to() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    for i in 0..20 {
+        cluster.put_ok(leader, &format!("k{i}"), &format!("v{i}")).await;
+    }
+    let voter = cluster.add_joining_node(true);
+    let learner = cluster.add_joining_node(false);
+    eventually("the joined node becomes a voter", || async {
+        member(&cluster, leader, voter).await?["voter"].as_bool()?.then_some(())
+    })
+    .await;
+    eventually("the learner is a member", || async { member(&cluster, leader, learner).await.map(|_| ()) }).await;
+    cluster.put_ok(leader, "after-join", "x").await;
+    for id in [voter, learner] {
+        eventually("the new node has every write", || async {
+            let (status, body) = cluster.get(id, "after-join", "stale").await;
+            (status == 200 && body == "x").then_some(())
+        })
+        .await;
+        assert_eq!(cluster.get(id, "k7", "stale").await, (200, "v7".to_string()));
+        // Linearizable reads work from any member, learners included.
+        assert_eq!(cluster.get(id, "k19", "linearizable").await, (200, "v19".to_string()));
+    }
+    let learner_entry = member(&cluster, leader, learner).await.expect("learner listed");
+    assert_eq!(learner_entry["voter"], false, "{learner_entry}");
+    let voters = cluster.get_json(leader, "/v1/cluster/members").await;
+    assert_eq!(voters.as_array().expect("members").iter().filter(|m| m["voter"] == true).count(), 4);
+}
+
+/// Goal: a voter can be removed and the cluster keeps working; removing a voter when the rest
+/// would lack a healthy quorum is refused with 409; leadership moves to a chosen voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_transfer_and_refuse_unsafe_removal() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+
+    // Transfer leadership to a chosen follower.
+    let target = followers[0];
+    let response = cluster
+        .http
+        .post(cluster.url(followers[1], "/v1/cluster/leader"))
+        .json(&json!({ "id": target }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+    assert_eq!(cluster.wait_for_leader().await, target);
+
+    // Remove a voter through a node that is not the leader.
+    let removed = leader;
+    let response = cluster
+        .http
+        .delete(cluster.url(followers[1], &format!("/v1/cluster/members/{removed}")))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+    cluster.kill(removed);
+    eventually("the removed node is gone from the membership", || async {
+        member(&cluster, target, removed).await.is_none().then_some(())
+    })
+    .await;
+    cluster.put_ok(followers[1], "after-remove", "ok").await;
+
+    // Two voters left; with one of them dead, removing the other would leave no quorum.
+    let survivor = followers[1];
+    cluster.kill(survivor);
+    let response = cluster
+        .http
+        .delete(cluster.url(target, &format!("/v1/cluster/members/{survivor}")))
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("json");
+    // 409 when the leader sees the dead voter lagging; 503/504 when it has already lost its
+    // quorum. Never 200: the removal must not happen.
+    assert!(matches!(status, 409 | 503 | 504), "{status} {body}");
+    assert!(member(&cluster, target, survivor).await.is_some(), "the voter was removed");
+
+    // Unknown members and bad bodies are refused plainly.
+    let response = cluster.http.delete(cluster.url(target, "/v1/cluster/members/99")).send().await.expect("sent");
+    assert!(matches!(response.status().as_u16(), 404 | 503), "{}", response.status());
+    let response = cluster.http.post(cluster.url(target, "/v1/cluster/leader")).body("{").send().await.expect("sent");
+    assert_eq!(response.status(), 400);
+}
+
+/// Goal: a wiped voter cannot rejoin under its id while it is a voter; once removed, a node
+/// started with `--join` takes its place and serves the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_voter_is_replaced_after_removal() {
+    let (mut cluster, leader, victim) = Cluster::with_wiped_follower().await;
+
+    // Still a voter: joining under the same id is refused.
+    let response = cluster
+        .http
+        .post(cluster.url(leader, "/v1/cluster/learners"))
+        .json(&json!({ "id": victim, "peer_addr": cluster.node(victim).peer_addr }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 409);
+
+    let response =
+        cluster.http.delete(cluster.url(leader, &format!("/v1/cluster/members/{victim}"))).send().await.expect("sent");
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+    let rejoined = cluster.add_joining_node(true);
+    eventually("the replacement becomes a voter", || async {
+        member(&cluster, leader, rejoined).await?["voter"].as_bool()?.then_some(())
+    })
+    .await;
+    assert_eq!(cluster.get(rejoined, "k", "linearizable").await, (200, "v".to_string()));
+}

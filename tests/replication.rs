@@ -1,0 +1,130 @@
+//! Replication modes on real clusters: synchronous `ack=all`, bounded-staleness reads that a
+//! lagging replica refuses, and replication lag visible in `/v1/cluster`.
+
+mod common;
+
+use common::eventually;
+use common::Cluster;
+use serde_json::Value;
+
+/// Goal: `ack=all` answers only once every voter has the entry durable (the leader's view of
+/// each voter's matched index covers it), and with a voter down it times out honestly: 504,
+/// outcome unknown, while `ack=quorum` writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_all_waits_for_every_voter_and_times_out_when_one_is_down() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let response = cluster.http.put(cluster.url(leader, "/v1/kv/sync?ack=all")).body("a").send().await.expect("sent");
+    assert_eq!(response.status(), 200);
+    let revision = response.json::<Value>().await.expect("json")["revision"].as_u64().expect("revision");
+    let status = cluster.cluster_status(leader).await.expect("status");
+    for member in status["members"].as_array().expect("members") {
+        assert!(member["matched_index"].as_u64() >= Some(revision), "ack=all answered before {member} had it");
+    }
+
+    let follower = (1..=3).find(|id| *id != leader).expect("follower");
+    cluster.kill(follower);
+    let response = cluster.http.put(cluster.url(leader, "/v1/kv/sync?ack=all")).body("b").send().await.expect("sent");
+    assert_eq!(response.status(), 504);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!((body["error"].as_str(), body["outcome"].as_str()), (Some("outcome_unknown"), Some("unknown")));
+    // ack=quorum still succeeds with one voter down.
+    cluster.put_ok(leader, "quorum", "ok").await;
+    // The timed-out write was committed by the quorum: its outcome was unknown, not failed.
+    assert_eq!(cluster.get(leader, "sync", "linearizable").await, (200, "b".to_string()));
+}
+
+/// Goal: a learner (asynchronous replica) serves stale reads; with `max_lag_ms` it refuses
+/// (503 too_stale) once it has not heard from a leader for longer than that, and answers again
+/// without the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learner_refuses_a_too_stale_read() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let learner = cluster.add_joining_node(false);
+    cluster.put_ok(leader, "k", "v").await;
+    eventually("the learner has the write", || async {
+        (cluster.get(learner, "k", "stale").await == (200, "v".to_string())).then_some(())
+    })
+    .await;
+    eventually("a fresh learner answers a bounded read", || async {
+        let (status, _) = cluster.get(learner, "k", "stale&max_lag_ms=5000").await;
+        (status == 200).then_some(())
+    })
+    .await;
+
+    // No quorum, no leader: the learner's data ages.
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    eventually("the learner refuses a read staler than 300 ms", || async {
+        let url = cluster.url(learner, "/v1/kv/k?consistency=stale&max_lag_ms=300");
+        let response = cluster.http.get(url).send().await.ok()?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.ok()?;
+        (status == 503 && body["error"] == "too_stale").then_some(())
+    })
+    .await;
+    assert_eq!(cluster.get(learner, "k", "stale").await, (200, "v".to_string()));
+}
+
+/// Goal: the leader reports every member's replicated index and lag; followers report none
+/// (they cannot know it); bad replication parameters are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_lag_is_visible_and_parameters_are_checked() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let revision = cluster.put_ok(leader, "k", "v").await;
+    eventually("the leader sees every member caught up", || async {
+        let status = cluster.cluster_status(leader).await?;
+        status["members"]
+            .as_array()?
+            .iter()
+            .all(|m| m["matched_index"].as_u64() >= Some(revision) && m["last_ack_ms_ago"].is_u64())
+            .then_some(())
+    })
+    .await;
+    let follower = (1..=3).find(|id| *id != leader).expect("follower");
+    let status = cluster.cluster_status(follower).await.expect("status");
+    assert!(status["members"].as_array().expect("members").iter().all(|m| m["lag_entries"].is_null()));
+
+    for (path, expected) in [
+        ("/v1/kv/k?consistency=linearizable&max_lag_ms=10", 400),
+        ("/v1/kv/k?consistency=stale&max_lag_ms=0", 400),
+        ("/v1/kv/k?consistency=stale&max_lag_ms=soon", 400),
+    ] {
+        let response = cluster.http.get(cluster.url(follower, path)).send().await.expect("sent");
+        assert_eq!(response.status(), expected, "{path}");
+    }
+    let response = cluster.http.put(cluster.url(follower, "/v1/kv/k?ack=most")).body("x").send().await.expect("sent");
+    assert_eq!(response.status(), 400);
+}
+
+/// Goal: `/metrics` serves Prometheus text with request counts by route and status, Raft
+/// state, replication lag per peer (on the leader) and storage sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_exposed() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    for i in 0..3 {
+        cluster.put_ok(leader, &format!("m{i}"), "v").await;
+    }
+    let response =
+        cluster.http.put(cluster.url(leader, "/v1/kv/m0")).header("If-None-Match", "*").body("x").send().await;
+    assert_eq!(response.expect("sent").status(), 412);
+    let text =
+        cluster.http.get(cluster.url(leader, "/metrics")).send().await.expect("sent").text().await.expect("text");
+    for expected in [
+        "quorumkv_http_requests_total{route=\"/v1/kv/{*key}\",method=\"PUT\",status=\"200\"} 3",
+        "quorumkv_http_requests_total{route=\"/v1/kv/{*key}\",method=\"PUT\",status=\"412\"} 1",
+        "quorumkv_http_request_duration_seconds_count{route=\"/v1/kv/{*key}\",method=\"PUT\"} 4",
+        "quorumkv_raft_is_leader 1",
+        "quorumkv_raft_replication_lag_entries{peer=",
+        "quorumkv_storage_bytes{part=\"log\"}",
+        "quorumkv_raft_leader_changes_total",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in:\n{text}");
+    }
+    let term_line = text.lines().find(|l| l.starts_with("quorumkv_raft_term ")).expect("term");
+    assert!(term_line.trim_start_matches("quorumkv_raft_term ").parse::<u64>().expect("number") >= 1);
+}
