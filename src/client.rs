@@ -31,8 +31,15 @@ pub struct Answer {
 }
 
 /// A quorumkv client over a list of endpoints.
+///
+/// It sticks to one endpoint (the first, or the leader after [`Client::prefer_leader`]) and
+/// moves on to the next only when that one refuses a connection or answers a definite 503,
+/// like etcd's client balancer: a node that is shutting down or cut off is left at once and
+/// not tried again on every request.
 pub struct Client {
     endpoints: Vec<Url>,
+    /// Index into `endpoints` of the endpoint requests go to first.
+    current: std::sync::atomic::AtomicUsize,
     http: reqwest::Client,
 }
 
@@ -65,7 +72,7 @@ impl Client {
             .timeout(Duration::from_millis(limits::CLIENT_REQUEST_TIMEOUT_MS))
             .build()
             .map_err(|e| ClientError::Failed(e.to_string()))?;
-        Ok(Self { endpoints, http })
+        Ok(Self { endpoints, current: std::sync::atomic::AtomicUsize::new(0), http })
     }
 
     /// `/v1/kv/<key>` with the key as one percent-encoded segment (slashes included).
@@ -86,6 +93,7 @@ impl Client {
             if let Some(Ok(url)) = address.map(|a| Url::parse(&format!("http://{a}"))) {
                 self.endpoints.retain(|e| e.host_str() != url.host_str() || e.port() != url.port());
                 self.endpoints.insert(0, url);
+                self.current.store(0, std::sync::atomic::Ordering::Relaxed);
             }
             return;
         }
@@ -124,6 +132,8 @@ impl Client {
     }
 
     /// Sends a request, retrying within [`limits::CLIENT_MAX_ATTEMPTS`] as `retry` allows.
+    /// Each attempt after a definite failure goes to the next endpoint; the client backs off
+    /// only after every endpoint has failed once in a row.
     pub async fn request(
         &self,
         method: Method,
@@ -133,10 +143,20 @@ impl Client {
         body: Option<Bytes>,
         retry: Retry,
     ) -> Result<Answer, ClientError> {
+        use std::sync::atomic::Ordering;
         let mut backoff = Duration::from_millis(limits::CLIENT_BACKOFF_FIRST_MS);
         let mut last_error = String::from("no attempt made");
         for attempt in 0..limits::CLIENT_MAX_ATTEMPTS {
-            let endpoint = &self.endpoints[attempt as usize % self.endpoints.len()];
+            let index = self.current.load(Ordering::Relaxed) % self.endpoints.len();
+            let endpoint = &self.endpoints[index];
+            // Leaves `endpoint` for the next one (unless another request already did), then
+            // backs off once a whole round of endpoints has failed.
+            let move_on = |hint: Option<Duration>| {
+                let next = (index + 1) % self.endpoints.len();
+                let _ = self.current.compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
+                let round_failed = (attempt + 1) as usize % self.endpoints.len() == 0;
+                round_failed.then(|| hint.unwrap_or(backoff).min(Duration::from_millis(limits::CLIENT_BACKOFF_MAX_MS)))
+            };
             let mut url = endpoint.clone();
             url.path_segments_mut()
                 .map_err(|_| ClientError::Failed(format!("endpoint {endpoint} cannot be a base")))?
@@ -152,16 +172,13 @@ impl Client {
             let sent = request.send().await;
             let response = match sent {
                 Ok(response) => response,
-                Err(error) if error.is_connect() => {
+                // Refused or timed out before connecting: the request never left this client.
+                Err(error) if error.is_connect() || retry == Retry::Idempotent => {
                     last_error = format!("{endpoint}: {error}");
-                    if (attempt + 1) as usize % self.endpoints.len() == 0 {
-                        tokio::time::sleep(backoff).await;
+                    if let Some(wait) = move_on(None) {
+                        tokio::time::sleep(wait).await;
                         backoff = (backoff * 2).min(Duration::from_millis(limits::CLIENT_BACKOFF_MAX_MS));
                     }
-                    continue;
-                }
-                Err(error) if retry == Retry::Idempotent => {
-                    last_error = format!("{endpoint}: {error}");
                     continue;
                 }
                 Err(error) => return Err(ClientError::Unknown(format!("{endpoint}: {error}"))),
@@ -171,25 +188,27 @@ impl Client {
             let body = match response.bytes().await {
                 Ok(body) => body,
                 Err(error) if retry == Retry::Idempotent => {
-                    last_error = error.to_string();
+                    last_error = format!("{endpoint}: {error}");
+                    move_on(None);
                     continue;
                 }
-                Err(error) => return Err(ClientError::Unknown(error.to_string())),
+                Err(error) => return Err(ClientError::Unknown(format!("{endpoint}: {error}"))),
             };
             if status == StatusCode::GATEWAY_TIMEOUT && retry == Retry::OnlyIfNotSent {
                 return Err(ClientError::Unknown(String::from_utf8_lossy(&body).into_owned()));
             }
             if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT {
-                // 503 is definite: nothing happened, so waiting and retrying is safe.
-                last_error = String::from_utf8_lossy(&body).into_owned();
-                let hinted = headers
+                // 503 is definite (nothing happened), and so is a read's 504: retrying is safe.
+                last_error = format!("{endpoint}: {}", String::from_utf8_lossy(&body));
+                let hint = headers
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok())
                     .map(Duration::from_secs);
-                let wait = hinted.unwrap_or(backoff).min(Duration::from_millis(limits::CLIENT_BACKOFF_MAX_MS));
-                tokio::time::sleep(wait).await;
-                backoff = (backoff * 2).min(Duration::from_millis(limits::CLIENT_BACKOFF_MAX_MS));
+                if let Some(wait) = move_on(hint) {
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(limits::CLIENT_BACKOFF_MAX_MS));
+                }
                 continue;
             }
             return Ok(Answer { status, headers, body });

@@ -106,7 +106,9 @@ impl Error {
     /// Seconds a client should wait before retrying, for the `Retry-After` header.
     pub fn retry_after_seconds(&self) -> Option<u32> {
         match self {
-            Error::NoLeader { .. } | Error::Unavailable(_) | Error::ShuttingDown | Error::TooStale { .. } => Some(1),
+            Error::NoLeader { .. } | Error::Unavailable(_) | Error::TooStale { .. } => Some(1),
+            // Another node can answer at once; this one will not come back soon.
+            Error::ShuttingDown => None,
             _ => None,
         }
     }

@@ -17,6 +17,7 @@
 //! | [`store`] | RocksDB: Raft log and metadata (group commit), state machine, snapshots |
 //! | [`server`] | listeners, signals, graceful shutdown |
 //! | [`client`] | the CLI's HTTP client: endpoint failover, safe retries |
+//! | [`bench`] | `quorumkv bench`: load generator for quorumkv and etcd's gateway |
 //! | [`logging`] | tracing output with the node id on every line |
 //! | [`metrics`] | Prometheus metrics served on `GET /metrics` |
 //!
@@ -41,6 +42,7 @@
 pub mod admin;
 pub mod api;
 pub mod backup;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod error;

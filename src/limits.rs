@@ -49,8 +49,29 @@ pub const PEER_RPC_TIMEOUT_MS: u64 = 2_000;
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
 /// Largest Raft RPC body a peer accepts: one AppendEntries batch of `max_payload_entries`
 /// values at the value ceiling would be larger, so batches are also bounded by openraft's
-/// `max_payload_entries`; snapshots of issue 2's in-memory form are bounded by this too.
+/// `max_payload_entries`. Snapshots are streamed and bounded by `MAX_SNAPSHOT_BYTES` instead.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// Largest snapshot a node accepts from a leader. Snapshots are streamed to disk, so this
+/// guards the disk against a runaway stream rather than memory; far above any state this
+/// store is meant for (etcd's default quota is 2 GiB, its hard ceiling 8 GiB).
+pub const MAX_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+/// Largest record of a snapshot file: one key and value at their ceilings plus revisions.
+pub const MAX_SNAPSHOT_RECORD_BYTES: usize = MAX_KEY_BYTES_CEILING + MAX_VALUE_BYTES_CEILING + 1024;
+/// Largest opening frame of a snapshot transfer (the sender's vote: a few dozen bytes).
+pub const MAX_SNAPSHOT_HEADER_BYTES: usize = 4 * 1024;
+/// A snapshot is sent in pieces of this size: large enough for throughput, small enough that
+/// the sender holds little of it in memory.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
+/// A whole snapshot transfer, from the first byte sent to the receiver's install, must finish
+/// in this time (a few hundred MB take seconds on a LAN; 10 minutes covers tens of GB).
+pub const SNAPSHOT_TRANSFER_TIMEOUT_MS: u64 = 600_000;
+/// A snapshot receiver gives up when no byte arrives for this long: a sender whose host died
+/// or was cut off without closing the connection must not hold a partial file forever.
+pub const SNAPSHOT_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// A snapshot install writes the state in batches of about this size, so installing a large
+/// snapshot never builds one huge batch in memory.
+pub const SNAPSHOT_INSTALL_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Entries per AppendEntries RPC: bounds a message at about this many values.
 pub const MAX_PAYLOAD_ENTRIES: u64 = 256;
@@ -65,6 +86,12 @@ pub const BOOTSTRAP_PROBE_MS: u64 = 3_000;
 
 /// On graceful shutdown, how long a leader waits for leadership to move to a follower.
 pub const LEADER_TRANSFER_WAIT_MS: u64 = 3_000;
+/// On graceful shutdown, how long the node keeps its client port open answering every new
+/// request with a definite 503 `shutting_down` (and `Connection: close`) before it closes the
+/// port. Closing at once would reset requests a client had already sent on a kept-alive
+/// connection, which the client must then report as outcome unknown. Longer than the client's
+/// largest back-off, so a client sleeping between attempts still hears the refusal.
+pub const SHUTDOWN_REFUSE_PERIOD_MS: u64 = 1_500;
 /// On graceful shutdown, how long in-flight HTTP requests may take to finish.
 pub const SHUTDOWN_DRAIN_MS: u64 = 5_000;
 
@@ -105,6 +132,7 @@ const _: () = assert!(DEFAULT_LIST_LIMIT <= MAX_LIST_LIMIT);
 const _: () = assert!(DEFAULT_HEARTBEAT_INTERVAL_MS < DEFAULT_ELECTION_TIMEOUT_MIN_MS);
 const _: () = assert!(DEFAULT_ELECTION_TIMEOUT_MIN_MS < DEFAULT_ELECTION_TIMEOUT_MAX_MS);
 const _: () = assert!(CLIENT_REQUEST_TIMEOUT_MS > DEFAULT_WRITE_TIMEOUT_MS);
+const _: () = assert!(SHUTDOWN_REFUSE_PERIOD_MS > CLIENT_BACKOFF_MAX_MS);
 const _: () = assert!(MAX_VALUE_BYTES_CEILING * 2 < MAX_PEER_MESSAGE_BYTES);
 
 /// A list page also stops at about this many value bytes, so a page of large values stays a

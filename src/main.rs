@@ -83,6 +83,10 @@ enum Command {
     Backup { file: std::path::PathBuf },
     /// Write every key of a backup FILE into the cluster (unconditional, idempotent PUTs).
     Restore { file: std::path::PathBuf },
+    /// Measure throughput and latency (of quorumkv, or of etcd with `--target etcd`).
+    Bench(Box<quorumkv::bench::BenchOptions>),
+    /// Exit 0 when the first endpoint answers `/health` (for container health checks).
+    Health,
     /// Cluster commands.
     Cluster {
         #[command(subcommand)]
@@ -135,6 +139,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench(options) => match runtime.block_on(quorumkv::bench::run(*options, &cli.endpoints)) {
+            Ok(report) => {
+                report.print();
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(2)
+            }
+        },
         command => runtime.block_on(run_client(&cli.endpoints, command)),
     }
 }
@@ -143,7 +157,7 @@ async fn run_client(endpoints: &str, command: Command) -> ExitCode {
     let result = async {
         let mut client = Client::new(endpoints)?;
         match command {
-            Command::Serve(_) => unreachable!("handled by main"),
+            Command::Serve(_) | Command::Bench(_) => unreachable!("handled by main"),
             Command::Put { key, value, if_match, create_only } => {
                 let value = match value {
                     Some(value) => Bytes::from(value),
@@ -185,6 +199,14 @@ async fn run_client(endpoints: &str, command: Command) -> ExitCode {
                 let segments = vec!["v1".to_string(), "kv".to_string()];
                 let answer =
                     client.request(Method::GET, &segments, &query, HeaderMap::new(), None, Retry::Idempotent).await?;
+                print_answer(answer, false)
+            }
+            Command::Health => {
+                let only_first = endpoints.split(',').next().unwrap_or_default();
+                let client = Client::new(only_first)?;
+                let segments = vec!["health".to_string()];
+                let answer =
+                    client.request(Method::GET, &segments, &[], HeaderMap::new(), None, Retry::Idempotent).await?;
                 print_answer(answer, false)
             }
             Command::Backup { file } => backup(&client, &file).await,
@@ -241,22 +263,44 @@ async fn backup(client: &Client, file: &std::path::Path) -> Result<ExitCode, Cli
     let segments = vec!["v1".to_string(), "backup".to_string()];
     let bytes = client.download(&segments, &mut out).await?;
     out.sync_all().await.map_err(failed)?;
-    let text = tokio::fs::read_to_string(&partial).await.map_err(failed)?;
-    let keys = quorumkv::backup::check_complete(&text).map_err(ClientError::Failed)?;
+    let keys = check_backup_file(&partial).await?;
     tokio::fs::rename(&partial, file).await.map_err(failed)?;
     eprintln!("backup of {keys} keys ({bytes} bytes) written to {}", file.display());
     Ok(ExitCode::SUCCESS)
 }
 
-/// Replays a backup with unconditional PUTs, a bounded number at a time. Writing the same
-/// value again is harmless, so a PUT whose outcome is unknown is simply retried.
+/// Checks a backup file from end to end without holding it in memory; returns its key count.
+async fn check_backup_file(path: &std::path::Path) -> Result<u64, ClientError> {
+    let path = path.to_path_buf();
+    let checked = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        quorumkv::backup::BackupReader::new(std::io::BufReader::new(file)).check_complete()
+    });
+    checked.await.map_err(|e| ClientError::Failed(e.to_string()))?.map_err(ClientError::Failed)
+}
+
+/// Replays a backup with unconditional PUTs, a bounded number at a time, reading the file as
+/// it goes. Writing the same value again is harmless, so a PUT whose outcome is unknown is
+/// simply retried.
 async fn restore(client: &Client, file: &std::path::Path) -> Result<ExitCode, ClientError> {
     use futures::StreamExt;
-    let text =
-        tokio::fs::read_to_string(file).await.map_err(|e| ClientError::Failed(format!("{}: {e}", file.display())))?;
-    let expected = quorumkv::backup::check_complete(&text).map_err(ClientError::Failed)?;
-    let records = quorumkv::backup::records(&text).map_err(ClientError::Failed)?;
-    let puts = futures::stream::iter(records).map(|(key, value)| async move {
+    // The whole file is checked first, so a truncated backup changes nothing.
+    let expected = check_backup_file(file).await?;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<(String, Bytes)>(RESTORE_CONCURRENCY);
+    let path = file.to_path_buf();
+    let reader = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut backup = quorumkv::backup::BackupReader::new(std::io::BufReader::new(file));
+        backup.header()?;
+        while let Some(record) = backup.next_record()? {
+            if sender.blocking_send(record).is_err() {
+                break; // a PUT failed and the restore stopped
+            }
+        }
+        Ok::<_, String>(())
+    });
+    let records = tokio_stream_from(receiver);
+    let puts = records.map(|(key, value)| async move {
         let answer = client
             .request(Method::PUT, &Client::key_path(&key), &[], HeaderMap::new(), Some(value), Retry::Idempotent)
             .await;
@@ -268,14 +312,22 @@ async fn restore(client: &Client, file: &std::path::Path) -> Result<ExitCode, Cl
             Err(error) => Err(ClientError::Failed(format!("{key}: {error}"))),
         }
     });
-    let mut results = puts.buffer_unordered(RESTORE_CONCURRENCY);
+    let mut results = Box::pin(puts.buffer_unordered(RESTORE_CONCURRENCY));
     let mut restored = 0u64;
     while let Some(result) = results.next().await {
         result?;
         restored += 1;
     }
+    // The reader has sent everything (the stream ended when it dropped its sender).
+    drop(results);
+    reader.await.map_err(|e| ClientError::Failed(e.to_string()))?.map_err(ClientError::Failed)?;
     eprintln!("restored {restored} of {expected} keys from {}", file.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A stream of what arrives on `receiver`, until every sender is gone.
+fn tokio_stream_from<T: Send + 'static>(receiver: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) })
 }
 
 /// PUTs a restore keeps in flight: enough to batch in Raft, few enough not to flood a node.

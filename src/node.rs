@@ -38,8 +38,10 @@ use crate::network::ProbeReply;
 use crate::network::ReadPolicy;
 use crate::store;
 use crate::store::BootstrapRecord;
+use crate::store::IncomingSnapshot;
 use crate::store::KvReader;
 use crate::store::Page;
+use crate::store::SnapshotStore;
 use crate::store::StoredValue;
 use crate::types::Command;
 use crate::types::CommandResult;
@@ -73,6 +75,15 @@ pub enum Ack {
 
 /// The leader's view of how far `peer`'s log is durable (0 when unknown). Only a leader has
 /// replication metrics; elsewhere this is always 0.
+/// A local read overlapping a snapshot install is refused (definitely: reads change nothing).
+fn read_error(error: std::io::Error) -> Error {
+    if error.kind() == std::io::ErrorKind::Interrupted {
+        Error::Unavailable(error.to_string())
+    } else {
+        Error::Internal(error.to_string())
+    }
+}
+
 pub(crate) fn matched_index(metrics: &RaftMetrics<TypeConfig>, peer: NodeId) -> u64 {
     metrics.replication.as_ref().and_then(|r| r.get(&peer)).and_then(|m| m.as_ref()).map_or(0, |l| l.index())
 }
@@ -87,10 +98,14 @@ pub struct Node {
     config: ServeConfig,
     raft: Raft,
     kv: KvReader,
+    snapshots: SnapshotStore,
     peers: PeerClients,
     bootstrap: BootstrapRecord,
     /// False until the node has decided to resume or bootstrap: peers get 503 for Raft RPCs.
     serving_raft: AtomicBool,
+    /// Set when shutdown begins: new client requests get a definite 503 `shutting_down` with
+    /// `Connection: close`, so clients move to another node before this one closes its sockets.
+    draining: AtomicBool,
     shutting_down: AtomicBool,
     /// When this node last accepted an AppendEntries from a leader (bounded-staleness reads).
     last_leader_contact: std::sync::Mutex<Option<Instant>>,
@@ -108,6 +123,10 @@ pub struct ClusterStatus {
     pub commit_index: u64,
     pub applied_index: u64,
     pub last_log_index: u64,
+    /// Last log index covered by this node's current snapshot (0: none yet).
+    pub snapshot_index: u64,
+    /// Log entries up to this index have been purged here (they live on only in snapshots).
+    pub purged_index: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -134,6 +153,7 @@ impl Node {
             .map_err(|e| format!("cannot open data dir {}: {e}", config.data_dir.display()))?;
         let bootstrap = BootstrapRecord::new(&log_store);
         let kv = state_machine.reader();
+        let snapshots = state_machine.snapshots();
         let peers = PeerClients::new(bootstrap.clone());
         let network = PeerNetwork::new(peers.clone());
         let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
@@ -144,9 +164,11 @@ impl Node {
             config,
             raft,
             kv,
+            snapshots,
             peers,
             bootstrap,
             serving_raft: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             last_leader_contact: std::sync::Mutex::new(None),
             telemetry: Metrics::new(),
@@ -298,6 +320,15 @@ impl Node {
         Err(format!("could not join through {addrs:?} after {} attempts: {last_error}", limits::JOIN_ATTEMPTS))
     }
 
+    /// Starts the drain phase of a graceful shutdown (see `server::serve_until`).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
@@ -402,12 +433,17 @@ impl Node {
 
     pub async fn get(&self, key: &str, consistency: Consistency) -> Result<Option<StoredValue>, Error> {
         self.await_read_point(consistency).await?;
-        self.kv.get(key).map_err(|e| Error::Internal(e.to_string()))
+        self.kv.get(key).map_err(read_error)
     }
 
     pub async fn list(&self, prefix: &str, start: &str, limit: usize, consistency: Consistency) -> Result<Page, Error> {
         self.await_read_point(consistency).await?;
-        self.kv.list(prefix, start, limit, limits::MAX_LIST_PAGE_BYTES).map_err(|e| Error::Internal(e.to_string()))
+        self.kv.list(prefix, start, limit, limits::MAX_LIST_PAGE_BYTES).map_err(read_error)
+    }
+
+    /// Starts receiving a snapshot streamed by the leader (see `network::server`).
+    pub async fn receive_snapshot(&self) -> std::io::Result<IncomingSnapshot> {
+        IncomingSnapshot::create(&self.snapshots).await
     }
 
     /// Waits until a read of local state reflects every write acknowledged before the read
@@ -590,6 +626,8 @@ impl Node {
             commit_index,
             applied_index,
             last_log_index: metrics.last_log_index.unwrap_or(0),
+            snapshot_index: metrics.snapshot.as_ref().map_or(0, |l| l.index()),
+            purged_index: metrics.purged.as_ref().map_or(0, |l| l.index()),
         })
     }
 
@@ -641,10 +679,10 @@ impl Node {
         }
     }
 
-    /// Ready to serve: start-up is over (Raft RPCs are served), a leader is known, and
-    /// everything known committed is applied here.
+    /// Ready to serve: start-up is over (Raft RPCs are served), shutdown has not begun, a
+    /// leader is known, and everything known committed is applied here.
     pub fn is_ready(&self) -> bool {
-        if !self.is_serving_raft() {
+        if !self.is_serving_raft() || self.is_draining() {
             return false;
         }
         let metrics = self.metrics();

@@ -72,6 +72,8 @@ pub async fn serve_until(config: ServeConfig, stop: impl Future<Output = ()>) ->
     stop.await;
     tracing::info!("shutting down");
     node.transfer_leadership_away().await;
+    node.start_draining();
+    tokio::time::sleep(Duration::from_millis(limits::SHUTDOWN_REFUSE_PERIOD_MS)).await;
     let _ = stop_client.send(true);
     // In-flight requests finish (a leader forwards to the new leader) or are cut at the bound.
     if tokio::time::timeout(Duration::from_millis(limits::SHUTDOWN_DRAIN_MS), client_server).await.is_err() {

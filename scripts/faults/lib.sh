@@ -7,6 +7,8 @@ if [[ -n "${QUORUMKV_CLUSTER_DIR:-}" ]]; then
     cluster_dir="$QUORUMKV_CLUSTER_DIR"
 elif [[ -f "$repo_dir/.quorumkv-netns/cluster.env" ]]; then
     cluster_dir="$repo_dir/.quorumkv-netns"
+elif [[ -f "$repo_dir/.quorumkv-compose/cluster.env" ]]; then
+    cluster_dir="$repo_dir/.quorumkv-compose"
 else
     cluster_dir="$repo_dir/.quorumkv"
 fi
@@ -20,7 +22,40 @@ source "$cluster_dir/cluster.env"
 installed() { echo "installed: $*"; exit 0; }
 skipped() { echo "skipped: $*"; exit 3; }
 
+# The container of node $1 (compose clusters only).
+node_container() {
+    # shellcheck disable=SC1090
+    (source "$cluster_dir/node-$1.env" && echo "$CONTAINER")
+}
+
+# The network namespace of node $1's container, as `nsenter` arguments' target PID.
+container_pid() {
+    docker inspect --format '{{if .State.Running}}{{.State.Pid}}{{end}}' "$(node_container "$1")" 2>/dev/null | grep -E '^[0-9]+$'
+}
+
+# The address of node $1's container on the compose network.
+container_ip() {
+    docker inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$(node_container "$1")" \
+        2>/dev/null | awk '{print $1}' | grep -E '^[0-9.]+$'
+}
+
+# Runs a command in the network namespace of the container whose first process is $1, after
+# making sure the partition chain exists there (a restarted container has a fresh namespace).
+in_container_netns() {
+    local pid="$1"
+    shift
+    nsenter -t "$pid" -n iptables -N QKV-PARTITION 2>/dev/null || true
+    nsenter -t "$pid" -n iptables -C INPUT -j QKV-PARTITION 2>/dev/null ||
+        nsenter -t "$pid" -n iptables -I INPUT -j QKV-PARTITION
+    nsenter -t "$pid" -n "$@"
+}
+
 node_pid() {
+    if [[ "${KIND:-local}" == compose ]]; then
+        # quorumkv is the container's first process; a paused container still counts as running.
+        container_pid "$1"
+        return
+    fi
     local pid_file="$cluster_dir/node-$1.pid"
     [[ -f "$pid_file" ]] || return 1
     local pid

@@ -5,11 +5,14 @@
 #   scripts/faults/partition.sh 1,2,3/3,4,5        bridge: 3 sees both sides
 #   scripts/faults/partition.sh 1,2/2,3/3,4/4,5/5,1  ring
 #   scripts/faults/partition.sh isolate-leader
-# Only on the network-namespace cluster (scripts/netns-cluster.sh); elsewhere it is skipped.
+# On the network-namespace cluster (scripts/netns-cluster.sh) and the compose cluster
+# (scripts/compose-cluster.sh: rules go into each container's network namespace from the host,
+# so the image needs no iptables and no NET_ADMIN); elsewhere it is skipped.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 spec="${1:?usage: partition.sh <groups like 1,2/3|isolate-leader>}"
-[[ "${KIND:-local}" == netns ]] || skipped "partitions need the network-namespace cluster (scripts/netns-cluster.sh)"
+[[ "${KIND:-local}" == netns || "${KIND:-local}" == compose ]] ||
+    skipped "partitions need the network-namespace or compose cluster (scripts/netns-cluster.sh, compose-cluster.sh)"
 if [[ "$spec" == isolate-leader ]]; then
     leader=$(resolve_node leader)
     others=$(seq 1 "$NODES" | grep -vx "$leader" | paste -sd, -)
@@ -34,14 +37,22 @@ connected() {
     return 1
 }
 for ((a = 1; a <= NODES; a++)); do
-    # shellcheck disable=SC1090
-    ns=$(source "$cluster_dir/node-$a.env" && echo "$NETNS")
     for ((b = 1; b <= NODES; b++)); do
         [[ $a == "$b" ]] && continue
         connected "$a" "$b" && continue
-        # shellcheck disable=SC1090
-        ip_b=$(source "$cluster_dir/node-$b.env" && echo "$IP")
-        ip netns exec "$ns" iptables -A QKV-PARTITION -s "$ip_b" -j DROP
+        if [[ "$KIND" == compose ]]; then
+            # A stopped container has no rules to add; it is cut off when it comes back only if
+            # the partition is installed again.
+            pid=$(container_pid "$a") || continue
+            ip_b=$(container_ip "$b") || continue
+            in_container_netns "$pid" iptables -A QKV-PARTITION -s "$ip_b" -j DROP
+        else
+            # shellcheck disable=SC1090
+            ns=$(source "$cluster_dir/node-$a.env" && echo "$NETNS")
+            # shellcheck disable=SC1090
+            ip_b=$(source "$cluster_dir/node-$b.env" && echo "$IP")
+            ip netns exec "$ns" iptables -A QKV-PARTITION -s "$ip_b" -j DROP
+        fi
     done
 done
 installed "partitioned into $spec"

@@ -7,6 +7,11 @@ ids=$(resolve_targets "$target")
 started=()
 for id in $ids; do
     node_pid "$id" >/dev/null && continue
+    if [[ "${KIND:-local}" == compose ]]; then
+        docker start "$(node_container "$id")" >/dev/null
+        started+=("$id")
+        continue
+    fi
     setsid bash "$cluster_dir/node-$id.cmd" >>"$cluster_dir/node-$id.log" 2>&1 </dev/null &
     echo $! >"$cluster_dir/node-$id.pid"
     started+=("$id")

@@ -7,7 +7,11 @@ ids=$(resolve_targets "$target")
 resumed=()
 for id in $ids; do
     [[ -f "$cluster_dir/node-$id.paused" ]] || continue
-    if pid=$(node_pid "$id"); then kill -CONT "$pid"; fi
+    if [[ "${KIND:-local}" == compose ]]; then
+        docker unpause "$(node_container "$id")" >/dev/null 2>&1 || true
+    elif pid=$(node_pid "$id"); then
+        kill -CONT "$pid"
+    fi
     rm -f "$cluster_dir/node-$id.paused"
     resumed+=("$id")
 done

@@ -43,6 +43,7 @@ pub fn client_router(node: Arc<Node>) -> Router {
             *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
             response
         })
+        .layer(axum::middleware::from_fn_with_state(node.clone(), refuse_while_draining))
         .layer(tower::limit::ConcurrencyLimitLayer::new(crate::limits::MAX_CONCURRENT_CLIENT_REQUESTS))
         .with_state(node)
 }
@@ -62,6 +63,23 @@ async fn record_request(
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     node.telemetry().observe_request(&route, &method, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// In a graceful shutdown's drain phase, refuses new requests with a definite 503 (except
+/// `/health` and `/metrics`, which observers keep polling) and closes every connection after
+/// its response, so no client is left with a kept-alive connection that the node will reset.
+async fn refuse_while_draining(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let observer = matches!(request.uri().path(), "/health" | "/metrics");
+    let mut response =
+        if node.is_draining() && !observer { error_response(Error::ShuttingDown) } else { next.run(request).await };
+    if node.is_draining() {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 

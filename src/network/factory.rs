@@ -25,6 +25,8 @@ use super::CallError;
 use super::PeerClient;
 use super::PeerClients;
 use crate::limits::PEER_RPC_TIMEOUT_MS;
+use crate::limits::SNAPSHOT_CHUNK_BYTES;
+use crate::limits::SNAPSHOT_TRANSFER_TIMEOUT_MS;
 use crate::types::Member;
 use crate::types::NodeId;
 use crate::types::Snapshot;
@@ -114,14 +116,28 @@ impl RaftNetworkV2<TypeConfig> for RaftConnection {
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let request = (vote, snapshot.meta, snapshot.snapshot.into_inner());
-        let call = self.raft_call("/raft/snapshot", &request, option.hard_ttl());
+        // The body is the vote's frame, then the snapshot file read from disk piece by piece.
+        let header = super::snapshot_header(&vote)
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("encode vote: {e}"))))?;
+        let file = snapshot
+            .snapshot
+            .try_clone_file()
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("snapshot file: {e}"))))?;
+        let body = reqwest::Body::wrap_stream(snapshot_stream(header, tokio::fs::File::from_std(file)));
+        let timeout = option.hard_ttl().max(Duration::from_millis(SNAPSHOT_TRANSFER_TIMEOUT_MS));
+        let call = async {
+            let result = self.peer.send("/raft/snapshot", body, timeout).await;
+            if result.is_ok() {
+                self.peer.note_answered();
+            }
+            result
+        };
         tokio::select! {
             result = call => result.map_err(|error| match error {
-                RPCError::Unreachable(e) => StreamingError::Unreachable(e),
-                RPCError::Timeout(e) => StreamingError::Timeout(e),
-                RPCError::Network(e) => StreamingError::Network(e),
-                RPCError::RemoteError(e) => StreamingError::Network(NetworkError::from_string(e)),
+                error @ (CallError::NotSent(..) | CallError::NotReady(_)) => {
+                    StreamingError::Unreachable(Unreachable::from_string(error))
+                }
+                error @ CallError::NoAnswer(..) => StreamingError::Network(NetworkError::from_string(error)),
             }),
             closed = cancel => Err(StreamingError::Closed(closed)),
         }
@@ -134,4 +150,28 @@ impl RaftNetworkV2<TypeConfig> for RaftConnection {
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.raft_call("/raft/transfer-leader", &request, option.hard_ttl()).await
     }
+}
+
+/// The header frame, then the file in chunks of [`SNAPSHOT_CHUNK_BYTES`], from its first byte.
+fn snapshot_stream(
+    header: Vec<u8>,
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    use futures::StreamExt;
+    let body = futures::stream::try_unfold((file, 0u64), |(mut file, offset)| async move {
+        use tokio::io::AsyncReadExt;
+        use tokio::io::AsyncSeekExt;
+        if offset == 0 {
+            // The handle's descriptor is shared with openraft's copy: never trust its offset.
+            file.seek(std::io::SeekFrom::Start(0)).await?;
+        }
+        let mut chunk = bytes::BytesMut::zeroed(SNAPSHOT_CHUNK_BYTES);
+        let read = file.read(&mut chunk).await?;
+        if read == 0 {
+            return Ok(None);
+        }
+        chunk.truncate(read);
+        Ok(Some((chunk.freeze(), (file, offset + read as u64))))
+    });
+    futures::stream::once(async move { Ok(bytes::Bytes::from(header)) }).chain(body)
 }

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `POST /raft/append` | `AppendEntriesRequest` → `AppendEntriesResponse` |
 //! | `POST /raft/vote`, `/raft/pre-vote` | `VoteRequest` → `VoteResponse` |
-//! | `POST /raft/snapshot` | `(Vote, SnapshotMeta, bytes)` → `SnapshotResponse` |
+//! | `POST /raft/snapshot` | `[u32 LE length][Vote]` then the snapshot file, streamed → `SnapshotResponse` |
 //! | `POST /raft/transfer-leader` | `TransferLeaderRequest` → `TransferLeaderResponse` |
 //! | `POST /internal/write` | `(Command, Ack)` → `Result<CommandResult, Error>` (run on the leader) |
 //! | `POST /internal/read-index` | `ReadPolicy` → `Result<ReadLogId, Error>` (leader confirms) |
@@ -49,4 +49,12 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
     postcard::from_bytes(bytes)
+}
+
+/// The frame that opens a snapshot transfer: the length of the encoded vote, then the vote.
+pub(crate) fn snapshot_header(vote: &crate::types::Vote) -> Result<Vec<u8>, postcard::Error> {
+    let encoded = encode(vote)?;
+    let mut header = (encoded.len() as u32).to_le_bytes().to_vec();
+    header.extend_from_slice(&encoded);
+    Ok(header)
 }

@@ -61,6 +61,16 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Resp, CallError> {
         let body = encode(request).map_err(|e| CallError::NotSent(self.target, format!("encode: {e}")))?;
+        self.send(path, body.into(), timeout).await
+    }
+
+    /// POSTs `body` (which may be a stream, e.g. a snapshot) and decodes the postcard reply.
+    pub async fn send<Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: reqwest::Body,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
         let response = self
             .http
             .post(format!("{}{path}", self.base_url))

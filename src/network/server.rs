@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
@@ -10,6 +11,7 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
+use futures::StreamExt;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::TransferLeaderRequest;
@@ -22,12 +24,12 @@ use super::encode;
 use super::ReadPolicy;
 use crate::admin::AdminCommand;
 use crate::limits::MAX_PEER_MESSAGE_BYTES;
+use crate::limits::MAX_SNAPSHOT_HEADER_BYTES;
+use crate::limits::SNAPSHOT_IDLE_TIMEOUT_MS;
 use crate::node::Ack;
 use crate::node::Node;
 use crate::types::Command;
 use crate::types::NodeId;
-use crate::types::Snapshot;
-use crate::types::SnapshotMeta;
 use crate::types::TypeConfig;
 use crate::types::Vote;
 
@@ -128,16 +130,61 @@ async fn pre_vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     answer(run.await)
 }
 
-async fn snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+/// The next piece of a snapshot transfer; an error when none arrives within
+/// [`SNAPSHOT_IDLE_TIMEOUT_MS`] (the sender died or was cut off without closing the connection).
+async fn next_chunk(
+    stream: &mut (impl futures::Stream<Item = Result<Bytes, axum::Error>> + Unpin),
+) -> Option<Result<Bytes, std::io::Error>> {
+    match tokio::time::timeout(std::time::Duration::from_millis(SNAPSHOT_IDLE_TIMEOUT_MS), stream.next()).await {
+        Ok(next) => next.map(|chunk| chunk.map_err(std::io::Error::other)),
+        Err(_) => Some(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "snapshot transfer stalled"))),
+    }
+}
+
+/// Receives a streamed snapshot: the vote's frame, then the file, written to disk as it
+/// arrives and checked whole before openraft installs it.
+async fn snapshot(State(node): State<Arc<Node>>, body: Body) -> Response {
     let run = async {
         require_raft(&node)?;
-        let (vote, meta, data): (Vote, SnapshotMeta, Vec<u8>) = parse(&body)?;
-        // A snapshot that does not decode must be refused here: failing inside openraft's
-        // install would stop the node.
-        if let Err(error) = crate::store::check_snapshot_data(&data) {
-            return Err(Rejection::new(StatusCode::BAD_REQUEST, format!("snapshot data: {error}")));
+        let mut stream = body.into_data_stream();
+        let mut buffered = Vec::new();
+        let vote_length = loop {
+            if buffered.len() >= 4 {
+                let length = u32::from_le_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]) as usize;
+                if length > MAX_SNAPSHOT_HEADER_BYTES {
+                    return Err(Rejection::new(StatusCode::BAD_REQUEST, "snapshot header too large".into()));
+                }
+                if buffered.len() >= 4 + length {
+                    break length;
+                }
+            }
+            match next_chunk(&mut stream).await {
+                Some(Ok(chunk)) => buffered.extend_from_slice(&chunk),
+                Some(Err(error)) => return Err(Rejection::new(StatusCode::BAD_REQUEST, format!("body: {error}"))),
+                None => return Err(Rejection::new(StatusCode::BAD_REQUEST, "snapshot header cut short".into())),
+            }
+        };
+        let vote: Vote = parse(&buffered[4..4 + vote_length])?;
+        let storage_error =
+            |error: std::io::Error| Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string());
+        let mut incoming = node.receive_snapshot().await.map_err(storage_error)?;
+        let mut received = incoming.write(&buffered[4 + vote_length..]).await;
+        while received.is_ok() {
+            match next_chunk(&mut stream).await {
+                Some(Ok(chunk)) => received = incoming.write(&chunk).await,
+                Some(Err(error)) => received = Err(error),
+                None => break,
+            }
         }
-        let snapshot = Snapshot { meta, snapshot: std::io::Cursor::new(data) };
+        if let Err(error) = received {
+            incoming.abandon().await;
+            return Err(Rejection::new(StatusCode::BAD_REQUEST, format!("snapshot transfer: {error}")));
+        }
+        // A truncated or corrupted file is refused here, before openraft sees it.
+        let snapshot = incoming
+            .finish()
+            .await
+            .map_err(|error| Rejection::new(StatusCode::BAD_REQUEST, format!("snapshot file: {error}")))?;
         node.raft().install_full_snapshot(vote, snapshot).await.map_err(fatal)
     };
     answer(run.await)

@@ -5,7 +5,9 @@
 //! | `log` | Raft log entries, key = big-endian index |
 //! | `meta` | Raft metadata: vote, committed log id, last purged log id, bootstrap marker, peers seen |
 //! | `kv` | the key-value state: key → modification revision + value |
-//! | `sm` | state-machine metadata: last applied log id, last membership, client addresses |
+//! | `sm` | state-machine metadata: last applied log id, last membership, client addresses, the marker of a snapshot install in progress |
+//!
+//! Snapshots live beside the database in `snapshots/` (see `snapshot.rs`).
 //!
 //! All column families share one write-ahead log. RocksDB syncs the WAL as a whole and
 //! recovers a prefix of it after a crash, so a synced write makes every earlier write durable
@@ -15,6 +17,7 @@
 mod codec;
 mod log_store;
 mod snapshot;
+mod snapshot_format;
 mod state_machine;
 
 use std::io;
@@ -26,15 +29,13 @@ pub use log_store::LogStore;
 use rocksdb::ColumnFamilyDescriptor;
 use rocksdb::Options;
 use rocksdb::DB;
+pub use snapshot::IncomingSnapshot;
+pub use snapshot::SnapshotHandle;
+pub(crate) use snapshot::SnapshotStore;
 pub use state_machine::KvReader;
 pub use state_machine::Page;
 pub use state_machine::StateMachine;
 pub use state_machine::StoredValue;
-
-/// Checks that received snapshot data decodes, before it is handed to openraft.
-pub fn check_snapshot_data(data: &[u8]) -> io::Result<()> {
-    snapshot::decode_contents(data).map(|_| ())
-}
 
 use crate::types::NodeId;
 
@@ -57,7 +58,8 @@ pub(crate) const PREFIX_PEER_SEEN: &[u8] = b"peer_seen/";
 pub async fn open(data_dir: &Path) -> io::Result<(LogStore, StateMachine)> {
     let db = open_db(data_dir)?;
     let log_store = LogStore::new(db.clone())?;
-    let state_machine = StateMachine::new(db, data_dir.join("snapshot.bin"))?;
+    let snapshots = SnapshotStore::open(data_dir.join("snapshots"))?;
+    let state_machine = StateMachine::new(db, snapshots)?;
     Ok((log_store, state_machine))
 }
 

@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::io;
-use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,15 +30,18 @@ use super::codec::decode;
 use super::codec::encode;
 use super::io_error;
 use super::snapshot::SnapshotBuilder;
-use super::snapshot::SnapshotFile;
+use super::snapshot::SnapshotHandle;
+use super::snapshot::SnapshotStore;
+use super::snapshot_format::Record;
+use super::snapshot_format::SnapshotReader;
 use super::CF_KV;
 use super::CF_SM;
+use crate::limits;
 use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::LogId;
 use crate::types::NodeId;
 use crate::types::Precondition;
-use crate::types::SnapshotData;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
@@ -45,6 +49,9 @@ use crate::types::TypeConfig;
 pub(crate) const KEY_APPLIED: &[u8] = b"applied";
 pub(crate) const KEY_MEMBERSHIP: &[u8] = b"membership";
 pub(crate) const PREFIX_CLIENT_ADDR: &[u8] = b"client_addr/";
+/// Present while a snapshot install is replacing the state (its value: the snapshot's
+/// metadata). Found at start-up, it means the install was cut off and is redone.
+pub(crate) const KEY_INSTALLING: &[u8] = b"installing";
 
 /// One key's stored record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,17 +66,74 @@ pub struct StoredValue {
 /// The state machine handed to openraft. Reads go through [`KvReader`] instead.
 pub struct StateMachine {
     db: Arc<DB>,
-    snapshot_file: SnapshotFile,
+    snapshots: SnapshotStore,
+    installs: InstallCounter,
+}
+
+/// A seqlock over snapshot installs: odd while one runs. An install replaces the state in
+/// several batches, so a read that overlaps one could see a mix; readers check the counter
+/// before and after and refuse such a read.
+#[derive(Clone, Default)]
+pub(crate) struct InstallCounter(Arc<AtomicU64>);
+
+impl InstallCounter {
+    fn begin(&self) {
+        let before = self.0.fetch_add(1, Ordering::AcqRel);
+        assert!(before % 2 == 0, "snapshot installs overlap");
+    }
+
+    fn end(&self) {
+        let before = self.0.fetch_add(1, Ordering::AcqRel);
+        assert!(before % 2 == 1, "snapshot install ended twice");
+    }
+
+    /// Runs `read` and returns its result unless an install ran at any time during it.
+    fn read<T>(&self, read: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let before = self.0.load(Ordering::Acquire);
+        let result = read()?;
+        if before % 2 == 1 || self.0.load(Ordering::Acquire) != before {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "a snapshot was being installed; retry"));
+        }
+        Ok(result)
+    }
 }
 
 impl StateMachine {
-    pub(crate) fn new(db: Arc<DB>, snapshot_path: PathBuf) -> io::Result<Self> {
-        Ok(Self { db, snapshot_file: SnapshotFile::new(snapshot_path)? })
+    /// Opens the state machine, first finishing an install a crash cut off.
+    pub(crate) fn new(db: Arc<DB>, snapshots: SnapshotStore) -> io::Result<Self> {
+        let state_machine = Self { db, snapshots, installs: InstallCounter::default() };
+        state_machine.repair_interrupted_install()?;
+        Ok(state_machine)
+    }
+
+    /// The snapshot directory, for receiving snapshots from the leader.
+    pub(crate) fn snapshots(&self) -> SnapshotStore {
+        self.snapshots.clone()
     }
 
     /// A read handle on the applied state, for the API layer (through the node).
     pub fn reader(&self) -> KvReader {
-        KvReader { db: self.db.clone() }
+        KvReader { db: self.db.clone(), installs: self.installs.clone() }
+    }
+
+    fn repair_interrupted_install(&self) -> io::Result<()> {
+        let Some(bytes) = self.db.get_cf(cf(&self.db, CF_SM), KEY_INSTALLING).map_err(io_error)? else {
+            return Ok(());
+        };
+        let interrupted: SnapshotMeta = decode(&bytes)?;
+        // The snapshot file is made current before the state is touched, so it is on disk.
+        let current = self
+            .snapshots
+            .current()?
+            .ok_or_else(|| io::Error::other("a snapshot install was interrupted and the snapshot file is missing"))?;
+        if current.meta != interrupted {
+            return Err(io::Error::other(format!(
+                "a snapshot install of {:?} was interrupted but the current snapshot is {:?}",
+                interrupted.last_log_id, current.meta.last_log_id
+            )));
+        }
+        tracing::warn!(last_log_id = ?interrupted.last_log_id, "redoing a snapshot install cut off by a crash");
+        install_state(&self.db, &self.installs, &current.meta, &current.snapshot)
     }
 }
 
@@ -82,7 +146,7 @@ impl StateMachine {
         if let Some(state) = overlay.get(key) {
             return Ok(*state);
         }
-        let stored = KvReader { db: self.db.clone() }.get(key)?;
+        let stored = get_stored(&self.db, key)?;
         Ok(stored.map(|v| (v.create_revision, v.mod_revision)))
     }
 
@@ -141,11 +205,11 @@ pub(crate) fn client_addr_key(node_id: NodeId) -> Vec<u8> {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = SnapshotData;
+    type SnapshotData = SnapshotHandle;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        let reader = KvReader { db: self.db.clone() };
+        let reader = self.reader();
         Ok((reader.sm_meta(KEY_APPLIED)?, reader.sm_meta(KEY_MEMBERSHIP)?.unwrap_or_default()))
     }
 
@@ -197,50 +261,94 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder::new(self.db.clone(), self.snapshot_file.clone())
+        SnapshotBuilder::new(self.db.clone(), self.snapshots.clone())
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
-        // Decode, file write and a synced batch: off the async workers.
-        let (db, file, meta) = (self.db.clone(), self.snapshot_file.clone(), meta.clone());
-        tokio::task::spawn_blocking(move || install(&db, &file, &meta, snapshot.into_inner()))
-            .await
-            .map_err(io::Error::other)?
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotHandle) -> Result<(), io::Error> {
+        // File moves and a large write: off the async workers.
+        let (db, snapshots, installs, meta) =
+            (self.db.clone(), self.snapshots.clone(), self.installs.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut snapshot = snapshot;
+            // The file first: if a crash cuts the install short, start-up finds the marker and
+            // redoes it from this file. openraft has decided to install it, so it replaces
+            // even a newer file a concurrent build left (the marker must match the file).
+            snapshots.promote(&meta, &mut snapshot, true)?;
+            install_state(&db, &installs, &meta, &snapshot)
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<crate::types::Snapshot>, io::Error> {
-        let file = self.snapshot_file.clone();
-        tokio::task::spawn_blocking(move || file.load()).await.map_err(io::Error::other)?
+        let snapshots = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || snapshots.current()).await.map_err(io::Error::other)?
     }
 }
 
-/// Replaces the whole state with a snapshot's, atomically.
-fn install(db: &DB, snapshot_file: &SnapshotFile, meta: &SnapshotMeta, data: Vec<u8>) -> io::Result<()> {
-    {
-        let contents = super::snapshot::decode_contents(&data)?;
-        // The file first: if a crash comes before the state is replaced, the state is behind
-        // the snapshot and openraft installs the snapshot again at start-up.
-        snapshot_file.save(meta, &data)?;
+/// Replaces the whole state with a snapshot's, streaming it in bounded batches.
+///
+/// Atomic as far as anyone can tell: the first batch writes the `installing` marker and
+/// clears the state, the last one (synced) writes the applied log id and removes the marker.
+/// All column families share one WAL and recovery keeps a prefix of it, so after a crash
+/// either nothing of the install survived (the old state is intact) or the marker did (and
+/// start-up redoes the install). Local reads overlapping the install are refused
+/// ([`InstallCounter`]).
+fn install_state(db: &DB, installs: &InstallCounter, meta: &SnapshotMeta, snapshot: &SnapshotHandle) -> io::Result<()> {
+    let mut reader = SnapshotReader::new(snapshot.reader()?)?;
+    if reader.meta() != meta {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot file does not match its metadata"));
+    }
+    let kv = cf(db, CF_KV);
+    let sm = cf(db, CF_SM);
+    installs.begin();
+    let result = (|| {
         let mut batch = WriteBatch::default();
-        let kv = cf(db, CF_KV);
-        let sm = cf(db, CF_SM);
+        batch.put_cf(sm, KEY_INSTALLING, encode(meta)?);
+        batch.delete_cf(sm, KEY_APPLIED);
         batch.delete_range_cf(kv, b"".as_slice(), [0xFFu8; 1].as_slice());
         // `client_addr0` is the first key after every `client_addr/…` key ('0' follows '/').
         batch.delete_range_cf(sm, PREFIX_CLIENT_ADDR, b"client_addr0".as_slice());
-        for (key, stored) in &contents.kv {
-            batch.put_cf(kv, key.as_bytes(), encode(stored)?);
-        }
-        for (node_id, client_addr) in &contents.client_addrs {
-            batch.put_cf(sm, client_addr_key(*node_id), client_addr.as_bytes());
+        let mut keys = 0u64;
+        while let Some(record) = reader.next_record()? {
+            match record {
+                Record::Key { key, value } => {
+                    batch.put_cf(kv, key.as_bytes(), encode(&value)?);
+                    keys += 1;
+                }
+                Record::ClientAddr { node_id, client_addr } => {
+                    batch.put_cf(sm, client_addr_key(node_id), client_addr.as_bytes())
+                }
+                Record::Meta(_) | Record::End { .. } => unreachable!("the reader yields state records only"),
+            }
+            if batch.size_in_bytes() >= limits::SNAPSHOT_INSTALL_BATCH_BYTES {
+                db.write(std::mem::take(&mut batch)).map_err(io_error)?;
+            }
         }
         match &meta.last_log_id {
             Some(log_id) => batch.put_cf(sm, KEY_APPLIED, encode(log_id)?),
             None => batch.delete_cf(sm, KEY_APPLIED),
         }
         batch.put_cf(sm, KEY_MEMBERSHIP, encode(&meta.last_membership)?);
+        batch.delete_cf(sm, KEY_INSTALLING);
         let mut write_options = rocksdb::WriteOptions::default();
         write_options.set_sync(true);
-        db.write_opt(batch, &write_options).map_err(io_error)
+        db.write_opt(batch, &write_options).map_err(io_error)?;
+        tracing::info!(last_log_id = ?meta.last_log_id, keys, "snapshot installed");
+        Ok(())
+    })();
+    // A failed install leaves a partial state: openraft stops the node, and local reads stay
+    // refused (the counter stays odd) until a restart redoes the install.
+    if result.is_ok() {
+        installs.end();
+    }
+    result
+}
+
+fn get_stored(db: &DB, key: &str) -> io::Result<Option<StoredValue>> {
+    match db.get_pinned_cf(cf(db, CF_KV), key.as_bytes()).map_err(io_error)? {
+        None => Ok(None),
+        Some(bytes) => decode(&bytes).map(Some),
     }
 }
 
@@ -248,23 +356,27 @@ fn install(db: &DB, snapshot_file: &SnapshotFile, meta: &SnapshotMeta, data: Vec
 pub type Page = (Vec<(String, StoredValue)>, Option<String>);
 
 /// Read access to the applied key-value state. Cheap to clone.
+///
+/// Every read fails with [`io::ErrorKind::Interrupted`] when a snapshot install overlapped it.
 #[derive(Clone)]
 pub struct KvReader {
     db: Arc<DB>,
+    installs: InstallCounter,
 }
 
 impl KvReader {
     pub fn get(&self, key: &str) -> io::Result<Option<StoredValue>> {
-        match self.db.get_pinned_cf(cf(&self.db, CF_KV), key.as_bytes()).map_err(io_error)? {
-            None => Ok(None),
-            Some(bytes) => decode(&bytes).map(Some),
-        }
+        self.installs.read(|| get_stored(&self.db, key))
     }
 
     /// Up to `limit` keys with `prefix`, starting at `start` (inclusive), in byte order, and
     /// about `max_bytes` of values at most. Returns the page and, when more keys follow, the
     /// first key of the next page.
     pub fn list(&self, prefix: &str, start: &str, limit: usize, max_bytes: usize) -> io::Result<Page> {
+        self.installs.read(|| self.list_now(prefix, start, limit, max_bytes))
+    }
+
+    fn list_now(&self, prefix: &str, start: &str, limit: usize, max_bytes: usize) -> io::Result<Page> {
         let from = if start.as_bytes() > prefix.as_bytes() { start } else { prefix };
         let iterator =
             self.db.iterator_cf(cf(&self.db, CF_KV), IteratorMode::From(from.as_bytes(), rocksdb::Direction::Forward));
@@ -288,15 +400,17 @@ impl KvReader {
     /// Calls `visit` for every key of one point-in-time view, in key order, until it returns
     /// false. Blocking: run it off the async workers.
     pub fn for_each_in_snapshot(&self, mut visit: impl FnMut(&str, &StoredValue) -> bool) -> io::Result<()> {
-        let view = self.db.snapshot();
-        for item in view.iterator_cf(cf(&self.db, CF_KV), IteratorMode::Start) {
-            let (key, bytes) = item.map_err(io_error)?;
-            let key = std::str::from_utf8(&key).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            if !visit(key, &decode(&bytes)?) {
-                break;
+        self.installs.read(|| {
+            let view = self.db.snapshot();
+            for item in view.iterator_cf(cf(&self.db, CF_KV), IteratorMode::Start) {
+                let (key, bytes) = item.map_err(io_error)?;
+                let key = std::str::from_utf8(&key).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                if !visit(key, &decode(&bytes)?) {
+                    break;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Bytes in RocksDB per column family (SST files plus memtables), for metrics.
@@ -316,6 +430,10 @@ impl KvReader {
 
     /// The client address each member registered, by node id.
     pub fn client_addrs(&self) -> io::Result<BTreeMap<NodeId, String>> {
+        self.installs.read(|| self.client_addrs_now())
+    }
+
+    fn client_addrs_now(&self) -> io::Result<BTreeMap<NodeId, String>> {
         let mut addrs = BTreeMap::new();
         let iterator = self.db.prefix_iterator_cf(cf(&self.db, CF_SM), PREFIX_CLIENT_ADDR);
         for item in iterator {

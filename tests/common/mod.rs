@@ -31,6 +31,8 @@ pub struct NodeProcess {
 
 pub struct Cluster {
     pub nodes: Vec<NodeProcess>,
+    /// Given to every `quorumkv serve` this cluster starts.
+    extra_args: Vec<String>,
     pub http: reqwest::Client,
     _dir: TempDir,
 }
@@ -59,6 +61,11 @@ where
 impl Cluster {
     /// Starts `size` nodes bootstrapping one new cluster.
     pub async fn start(size: u64) -> Cluster {
+        Self::start_with_args(size, &[]).await
+    }
+
+    /// Starts `size` nodes bootstrapping one new cluster, each with `extra_args` as well.
+    pub async fn start_with_args(size: u64, extra_args: &[&str]) -> Cluster {
         let dir = TempDir::new().expect("temp dir");
         let nodes: Vec<NodeProcess> = (1..=size)
             .map(|id| NodeProcess {
@@ -77,7 +84,8 @@ impl Cluster {
             node.entry_args = vec!["--initial-cluster".into(), initial_cluster.clone()];
         }
         let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("http client");
-        let mut cluster = Cluster { nodes, http, _dir: dir };
+        let extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        let mut cluster = Cluster { nodes, extra_args, http, _dir: dir };
         for id in 1..=size {
             cluster.spawn(id);
         }
@@ -125,6 +133,7 @@ impl Cluster {
 
     /// Starts (or restarts) node `id` with its data dir.
     pub fn spawn(&mut self, id: u64) {
+        let extra_args = self.extra_args.clone();
         let node = self.node_mut(id);
         assert!(node.child.is_none(), "node {id} is already running");
         let log = File::options().create(true).append(true).open(&node.log_path).expect("log file");
@@ -136,6 +145,7 @@ impl Cluster {
             .args(["--client-addr", &node.client_addr])
             .args(["--peer-addr", &node.peer_addr])
             .args(&node.entry_args)
+            .args(&extra_args)
             .env("QUORUMKV_LOG", "info,openraft=warn")
             .stdout(log.try_clone().expect("log clone"))
             .stderr(log)
@@ -172,6 +182,10 @@ impl Cluster {
             async move { exited }
         })
         .await
+    }
+
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).child.as_ref().map(|child| child.id())
     }
 
     pub fn is_running(&self, id: u64) -> bool {

@@ -47,6 +47,9 @@ pub enum ClusterKind {
     Netns,
     /// Three nodes on loopback (scripts/start-3-nodes.sh): no partitions.
     Local,
+    /// Containers under Docker Compose (scripts/compose-cluster.sh): all faults. Needs root
+    /// for partitions (iptables in the containers' namespaces).
+    Compose,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -67,7 +70,7 @@ pub struct Options {
     pub nemesis_interval_secs: u64,
     #[arg(long, value_enum, default_value = "netns")]
     pub cluster: ClusterKind,
-    /// Nodes of a netns cluster (3 or 5).
+    /// Nodes of a netns or compose cluster (3 or 5).
     #[arg(long, default_value_t = 3)]
     pub nodes: u64,
     /// Concurrent clients, spread over all nodes.

@@ -71,6 +71,7 @@ impl Cluster {
         match options.cluster {
             ClusterKind::Netns => cluster.script("netns-cluster.sh", &["up", &nodes.to_string()])?,
             ClusterKind::Local => cluster.script("start-3-nodes.sh", &[])?,
+            ClusterKind::Compose => cluster.script("compose-cluster.sh", &["up", &nodes.to_string()])?,
         };
         for id in 1..=nodes {
             let env = std::fs::read_to_string(dir.join(format!("node-{id}.env"))).map_err(|e| e.to_string())?;
@@ -87,6 +88,7 @@ impl Cluster {
         let result = match self.kind {
             ClusterKind::Netns => self.script("netns-cluster.sh", &["down"]),
             ClusterKind::Local => self.script("stop-3-nodes.sh", &[]),
+            ClusterKind::Compose => self.script("compose-cluster.sh", &["down"]),
         };
         if let Err(error) = result {
             eprintln!("warning: cluster teardown: {error}");
@@ -248,9 +250,9 @@ pub async fn run(options: Options) -> Result<checker::Verdict, String> {
 /// Rejects options that cannot make a meaningful run.
 pub fn validate(options: &Options) -> Result<(), String> {
     if options.cluster == ClusterKind::Local && options.nemesis == Nemesis::Partition {
-        return Err("--nemesis partition needs --cluster netns".into());
+        return Err("--nemesis partition needs --cluster netns or compose".into());
     }
-    if options.cluster == ClusterKind::Netns && options.nodes != 3 && options.nodes != 5 {
+    if options.cluster != ClusterKind::Local && options.nodes != 3 && options.nodes != 5 {
         return Err("--nodes must be 3 or 5".into());
     }
     if options.keys == 0 || options.clients == 0 {
@@ -412,7 +414,7 @@ async fn inject(
     start: Instant,
 ) -> Option<u64> {
     let kinds: &[Nemesis] = match options.nemesis {
-        Nemesis::Mix if cluster.kind == ClusterKind::Netns => {
+        Nemesis::Mix if cluster.kind != ClusterKind::Local => {
             &[Nemesis::Kill, Nemesis::Pause, Nemesis::Partition, Nemesis::Membership]
         }
         Nemesis::Mix => &[Nemesis::Kill, Nemesis::Pause, Nemesis::Membership],

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# End-to-end test of the container image, the compose cluster and the Kubernetes manifests.
+# Run by scripts/test.sh (as root); also by hand: sudo scripts/docker-test.sh
+#
+#  1. builds the image (scripts/docker-image.sh) and starts the 3-node compose cluster;
+#  2. writes through every node and reads every key back through every node;
+#  3. kills the leader's container: a new leader is elected and nothing is lost;
+#     restarts it and sees it catch up;
+#  4. partitions one container away (iptables in its network namespace): the majority keeps
+#     accepting writes, the cut-off node cannot serve a linearizable read; heals, and the node
+#     catches up;
+#  5. tears the cluster down, runs a short Jepsen-style test against a fresh compose cluster
+#     (valid verdict required), then scripts/k8s-check.py.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+repo_dir=$(pwd)
+export QUORUMKV_STATE_DIR="$repo_dir/target/docker-test/cluster"
+export QUORUMKV_CLUSTER_DIR="$QUORUMKV_STATE_DIR"
+deadline_seconds=60
+
+step() { echo "docker-test: $*"; }
+fail() {
+    echo "docker-test: FAILED: $*" >&2
+    scripts/compose-cluster.sh logs >"$repo_dir/target/docker-test/compose.log" 2>&1 || true
+    echo "docker-test: container logs in target/docker-test/compose.log" >&2
+    exit 1
+}
+# Polls "$@" until it succeeds, or fails the test at the deadline.
+eventually() {
+    local what="$1" deadline=$((SECONDS + deadline_seconds))
+    shift
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || fail "timed out waiting for: $what"
+        sleep 0.2
+    done
+}
+value_is() { [[ "$(curl -sf --max-time 5 "127.0.0.1:808$1/v1/kv/$2?consistency=${4:-linearizable}")" == "$3" ]]; }
+leader_is_not() {
+    local id leader
+    for id in 1 2 3; do
+        [[ "$id" == "$1" ]] && continue
+        leader=$(curl -sf --max-time 1 "127.0.0.1:808$id/v1/cluster" | grep -o '"leader_id":[0-9]*' | cut -d: -f2) || continue
+        [[ -n "$leader" && "$leader" != "$1" ]] && return 0
+    done
+    return 1
+}
+
+mkdir -p target/docker-test
+scripts/docker-image.sh
+scripts/compose-cluster.sh down >/dev/null
+trap 'scripts/compose-cluster.sh down >/dev/null 2>&1 || true' EXIT
+scripts/compose-cluster.sh up 3
+
+step "write through every node, read through every node"
+for id in 1 2 3; do
+    curl -sf --max-time 10 -X PUT "127.0.0.1:808$id/v1/kv/docker/$id" -d "value-$id" >/dev/null || fail "PUT through node $id"
+done
+for id in 1 2 3; do
+    for key in 1 2 3; do
+        value_is "$id" "docker/$key" "value-$key" || fail "node $id does not read docker/$key"
+    done
+done
+
+step "kill the leader's container"
+old_leader=$(scripts/faults/leader.sh)
+scripts/faults/kill.sh leader
+eventually "a new leader after node $old_leader was killed" leader_is_not "$old_leader"
+survivor=$(seq 1 3 | grep -vx "$old_leader" | head -n 1)
+curl -sf --max-time 10 -X PUT "127.0.0.1:808$survivor/v1/kv/docker/after-kill" -d written >/dev/null ||
+    fail "PUT after the leader was killed"
+for key in 1 2 3; do
+    value_is "$survivor" "docker/$key" "value-$key" || fail "docker/$key lost after the leader was killed"
+done
+scripts/faults/restart.sh "$old_leader"
+eventually "node $old_leader back and caught up" value_is "$old_leader" docker/after-kill written
+
+step "partition one container away, then heal"
+isolated=$(seq 1 3 | grep -vx "$(scripts/faults/leader.sh)" | head -n 1)
+others=$(seq 1 3 | grep -vx "$isolated" | paste -sd, -)
+scripts/faults/partition.sh "$isolated/$others"
+majority=$(echo "$others" | cut -d, -f1)
+curl -sf --max-time 10 -X PUT "127.0.0.1:808$majority/v1/kv/docker/partitioned" -d majority >/dev/null ||
+    fail "the majority refused a write during the partition"
+status=$(curl -s -o /dev/null -w '%{http_code}' --max-time 15 "127.0.0.1:808$isolated/v1/kv/docker/partitioned")
+[[ "$status" == 503 ]] || fail "the cut-off node answered a linearizable read with $status, not 503"
+scripts/faults/heal.sh
+eventually "node $isolated caught up after healing" value_is "$isolated" docker/partitioned majority
+scripts/compose-cluster.sh down >/dev/null
+
+step "a short Jepsen-style run against the containers"
+target/debug/quorumkv-jepsen --cluster compose --nemesis mix --time-limit-secs 30 --nemesis-interval-secs 6 \
+    --seed 106 --out target/docker-test/jepsen || fail "the Jepsen-style run on the compose cluster was not valid"
+
+step "Kubernetes manifests"
+/usr/bin/python3 scripts/k8s-check.py || fail "scripts/k8s-check.py"
+step "ok"

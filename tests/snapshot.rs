@@ -1,0 +1,138 @@
+//! Snapshots and log compaction on a real 3-node cluster with a state of a few hundred MB.
+//!
+//! A follower is stopped; the cluster takes thousands of small writes (the log must stay
+//! bounded: snapshots are built and the log purged behind them) and then about 300 MB of
+//! values. The follower, restarted far behind a purged log, can only catch up by receiving a
+//! streamed snapshot; it must then hold every value, and its memory must stay well below the
+//! snapshot's size (the snapshot is streamed to disk, never held whole).
+
+mod common;
+
+use std::time::Duration;
+use std::time::Instant;
+
+use common::Cluster;
+use futures::StreamExt;
+use serde_json::Value;
+
+const SNAPSHOT_LOG_ENTRIES: u64 = 1_000;
+/// openraft keeps this many entries behind a snapshot (`max_in_snapshot_log_to_keep`).
+const KEPT_BEHIND_SNAPSHOT: u64 = 1_000;
+const SMALL_WRITES: u64 = 3_000;
+const LARGE_VALUES: u64 = 1_200;
+const LARGE_VALUE_BYTES: usize = 256 * 1024;
+const WRITERS: usize = 8;
+/// Catching up by a snapshot of a few hundred MB on a loaded 2-core CI machine.
+const CATCH_UP_DEADLINE: Duration = Duration::from_secs(180);
+
+fn large_value(i: u64) -> Vec<u8> {
+    let pattern = format!("value {i} of the snapshot test;");
+    pattern.as_bytes().iter().copied().cycle().take(LARGE_VALUE_BYTES).collect()
+}
+
+/// PUTs every (key, value) through `id` with a few writers, retrying a write until it is
+/// acknowledged (each is idempotent: the same value to the same key).
+async fn put_all(cluster: &Cluster, id: u64, items: Vec<(String, Vec<u8>)>) {
+    let stream = futures::stream::iter(items).map(|(key, value)| async move {
+        let deadline = Instant::now() + common::DEADLINE;
+        loop {
+            let response = cluster.http.put(cluster.url(id, &format!("/v1/kv/{key}"))).body(value.clone()).send().await;
+            match response {
+                Ok(response) if response.status() == 200 => return,
+                Ok(response) => eprintln!("PUT {key}: {} (retrying)", response.status()),
+                Err(error) => eprintln!("PUT {key}: {error} (retrying)"),
+            }
+            assert!(Instant::now() < deadline, "PUT {key} never acknowledged");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    stream.buffer_unordered(WRITERS).collect::<Vec<()>>().await;
+}
+
+fn index(status: &Value, field: &str) -> u64 {
+    status[field].as_u64().unwrap_or_else(|| panic!("{field} missing in {status}"))
+}
+
+/// Peak resident memory of a process, from /proc (Linux).
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    let kib: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmHWM value");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_far_behind_catches_up_by_a_streamed_snapshot_and_the_log_stays_bounded() {
+    let snapshot_log_entries = SNAPSHOT_LOG_ENTRIES.to_string();
+    let mut cluster = Cluster::start_with_args(3, &["--snapshot-log-entries", &snapshot_log_entries]).await;
+    let leader = cluster.wait_for_leader().await;
+    let behind = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.put_ok(leader, "first", "before the follower stopped").await;
+    let status = common::eventually("the follower applied the first write", || async {
+        let status = cluster.cluster_status(behind).await?;
+        (index(&status, "applied_index") >= index(&cluster.cluster_status(leader).await?, "commit_index"))
+            .then_some(status)
+    })
+    .await;
+    let behind_last_log_index = index(&status, "last_log_index");
+    assert!(cluster.terminate(behind).await.success());
+
+    // A steady load of small writes: snapshots are built and the log is purged behind them.
+    let small = (0..SMALL_WRITES).map(|i| (format!("small/{i}"), format!("v{i}").into_bytes())).collect();
+    put_all(&cluster, leader, small).await;
+    let status = cluster.cluster_status(leader).await.expect("leader status");
+    let (last, purged) = (index(&status, "last_log_index"), index(&status, "purged_index"));
+    eprintln!(
+        "after {SMALL_WRITES} small writes: last log index {last}, purged up to {purged}, snapshot at {}",
+        index(&status, "snapshot_index")
+    );
+    assert!(index(&status, "snapshot_index") > 0, "no snapshot built: {status}");
+    assert!(
+        last - purged <= SNAPSHOT_LOG_ENTRIES + KEPT_BEHIND_SNAPSHOT + WRITERS as u64,
+        "the log is not bounded: {} entries kept of {last}",
+        last - purged
+    );
+    assert!(purged > behind_last_log_index, "the stopped follower's next entry is still in the log");
+
+    // A few hundred MB of state.
+    let large = (0..LARGE_VALUES).map(|i| (format!("large/{i}"), large_value(i))).collect();
+    put_all(&cluster, leader, large).await;
+    let state_bytes = LARGE_VALUES * LARGE_VALUE_BYTES as u64;
+    let commit_index = index(&cluster.cluster_status(leader).await.expect("leader status"), "commit_index");
+
+    // The follower comes back far behind a purged log: only a snapshot can bring it back.
+    let started = Instant::now();
+    cluster.spawn(behind);
+    let status = loop {
+        if let Some(status) = cluster.cluster_status(behind).await {
+            if status["applied_index"].as_u64().is_some_and(|applied| applied >= commit_index) {
+                break status;
+            }
+        }
+        assert!(started.elapsed() < CATCH_UP_DEADLINE, "follower did not catch up in {CATCH_UP_DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("follower caught up to {commit_index} in {:?}: {status}", started.elapsed());
+    let installed = index(&status, "snapshot_index");
+    assert!(installed > behind_last_log_index + SMALL_WRITES, "caught up without a snapshot: {status}");
+    assert!(cluster.log(behind).contains("snapshot installed"), "no snapshot install in the follower's log");
+
+    // Streamed, never held whole: the follower's peak memory stays below the snapshot's size.
+    let pid = cluster.pid(behind).expect("follower running");
+    let peak = peak_rss_bytes(pid);
+    eprintln!("follower peak RSS {} MiB for a state of {} MiB", peak >> 20, state_bytes >> 20);
+    assert!(peak < state_bytes, "peak RSS {peak} bytes is not below the state size {state_bytes}");
+
+    // Every value arrived intact (read locally on the follower).
+    for i in (0..LARGE_VALUES).step_by(7).chain([LARGE_VALUES - 1]) {
+        let url = cluster.url(behind, &format!("/v1/kv/large/{i}?consistency=stale"));
+        let response = cluster.http.get(url).send().await.expect("GET");
+        assert_eq!(response.status(), 200, "large/{i} on the follower");
+        let body = response.bytes().await.expect("body");
+        assert!(body.as_ref() == large_value(i).as_slice(), "large/{i} differs on the follower");
+    }
+    let (status, body) = cluster.get(behind, "small/2999", "stale").await;
+    assert_eq!((status, body.as_str()), (200, "v2999"));
+    let (status, body) = cluster.get(behind, "first", "linearizable").await;
+    assert_eq!((status, body.as_str()), (200, "before the follower stopped"));
+}
