@@ -29,6 +29,10 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked -- --test-threads=2
 
+# The benchmark tool, briefly, against 3-node and 1-node clusters of quorumkv and etcd (from
+# Debian's packages): proves `quorumkv bench` and scripts/bench-vs-etcd.sh work, times nothing.
+scripts/bench-vs-etcd.sh --smoke
+
 # Jepsen-style fault runs on a network-namespace cluster (needs root: ip netns, iptables).
 # Short versions of what docs/fault-testing.md describes; each must end with a valid verdict,
 # and the stale-read demonstration must be caught.

@@ -7,8 +7,10 @@ pid=$(node_pid "$id") || skipped "node $id is not running"
 [[ -f "$cluster_dir/node-$id.paused" ]] && skipped "node $id is already paused"
 if [[ "${KIND:-local}" == compose ]]; then
     docker pause "$(node_container "$id")" >/dev/null
+    how="docker pause"
 else
     kill -STOP "$pid"
+    how="SIGSTOP"
 fi
 touch "$cluster_dir/node-$id.paused"
-installed "paused node $id (pid $pid) with SIGSTOP"
+installed "paused node $id (pid $pid) with $how"
