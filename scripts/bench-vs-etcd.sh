@@ -211,3 +211,12 @@ for nodes in sorted({m["nodes"] for m in memory}, reverse=True):
 print(f"\nMedians of {max(r['round'] for r in runs if r['nodes'] == 3)} rounds (3 nodes) and 1 round (1 node); "
       f"ratio = quorumkv / etcd; p99 ratio below 1 means quorumkv's p99 is lower.")
 PY
+# Every run must have served requests without errors on an undisturbed cluster.
+python3 - "$out" <<'PY'
+import glob, json, os, sys
+bad = [(os.path.basename(p), r["ok"], r["errors"]) for p in glob.glob(os.path.join(sys.argv[1], "runs", "*.json"))
+       for r in [json.load(open(p))] if r["ok"] == 0 or sum(r["errors"].values()) > 0]
+for name, ok, errors in bad:
+    print(f"bench run {name}: {ok} ok, errors {errors}", file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
