@@ -16,6 +16,11 @@ use reqwest::header::HeaderMap;
 use reqwest::header::HeaderValue;
 use reqwest::Method;
 
+/// glibc's malloc took about 11% of a node's CPU under a write load (perf, 3-node cluster,
+/// 64 connections); mimalloc's thread-local free lists avoid most of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status when a write's outcome is unknown (it may or may not have been applied).
 const EXIT_OUTCOME_UNKNOWN: u8 = 3;
 
