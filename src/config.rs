@@ -241,6 +241,11 @@ impl ServeConfig {
             max_in_snapshot_log_to_keep: 1_000,
             install_snapshot_timeout: limits::PEER_RPC_TIMEOUT_MS * 10,
             enable_pre_vote: Some(true),
+            // Replicate entries as soon as the leader has submitted them to its log, so the
+            // leader's fsync and the followers' run at the same time instead of one after the
+            // other (commit still needs a durable quorum; the leader's own entry counts only
+            // once flushed).
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         };
         config.validate().map_err(|error| format!("raft configuration: {error}"))
