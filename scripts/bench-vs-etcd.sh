@@ -126,13 +126,11 @@ run = json.load(open(path))
 run["nodes"], run["round"] = nodes, round_
 run["server_cpu_us_per_request"] = ticks / hz * 1e6 / max(run["ok"], 1)
 json.dump(run, open(path, "w"), indent=2)
+l = run["latency_ms"]
+print(f"  {run['target']:<8} {nodes} nodes {run['workload']:<6} {run['connections']:>3} conns: "
+      f"{run['throughput_per_sec']:8.0f} req/s  p50 {l['p50']:6.2f} ms  p99 {l['p99']:7.2f} ms  "
+      f"errors {sum(run['errors'].values())}")
 PY
-    printf '  %-8s %d nodes %-6s %3d conns: %8.0f req/s  p50 %6.2f ms  p99 %7.2f ms  errors %s\n' "$system" "$nodes" \
-        "$workload" "$connections" \
-        "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["throughput_per_sec"])' "$file")" \
-        "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["latency_ms"]["p50"])' "$file")" \
-        "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["latency_ms"]["p99"])' "$file")" \
-        "$(python3 -c 'import json,sys; print(sum(json.load(open(sys.argv[1]))["errors"].values()))' "$file")"
 }
 
 populate() {

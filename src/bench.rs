@@ -217,15 +217,11 @@ struct Tally {
 /// Runs the benchmark against `endpoints` (comma-separated `host:port` or URLs).
 pub async fn run(options: BenchOptions, endpoints: &str) -> Result<Report, String> {
     options.validate()?;
-    let endpoints: Vec<String> = endpoints
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(|e| if e.contains("://") { e.trim_end_matches('/').to_string() } else { format!("http://{e}") })
+    let endpoints = crate::client::parse_endpoints(endpoints)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|url| url.as_str().trim_end_matches('/').to_string())
         .collect();
-    if endpoints.is_empty() {
-        return Err("no endpoints given".into());
-    }
     let started = Instant::now();
     let shared = Arc::new(Shared {
         deadline: started + Duration::from_secs(options.duration_secs),

@@ -52,20 +52,26 @@ pub enum Retry {
     OnlyIfNotSent,
 }
 
+/// Parses a comma-separated endpoint list (`host:port` or URLs; `http://` when no scheme).
+pub fn parse_endpoints(endpoints: &str) -> Result<Vec<Url>, ClientError> {
+    let endpoints: Vec<Url> = endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let with_scheme = if e.contains("://") { e.to_string() } else { format!("http://{e}") };
+            Url::parse(&with_scheme).map_err(|err| ClientError::Failed(format!("bad endpoint {e:?}: {err}")))
+        })
+        .collect::<Result<_, _>>()?;
+    if endpoints.is_empty() {
+        return Err(ClientError::Failed("no endpoints given".into()));
+    }
+    Ok(endpoints)
+}
+
 impl Client {
     pub fn new(endpoints: &str) -> Result<Self, ClientError> {
-        let endpoints: Vec<Url> = endpoints
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(|e| {
-                let with_scheme = if e.contains("://") { e.to_string() } else { format!("http://{e}") };
-                Url::parse(&with_scheme).map_err(|err| ClientError::Failed(format!("bad endpoint {e:?}: {err}")))
-            })
-            .collect::<Result<_, _>>()?;
-        if endpoints.is_empty() {
-            return Err(ClientError::Failed("no endpoints given".into()));
-        }
+        let endpoints = parse_endpoints(endpoints)?;
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(1_000))
@@ -144,75 +150,91 @@ impl Client {
         retry: Retry,
     ) -> Result<Answer, ClientError> {
         use std::sync::atomic::Ordering;
+        let max_backoff = Duration::from_millis(limits::CLIENT_BACKOFF_MAX_MS);
         let mut backoff = Duration::from_millis(limits::CLIENT_BACKOFF_FIRST_MS);
         let mut last_error = String::from("no attempt made");
+        let request = Request { method, segments, query, headers, body, retry };
         for attempt in 0..limits::CLIENT_MAX_ATTEMPTS {
             let index = self.current.load(Ordering::Relaxed) % self.endpoints.len();
             let endpoint = &self.endpoints[index];
-            // Leaves `endpoint` for the next one (unless another request already did), then
-            // backs off once a whole round of endpoints has failed.
-            let move_on = |hint: Option<Duration>| {
-                let next = (index + 1) % self.endpoints.len();
-                let _ = self.current.compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
-                let round_failed = (attempt + 1) as usize % self.endpoints.len() == 0;
-                round_failed.then(|| hint.unwrap_or(backoff).min(Duration::from_millis(limits::CLIENT_BACKOFF_MAX_MS)))
-            };
-            let mut url = endpoint.clone();
-            url.path_segments_mut()
-                .map_err(|_| ClientError::Failed(format!("endpoint {endpoint} cannot be a base")))?
-                .clear()
-                .extend(segments);
-            if !query.is_empty() {
-                url.query_pairs_mut().extend_pairs(query);
-            }
-            let mut request = self.http.request(method.clone(), url).headers(headers.clone());
-            if let Some(body) = &body {
-                request = request.body(body.clone());
-            }
-            let sent = request.send().await;
-            let response = match sent {
-                Ok(response) => response,
-                // Refused or timed out before connecting: the request never left this client.
-                Err(error) if error.is_connect() || retry == Retry::Idempotent => {
+            let hint = match self.attempt(endpoint, &request).await? {
+                Attempt::Answered(answer) => return Ok(answer),
+                Attempt::Retry { error, hint } => {
                     last_error = format!("{endpoint}: {error}");
-                    if let Some(wait) = move_on(None) {
-                        tokio::time::sleep(wait).await;
-                        backoff = (backoff * 2).min(Duration::from_millis(limits::CLIENT_BACKOFF_MAX_MS));
-                    }
-                    continue;
+                    hint
                 }
-                Err(error) => return Err(ClientError::Unknown(format!("{endpoint}: {error}"))),
             };
-            let status = response.status();
-            let headers = response.headers().clone();
-            let body = match response.bytes().await {
-                Ok(body) => body,
-                Err(error) if retry == Retry::Idempotent => {
-                    last_error = format!("{endpoint}: {error}");
-                    move_on(None);
-                    continue;
-                }
-                Err(error) => return Err(ClientError::Unknown(format!("{endpoint}: {error}"))),
-            };
-            if status == StatusCode::GATEWAY_TIMEOUT && retry == Retry::OnlyIfNotSent {
-                return Err(ClientError::Unknown(String::from_utf8_lossy(&body).into_owned()));
+            // Leave this endpoint for the next one (unless another request already did), and
+            // back off once a whole round of endpoints has failed.
+            let next = (index + 1) % self.endpoints.len();
+            let _ = self.current.compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
+            if (attempt + 1) as usize % self.endpoints.len() == 0 {
+                tokio::time::sleep(hint.unwrap_or(backoff).min(max_backoff)).await;
+                backoff = (backoff * 2).min(max_backoff);
             }
-            if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT {
-                // 503 is definite (nothing happened), and so is a read's 504: retrying is safe.
-                last_error = format!("{endpoint}: {}", String::from_utf8_lossy(&body));
-                let hint = headers
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                if let Some(wait) = move_on(hint) {
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(limits::CLIENT_BACKOFF_MAX_MS));
-                }
-                continue;
-            }
-            return Ok(Answer { status, headers, body });
         }
         Err(ClientError::Failed(format!("gave up after {} attempts: {last_error}", limits::CLIENT_MAX_ATTEMPTS)))
     }
+
+    /// One try at one endpoint: an answer, a failure that is safe to retry elsewhere (with
+    /// the server's `Retry-After`, if any), or an error whose outcome is unknown.
+    async fn attempt(&self, endpoint: &Url, request: &Request<'_>) -> Result<Attempt, ClientError> {
+        let Request { method, segments, query, headers, body, retry } = request;
+        let retry = *retry;
+        let retry_after = |error: String| Ok(Attempt::Retry { error, hint: None });
+        let mut url = endpoint.clone();
+        url.path_segments_mut()
+            .map_err(|_| ClientError::Failed(format!("endpoint {endpoint} cannot be a base")))?
+            .clear()
+            .extend(*segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(*query);
+        }
+        let mut builder = self.http.request(method.clone(), url).headers(headers.clone());
+        if let Some(body) = body {
+            builder = builder.body(body.clone());
+        }
+        let response = match builder.send().await {
+            Ok(response) => response,
+            // A refused connection never carried the request; a read may be retried anyway.
+            Err(error) if error.is_connect() || retry == Retry::Idempotent => return retry_after(error.to_string()),
+            Err(error) => return Err(ClientError::Unknown(format!("{endpoint}: {error}"))),
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(error) if retry == Retry::Idempotent => return retry_after(error.to_string()),
+            Err(error) => return Err(ClientError::Unknown(format!("{endpoint}: {error}"))),
+        };
+        if status == StatusCode::GATEWAY_TIMEOUT && retry == Retry::OnlyIfNotSent {
+            return Err(ClientError::Unknown(String::from_utf8_lossy(&body).into_owned()));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT {
+            // 503 is definite (nothing happened), and so is a read's 504: retrying is safe.
+            let hint = headers
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Ok(Attempt::Retry { error: String::from_utf8_lossy(&body).into_owned(), hint });
+        }
+        Ok(Attempt::Answered(Answer { status, headers, body }))
+    }
+}
+
+/// The parts of a request, the same for every attempt.
+struct Request<'a> {
+    method: Method,
+    segments: &'a [String],
+    query: &'a [(&'a str, String)],
+    headers: HeaderMap,
+    body: Option<Bytes>,
+    retry: Retry,
+}
+
+/// What one try at one endpoint came to.
+enum Attempt {
+    Answered(Answer),
+    Retry { error: String, hint: Option<Duration> },
 }

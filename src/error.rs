@@ -107,8 +107,7 @@ impl Error {
     pub fn retry_after_seconds(&self) -> Option<u32> {
         match self {
             Error::NoLeader { .. } | Error::Unavailable(_) | Error::TooStale { .. } => Some(1),
-            // Another node can answer at once; this one will not come back soon.
-            Error::ShuttingDown => None,
+            // Not `ShuttingDown`: another node can answer at once; this one will not come back.
             _ => None,
         }
     }

@@ -291,20 +291,21 @@ async fn restore(client: &Client, file: &std::path::Path) -> Result<ExitCode, Cl
     use futures::StreamExt;
     // The whole file is checked first, so a truncated backup changes nothing.
     let expected = check_backup_file(file).await?;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<(String, Bytes)>(RESTORE_CONCURRENCY);
+    // futures' channel receiver is itself a stream of the records the reader thread sends.
+    let (mut sender, records) = futures::channel::mpsc::channel::<(String, Bytes)>(RESTORE_CONCURRENCY);
     let path = file.to_path_buf();
     let reader = tokio::task::spawn_blocking(move || {
+        use futures::SinkExt;
         let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut backup = quorumkv::backup::BackupReader::new(std::io::BufReader::new(file));
         backup.header()?;
         while let Some(record) = backup.next_record()? {
-            if sender.blocking_send(record).is_err() {
+            if futures::executor::block_on(sender.send(record)).is_err() {
                 break; // a PUT failed and the restore stopped
             }
         }
         Ok::<_, String>(())
     });
-    let records = tokio_stream_from(receiver);
     let puts = records.map(|(key, value)| async move {
         let answer = client
             .request(Method::PUT, &Client::key_path(&key), &[], HeaderMap::new(), Some(value), Retry::Idempotent)
@@ -317,22 +318,16 @@ async fn restore(client: &Client, file: &std::path::Path) -> Result<ExitCode, Cl
             Err(error) => Err(ClientError::Failed(format!("{key}: {error}"))),
         }
     });
-    let mut results = Box::pin(puts.buffer_unordered(RESTORE_CONCURRENCY));
+    let mut results = puts.buffer_unordered(RESTORE_CONCURRENCY);
     let mut restored = 0u64;
     while let Some(result) = results.next().await {
         result?;
         restored += 1;
     }
-    // The reader has sent everything (the stream ended when it dropped its sender).
-    drop(results);
+    // The stream ended because the reader dropped its sender: it has finished.
     reader.await.map_err(|e| ClientError::Failed(e.to_string()))?.map_err(ClientError::Failed)?;
     eprintln!("restored {restored} of {expected} keys from {}", file.display());
     Ok(ExitCode::SUCCESS)
-}
-
-/// A stream of what arrives on `receiver`, until every sender is gone.
-fn tokio_stream_from<T: Send + 'static>(receiver: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
-    futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) })
 }
 
 /// PUTs a restore keeps in flight: enough to batch in Raft, few enough not to flood a node.

@@ -75,6 +75,10 @@ pub enum Ack {
 
 /// The leader's view of how far `peer`'s log is durable (0 when unknown). Only a leader has
 /// replication metrics; elsewhere this is always 0.
+pub(crate) fn matched_index(metrics: &RaftMetrics<TypeConfig>, peer: NodeId) -> u64 {
+    metrics.replication.as_ref().and_then(|r| r.get(&peer)).and_then(|m| m.as_ref()).map_or(0, |l| l.index())
+}
+
 /// A local read overlapping a snapshot install is refused (definitely: reads change nothing).
 fn read_error(error: std::io::Error) -> Error {
     if error.kind() == std::io::ErrorKind::Interrupted {
@@ -82,10 +86,6 @@ fn read_error(error: std::io::Error) -> Error {
     } else {
         Error::Internal(error.to_string())
     }
-}
-
-pub(crate) fn matched_index(metrics: &RaftMetrics<TypeConfig>, peer: NodeId) -> u64 {
-    metrics.replication.as_ref().and_then(|r| r.get(&peer)).and_then(|m| m.as_ref()).map_or(0, |l| l.index())
 }
 
 /// Attempts to reach the leader for one request. Each attempt either finishes the request or
@@ -580,7 +580,7 @@ impl Node {
 
     pub fn status(&self) -> Result<ClusterStatus, Error> {
         let metrics = self.metrics();
-        let client_addrs = self.kv.client_addrs().map_err(|e| Error::Internal(e.to_string()))?;
+        let client_addrs = self.kv.client_addrs().map_err(read_error)?;
         let membership = metrics.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let last_log_index = metrics.last_log_index.unwrap_or(0);

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures::StreamExt;
 use openraft::error::NetworkError;
 use openraft::error::RPCError;
 use openraft::error::ReplicationClosed;
@@ -20,6 +21,7 @@ use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::AsyncSeekExt;
 
 use super::CallError;
 use super::PeerClient;
@@ -119,11 +121,14 @@ impl RaftNetworkV2<TypeConfig> for RaftConnection {
         // The body is the vote's frame, then the snapshot file read from disk piece by piece.
         let header = super::snapshot_header(&vote)
             .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("encode vote: {e}"))))?;
-        let file = snapshot
-            .snapshot
-            .try_clone_file()
-            .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("snapshot file: {e}"))))?;
-        let body = reqwest::Body::wrap_stream(snapshot_stream(header, tokio::fs::File::from_std(file)));
+        let file_error =
+            |e: std::io::Error| StreamingError::Network(NetworkError::from_string(format!("snapshot file: {e}")));
+        let mut file = tokio::fs::File::from_std(snapshot.snapshot.try_clone_file().map_err(file_error)?);
+        // The descriptor's offset is shared with the handle's: start from the first byte.
+        file.seek(std::io::SeekFrom::Start(0)).await.map_err(file_error)?;
+        let chunks = tokio_util::io::ReaderStream::with_capacity(file, SNAPSHOT_CHUNK_BYTES);
+        let body =
+            reqwest::Body::wrap_stream(futures::stream::once(async { Ok(bytes::Bytes::from(header)) }).chain(chunks));
         let timeout = option.hard_ttl().max(Duration::from_millis(SNAPSHOT_TRANSFER_TIMEOUT_MS));
         let call = async {
             let result = self.peer.send("/raft/snapshot", body, timeout).await;
@@ -150,28 +155,4 @@ impl RaftNetworkV2<TypeConfig> for RaftConnection {
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.raft_call("/raft/transfer-leader", &request, option.hard_ttl()).await
     }
-}
-
-/// The header frame, then the file in chunks of [`SNAPSHOT_CHUNK_BYTES`], from its first byte.
-fn snapshot_stream(
-    header: Vec<u8>,
-    file: tokio::fs::File,
-) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
-    use futures::StreamExt;
-    let body = futures::stream::try_unfold((file, 0u64), |(mut file, offset)| async move {
-        use tokio::io::AsyncReadExt;
-        use tokio::io::AsyncSeekExt;
-        if offset == 0 {
-            // The handle's descriptor is shared with openraft's copy: never trust its offset.
-            file.seek(std::io::SeekFrom::Start(0)).await?;
-        }
-        let mut chunk = bytes::BytesMut::zeroed(SNAPSHOT_CHUNK_BYTES);
-        let read = file.read(&mut chunk).await?;
-        if read == 0 {
-            return Ok(None);
-        }
-        chunk.truncate(read);
-        Ok(Some((chunk.freeze(), (file, offset + read as u64))))
-    });
-    futures::stream::once(async move { Ok(bytes::Bytes::from(header)) }).chain(body)
 }

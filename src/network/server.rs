@@ -176,15 +176,17 @@ async fn snapshot(State(node): State<Arc<Node>>, body: Body) -> Response {
                 None => break,
             }
         }
-        if let Err(error) = received {
-            incoming.abandon().await;
-            return Err(Rejection::new(StatusCode::BAD_REQUEST, format!("snapshot transfer: {error}")));
-        }
-        // A truncated or corrupted file is refused here, before openraft sees it.
-        let snapshot = incoming
-            .finish()
-            .await
-            .map_err(|error| Rejection::new(StatusCode::BAD_REQUEST, format!("snapshot file: {error}")))?;
+        // Dropping `incoming` on an error deletes the partial file.
+        received.map_err(|error| Rejection::new(StatusCode::BAD_REQUEST, format!("snapshot transfer: {error}")))?;
+        // A truncated or corrupted file is refused here, before openraft sees it; a local disk
+        // error is the receiver's fault, not the sender's.
+        let snapshot = incoming.finish().await.map_err(|error| {
+            let status = match error.kind() {
+                std::io::ErrorKind::InvalidData => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            Rejection::new(status, format!("snapshot file: {error}"))
+        })?;
         node.raft().install_full_snapshot(vote, snapshot).await.map_err(fatal)
     };
     answer(run.await)

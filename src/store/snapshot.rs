@@ -76,15 +76,6 @@ impl SnapshotHandle {
         Ok(PositionalReader { file: &self.file, offset: 0 })
     }
 
-    /// Bytes in the file.
-    pub fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
-    }
-
-    pub fn is_empty(&self) -> io::Result<bool> {
-        Ok(self.len()? == 0)
-    }
-
     /// A second handle on the same file, for an async reader (`tokio::fs::File`).
     pub fn try_clone_file(&self) -> io::Result<File> {
         self.file.try_clone()
@@ -167,22 +158,22 @@ impl SnapshotStore {
     }
 
     /// Makes `handle`'s file the current snapshot: renamed into place when it is one of this
-    /// directory's temporary files, copied otherwise. Unless `replace_newer`, returns false
-    /// (and changes nothing) when the current snapshot is newer.
+    /// directory's temporary files, copied otherwise. Unless `replace_newer`, a newer current
+    /// snapshot is kept and `handle` stays temporary.
     pub(crate) fn promote(
         &self,
         meta: &SnapshotMeta,
         handle: &mut SnapshotHandle,
         replace_newer: bool,
-    ) -> io::Result<bool> {
+    ) -> io::Result<()> {
         let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
         if !replace_newer && newest.is_some() && meta.last_log_id < *newest {
             tracing::debug!(?meta.last_log_id, ?newest, "not replacing a newer snapshot");
-            return Ok(false);
+            return Ok(());
         }
         let current = self.current_path();
         if handle.path == current {
-            return Ok(true);
+            return Ok(());
         }
         if handle.path.parent() == Some(self.directory.as_path()) {
             std::fs::rename(&handle.path, &current)?;
@@ -206,7 +197,7 @@ impl SnapshotStore {
         handle.path = current;
         handle.temporary = false;
         *newest = meta.last_log_id;
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -256,7 +247,7 @@ fn build(db: &DB, store: &SnapshotStore) -> io::Result<Snapshot> {
     // Not made current (a newer snapshot was installed meanwhile): deleted with the handle.
     let mut handle = SnapshotHandle::open_temporary(file_path)?;
     store.promote(&meta, &mut handle, false)?;
-    tracing::info!(last_log_id = ?meta.last_log_id, bytes = handle.len()?, "snapshot built");
+    tracing::info!(last_log_id = ?meta.last_log_id, bytes = handle.file.metadata()?.len(), "snapshot built");
     Ok(Snapshot { meta, snapshot: handle })
 }
 
@@ -356,11 +347,5 @@ impl IncomingSnapshot {
             let _ = tokio::fs::remove_file(&path).await;
         }
         result
-    }
-
-    /// Deletes the partial file of a failed transfer.
-    pub async fn abandon(mut self) {
-        self.file = None;
-        let _ = tokio::fs::remove_file(&self.path).await;
     }
 }
