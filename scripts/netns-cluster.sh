@@ -8,7 +8,8 @@
 #   scripts/netns-cluster.sh status       print the cluster as node 1 sees it
 #
 # State (PID files, logs, data, per-node start commands) lives in $QUORUMKV_NETNS_STATE_DIR
-# (default ./.quorumkv-netns); scripts/faults/* read it. `up` cleans up after itself when it
+# (default ./.quorumkv-netns); scripts/faults/* read it. $QUORUMKV_SERVE_ARGS adds `quorumkv
+# serve` arguments for every node (the fault runs pass injected faults this way). `up` cleans up after itself when it
 # fails or is interrupted.
 set -euo pipefail
 
@@ -112,7 +113,8 @@ ENV
         # The exact start command, reused by scripts/faults/restart.sh.
         cat >"$state_dir/node-$id.cmd" <<CMD
 exec ip netns exec $ns $binary serve --id $id --data-dir $state_dir/node-$id \
-  --client-addr $subnet.$id:8080 --peer-addr $subnet.$id:9080 --initial-cluster $initial_cluster
+  --client-addr $subnet.$id:8080 --peer-addr $subnet.$id:9080 --initial-cluster $initial_cluster \
+  ${QUORUMKV_SERVE_ARGS:-}
 CMD
         setsid bash "$state_dir/node-$id.cmd" >>"$state_dir/node-$id.log" 2>&1 </dev/null &
         echo $! >"$state_dir/node-$id.pid"

@@ -4,6 +4,8 @@
 #
 #   client API: 127.0.0.1:8081..8083    peer (Raft): 127.0.0.1:9081..9083
 #   state:      $QUORUMKV_STATE_DIR (default ./.quorumkv): node-N/ data, node-N.log, node-N.pid
+#   options:    $QUORUMKV_SERVE_ARGS, further `quorumkv serve` arguments for every node
+#               (the fault runs pass injected faults this way)
 #
 # Stop it with scripts/stop-3-nodes.sh.
 set -euo pipefail
@@ -32,7 +34,8 @@ for id in 1 2 3; do
     printf 'CLIENT_ADDR=127.0.0.1:808%s\nPEER_ADDR=127.0.0.1:908%s\n' "$id" "$id" >"$state_dir/node-$id.env"
     cat >"$state_dir/node-$id.cmd" <<CMD
 exec $binary serve --id $id --data-dir $state_dir/node-$id \
-  --client-addr 127.0.0.1:808$id --peer-addr 127.0.0.1:908$id --initial-cluster $initial_cluster
+  --client-addr 127.0.0.1:808$id --peer-addr 127.0.0.1:908$id --initial-cluster $initial_cluster \
+  ${QUORUMKV_SERVE_ARGS:-}
 CMD
     if is_running "$id"; then
         echo "node $id already running (pid $(cat "$state_dir/node-$id.pid"))"

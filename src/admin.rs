@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::leader::Effect;
 use crate::limits;
-use crate::network::CallError;
 use crate::node::matched_index;
 use crate::node::Node;
 use crate::types::Member;
@@ -39,28 +39,9 @@ pub enum AdminCommand {
 impl Node {
     /// Runs an administration request from any node: on the leader, or forwarded to it.
     pub async fn admin(&self, command: AdminCommand) -> Result<(), Error> {
-        for _ in 0..3 {
-            let leader = self.leader_or_wait().await?;
-            if leader == self.id() {
-                match self.admin_as_leader(command.clone()).await {
-                    Err(Error::NoLeader { .. }) => {
-                        self.wait_leader_change(leader).await;
-                        continue;
-                    }
-                    other => return other,
-                }
-            }
-            let peer = self.peer_client(leader)?;
-            let timeout = self.config().write_timeout() + Duration::from_secs(1);
-            let answer: Result<Result<(), Error>, CallError> = peer.call("/internal/admin", &command, timeout).await;
-            match answer {
-                Ok(Err(Error::NoLeader { .. })) => self.wait_leader_change(leader).await,
-                Ok(result) => return result,
-                Err(error) if error.is_definite() => self.wait_leader_change(leader).await,
-                Err(error) => return Err(Error::OutcomeUnknown(error.to_string())),
-            }
-        }
-        Err(Error::NoLeader { last_known_leader: None })
+        let timeout = self.config().write_timeout() + Duration::from_secs(1);
+        self.via_leader("/internal/admin", &command, timeout, Effect::Changes, || self.admin_as_leader(command.clone()))
+            .await
     }
 
     /// Runs an administration request on this node, which must be the leader.

@@ -111,6 +111,20 @@ pub struct ServeConfig {
     /// Log filter, e.g. `info` or `quorumkv=debug,openraft=info`.
     #[arg(long, env = "QUORUMKV_LOG", default_value = "info")]
     pub log: String,
+
+    /// Fault injection for tests, never for production: keep write-ahead-log writes in the
+    /// process until they are synced, so that SIGKILL loses what a power cut would lose.
+    #[arg(long, env = "QUORUMKV_FAULT_LOSE_UNSYNCED_WRITES", hide = true)]
+    pub fault_lose_unsynced_writes: bool,
+
+    /// Fault injection for tests: every fsync of the Raft log first waits this long.
+    #[arg(long, env = "QUORUMKV_FAULT_FSYNC_DELAY_MS", hide = true, default_value_t = 0)]
+    pub fault_fsync_delay_ms: u64,
+
+    /// Fault injection for tests: every fsync of the Raft log waits a random extra of up to
+    /// this long (a disk whose latency varies).
+    #[arg(long, env = "QUORUMKV_FAULT_FSYNC_JITTER_MS", hide = true, default_value_t = 0)]
+    pub fault_fsync_jitter_ms: u64,
 }
 
 impl ServeConfig {
@@ -177,6 +191,12 @@ impl ServeConfig {
         if self.snapshot_log_entries < 100 {
             return Err("--snapshot-log-entries must be at least 100".into());
         }
+        if self.fault_fsync_delay_ms + self.fault_fsync_jitter_ms > limits::MAX_FAULT_FSYNC_DELAY_MS {
+            return Err(format!(
+                "--fault-fsync-delay-ms plus --fault-fsync-jitter-ms must be at most {}",
+                limits::MAX_FAULT_FSYNC_DELAY_MS
+            ));
+        }
         Ok(())
     }
 
@@ -229,6 +249,15 @@ impl ServeConfig {
         Duration::from_millis(self.leader_wait_ms)
     }
 
+    /// The storage faults the `--fault-*` flags ask for (none by default).
+    pub fn storage_faults(&self) -> crate::store::FaultOptions {
+        crate::store::FaultOptions {
+            lose_unsynced_writes: self.fault_lose_unsynced_writes,
+            fsync_delay: Duration::from_millis(self.fault_fsync_delay_ms),
+            fsync_jitter: Duration::from_millis(self.fault_fsync_jitter_ms),
+        }
+    }
+
     /// openraft's configuration, every option that matters set explicitly.
     pub fn raft_config(&self) -> Result<openraft::Config, String> {
         let config = openraft::Config {
@@ -246,6 +275,11 @@ impl ServeConfig {
             // other (commit still needs a durable quorum; the leader's own entry counts only
             // once flushed).
             broadcast_submitted_on_append: Some(true),
+            // A restarted leader must win an election again. openraft's default lets it resume
+            // its term at once; a leader that lost its unsynced log tail (power cut, kernel
+            // crash) would then propose new entries under log ids its followers already hold
+            // with other contents, and the replicas diverge (DESIGN.md §12).
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         config.validate().map_err(|error| format!("raft configuration: {error}"))

@@ -10,7 +10,9 @@
 //! | [`types`] | Raft type configuration; `Command`/`CommandResult`, the replicated payload |
 //! | [`error`] | the one closed API error enum and its status table |
 //! | [`api`] | client HTTP handlers on `--client-addr`: validate, call `Node`, map to HTTP |
-//! | [`node`] | `Node`: bootstrap or join, writes via the leader, linearizable reads, status, step-down |
+//! | [`node`] | `Node`: writes via the leader, linearizable reads, status, step-down |
+//! | [`bootstrap`] | how a node starts: resume, join, or bootstrap — never a wiped voter |
+//! | [`leader`] | the one way to the leader: run locally or forward, retry only what did not run |
 //! | [`admin`] | membership and leadership changes on the leader, with safety refusals |
 //! | [`backup`] | consistent JSON-lines backups streamed from a node |
 //! | [`network`] | peer HTTP on `--peer-addr`: Raft RPCs (postcard) and forwarding to the leader |
@@ -43,9 +45,11 @@ pub mod admin;
 pub mod api;
 pub mod backup;
 pub mod bench;
+pub mod bootstrap;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod leader;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

@@ -42,6 +42,16 @@ pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 100;
 pub const DEFAULT_ELECTION_TIMEOUT_MIN_MS: u64 = 300;
 pub const DEFAULT_ELECTION_TIMEOUT_MAX_MS: u64 = 600;
 
+/// Tries at the leader for one request, each ending in an answer or in proof that the request
+/// did not run. Bounds the loop; the real bound is `--leader-wait-ms` (pauses double from
+/// 10 ms to 100 ms, so about 25 tries fit in the default 2 s).
+pub const MAX_LEADER_ATTEMPTS: usize = 32;
+/// After "not the leader" from the presumed leader without a better hint, pause this long
+/// before looking again, doubling up to the maximum: short, because a leader is usually
+/// known again within one heartbeat (writes must resume within 100 ms of an election).
+pub const LEADER_RETRY_PAUSE_FIRST_MS: u64 = 10;
+pub const LEADER_RETRY_PAUSE_MAX_MS: u64 = 100;
+
 /// Timeout of one Raft RPC to a peer when openraft gives none. A peer that does not answer
 /// in this time is treated as unreachable for that round.
 pub const PEER_RPC_TIMEOUT_MS: u64 = 2_000;
@@ -80,9 +90,21 @@ pub const MAX_PAYLOAD_ENTRIES: u64 = 256;
 /// itself; this bound only guards against a bug turning into unbounded memory.
 pub const FLUSH_QUEUE_CAPACITY: usize = 4096;
 
-/// At start-up with an empty data directory, how long to keep asking the configured peers
-/// whether this node was ever part of their cluster before bootstrapping a new one.
-pub const BOOTSTRAP_PROBE_MS: u64 = 3_000;
+/// At start-up with an empty data directory, how long a node keeps asking its peers whether
+/// they have seen it (and, once bootstrapped, keeps announcing itself) before it gives up and
+/// exits for a supervisor to start it again: every peer must answer, because the one that does
+/// not may be the only one that remembers this node. Ten minutes covers founders started by
+/// hand one after another.
+pub const BOOTSTRAP_WAIT_MS: u64 = 600_000;
+/// Timeout of one bootstrap question to one peer (a LAN round trip and a synced write).
+pub const BOOTSTRAP_PROBE_TIMEOUT_MS: u64 = 1_000;
+/// Pause between rounds of asking the peers that have not answered yet.
+pub const BOOTSTRAP_RETRY_MS: u64 = 200;
+/// How often a node waiting for peers at start-up says which ones it is waiting for.
+pub const BOOTSTRAP_REPORT_MS: u64 = 10_000;
+/// Largest number of peers a bootstrapping node asks (founders plus the members they name);
+/// far above any sensible cluster, it only bounds the loop.
+pub const MAX_BOOTSTRAP_PEERS: usize = 256;
 
 /// On graceful shutdown, how long a leader waits for leadership to move to a follower.
 pub const LEADER_TRANSFER_WAIT_MS: u64 = 3_000;
@@ -113,6 +135,10 @@ pub const JOIN_ATTEMPTS: u32 = 60;
 pub const PROMOTE_ATTEMPTS: u32 = 600;
 /// Largest JSON body of a cluster administration request.
 pub const MAX_ADMIN_BODY_BYTES: usize = 4 * 1024;
+
+/// Largest injected fsync delay (`--fault-fsync-*`): slow enough to widen every race a test
+/// looks for, short of making writes time out.
+pub const MAX_FAULT_FSYNC_DELAY_MS: u64 = 10_000;
 
 /// Largest `max_lag_ms` a bounded-staleness read may ask for: one hour.
 pub const MAX_STALENESS_BOUND_MS: u64 = 3_600_000;

@@ -5,7 +5,6 @@
 //! Linearizable reads ask the leader for a read point (ReadIndex or lease), wait until the
 //! local state machine has applied that far, then read locally.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,7 +13,6 @@ use std::time::Instant;
 
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::ClientWriteError;
-use openraft::error::InitializeError;
 use openraft::error::LinearizableReadError;
 use openraft::error::RaftError;
 use openraft::raft::linearizable_read::Linearizer;
@@ -24,17 +22,15 @@ use openraft::ServerState;
 use serde::Deserialize;
 use serde::Serialize;
 
-use crate::config::InitialClusterState;
 use crate::config::ServeConfig;
 use crate::error::Error;
+use crate::leader::Effect;
 use crate::limits;
 use crate::metrics::Metrics;
 use crate::metrics::RaftGauges;
-use crate::network::CallError;
 use crate::network::PeerClient;
 use crate::network::PeerClients;
 use crate::network::PeerNetwork;
-use crate::network::ProbeReply;
 use crate::network::ReadPolicy;
 use crate::store;
 use crate::store::BootstrapRecord;
@@ -45,7 +41,6 @@ use crate::store::SnapshotStore;
 use crate::store::StoredValue;
 use crate::types::Command;
 use crate::types::CommandResult;
-use crate::types::Member;
 use crate::types::NodeId;
 use crate::types::Raft;
 use crate::types::TypeConfig;
@@ -73,24 +68,20 @@ pub enum Ack {
     All,
 }
 
-/// The leader's view of how far `peer`'s log is durable (0 when unknown). Only a leader has
-/// replication metrics; elsewhere this is always 0.
+/// The leader's view of how far `peer`'s log is durable (0 when unknown), the leader's own
+/// log included. Only a leader has replication metrics; elsewhere this is always 0.
 pub(crate) fn matched_index(metrics: &RaftMetrics<TypeConfig>, peer: NodeId) -> u64 {
     metrics.replication.as_ref().and_then(|r| r.get(&peer)).and_then(|m| m.as_ref()).map_or(0, |l| l.index())
 }
 
 /// A local read overlapping a snapshot install is refused (definitely: reads change nothing).
-fn read_error(error: std::io::Error) -> Error {
+pub(crate) fn read_error(error: std::io::Error) -> Error {
     if error.kind() == std::io::ErrorKind::Interrupted {
         Error::Unavailable(error.to_string())
     } else {
         Error::Internal(error.to_string())
     }
 }
-
-/// Attempts to reach the leader for one request. Each attempt either finishes the request or
-/// learns that it certainly did not run (not leader, unreachable), so the retry is safe.
-const MAX_LEADER_ATTEMPTS: usize = 3;
 
 /// One node. Shared by the client API, the peer API and the background tasks.
 pub struct Node {
@@ -148,7 +139,7 @@ impl Node {
     /// Opens the node's storage and creates its Raft instance (not yet bootstrapped).
     pub async fn open(config: ServeConfig) -> Result<Arc<Node>, String> {
         let raft_config = Arc::new(config.raft_config()?);
-        let (log_store, state_machine) = store::open(&config.data_dir)
+        let (log_store, state_machine) = store::open_with_faults(&config.data_dir, config.storage_faults())
             .await
             .map_err(|e| format!("cannot open data dir {}: {e}", config.data_dir.display()))?;
         let bootstrap = BootstrapRecord::new(&log_store);
@@ -196,128 +187,22 @@ impl Node {
         self.serving_raft.load(Ordering::Acquire)
     }
 
+    pub(crate) fn serving_raft_flag(&self) -> &AtomicBool {
+        &self.serving_raft
+    }
+
+    pub(crate) fn bootstrap_record(&self) -> &BootstrapRecord {
+        &self.bootstrap
+    }
+
+    /// A client for the peer at `peer_addr` (reused per peer).
+    pub(crate) fn peer_client_at(&self, node_id: NodeId, peer_addr: &str) -> PeerClient {
+        self.peers.get(node_id, peer_addr)
+    }
+
     /// A copy of openraft's metrics, for status and decisions off the request path.
     pub(crate) fn metrics(&self) -> RaftMetrics<TypeConfig> {
         self.raft.metrics().borrow_watched().clone()
-    }
-
-    /// The known leader, read without copying the whole metrics (every request asks).
-    fn current_leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow_watched().current_leader
-    }
-
-    /// Resumes a bootstrapped node, or bootstraps a new cluster from `--initial-cluster`.
-    ///
-    /// Must run while the peer server is up: peers that bootstrap at the same time ask this
-    /// node whether it has seen them. Refuses to bootstrap a node whose data was wiped.
-    pub async fn bootstrap_or_resume(&self) -> Result<(), String> {
-        let io = |e: std::io::Error| format!("data dir: {e}");
-        let initialized = self.raft.is_initialized().await.map_err(|e| e.to_string())?;
-        if self.bootstrap.is_bootstrapped().map_err(io)? || initialized {
-            self.bootstrap.mark_bootstrapped().map_err(io)?;
-            // A restarted node has forgotten when it last heard from the leader. Granting votes
-            // at once could elect a new leader while the old one's lease still serves lease
-            // reads; staying silent for one lease length keeps lease reads linearizable.
-            tokio::time::sleep(Duration::from_millis(self.config.election_timeout_max_ms)).await;
-            self.serving_raft.store(true, Ordering::Release);
-            tracing::info!("resuming from existing Raft state");
-            return Ok(());
-        }
-        if !self.config.join_addrs().is_empty() {
-            return self.join_cluster().await;
-        }
-        let members = self.config.initial_members()?;
-        if self.config.initial_cluster_state == InitialClusterState::Existing {
-            return Err(format!(
-                "data dir {} is empty and --initial-cluster-state is existing: this node has no Raft state \
-                 and may not bootstrap one. Restore its data directory, or start it with \
-                 --initial-cluster-state new only if the whole cluster is new.",
-                self.config.data_dir.display()
-            ));
-        }
-        self.refuse_if_seen_before(&members).await?;
-        self.serving_raft.store(true, Ordering::Release);
-        let nodes: BTreeMap<NodeId, Member> =
-            members.into_iter().map(|(id, peer_addr)| (id, Member { peer_addr })).collect();
-        match self.raft.initialize(nodes).await {
-            Ok(()) => tracing::info!("bootstrapped a new cluster from --initial-cluster"),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
-                tracing::info!("already initialized by the cluster");
-            }
-            Err(error) => return Err(format!("cannot bootstrap: {error}")),
-        }
-        self.bootstrap.mark_bootstrapped().map_err(io)
-    }
-
-    /// Asks every founding peer whether it has ever seen this node hold Raft state. If one
-    /// has, this empty data dir was wiped: bootstrapping it as a voter could let it vote twice
-    /// in a term and lose committed writes, so start-up fails with the way back.
-    async fn refuse_if_seen_before(&self, members: &BTreeMap<NodeId, String>) -> Result<(), String> {
-        let peers: Vec<PeerClient> =
-            members.iter().filter(|(id, _)| **id != self.id).map(|(id, addr)| self.peers.get(*id, addr)).collect();
-        let deadline = Instant::now() + Duration::from_millis(limits::BOOTSTRAP_PROBE_MS);
-        let mut answered = vec![false; peers.len()];
-        while answered.iter().any(|a| !a) && Instant::now() < deadline {
-            for (peer, answered) in peers.iter().zip(answered.iter_mut()).filter(|(_, a)| !**a) {
-                let reply: Result<ProbeReply, CallError> =
-                    peer.call("/internal/probe", &self.id, Duration::from_millis(500)).await;
-                if let Ok(reply) = reply {
-                    *answered = true;
-                    if reply.has_seen_asker {
-                        return Err(format!(
-                            "node {id} has an empty data dir ({dir}), but peer {peer} has seen node {id} as a \
-                             cluster member before: its data was lost or wiped. Rejoining as a fresh voter \
-                             could lose committed writes, so it will not start. To bring it back, restore its \
-                             data dir from a backup; or remove it (quorumkv cluster remove {id}) and start it \
-                             again with --join <any member's client address>.",
-                            id = self.id,
-                            dir = self.config.data_dir.display(),
-                            peer = peer.target(),
-                        ));
-                    }
-                }
-            }
-            if answered.iter().any(|a| !a) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        if !peers.is_empty() && answered.iter().all(|a| !a) {
-            tracing::warn!("no founding peer answered; bootstrapping as a member of a new cluster");
-        }
-        Ok(())
-    }
-
-    /// Asks the cluster, through any member given to `--join`, to add this node as a learner.
-    /// Adding the same learner again is a no-op, so retrying after a lost answer is safe.
-    async fn join_cluster(&self) -> Result<(), String> {
-        // Accept the leader's appends before asking: it starts replicating at once.
-        self.serving_raft.store(true, Ordering::Release);
-        let http = reqwest::Client::builder()
-            .timeout(self.config.write_timeout() + Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let request = serde_json::json!({ "id": self.id, "peer_addr": self.config.advertised_peer_addr() });
-        let addrs = self.config.join_addrs();
-        let mut last_error = String::new();
-        for attempt in 0..limits::JOIN_ATTEMPTS {
-            let addr = &addrs[attempt as usize % addrs.len()];
-            match http.post(format!("http://{addr}/v1/cluster/learners")).json(&request).send().await {
-                Ok(response) if response.status().is_success() => {
-                    self.bootstrap.mark_bootstrapped().map_err(|e| format!("data dir: {e}"))?;
-                    tracing::info!(via = %addr, "joined the cluster as a learner");
-                    return Ok(());
-                }
-                Ok(response) if response.status().is_client_error() => {
-                    let status = response.status();
-                    let body = response.text().await.unwrap_or_default();
-                    return Err(format!("the cluster refused to add node {}: {status} {body}", self.id));
-                }
-                Ok(response) => last_error = format!("{addr}: {}", response.status()),
-                Err(error) => last_error = format!("{addr}: {error}"),
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        Err(format!("could not join through {addrs:?} after {} attempts: {last_error}", limits::JOIN_ATTEMPTS))
     }
 
     /// Starts the drain phase of a graceful shutdown (see `server::serve_until`).
@@ -331,10 +216,6 @@ impl Node {
 
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
-    }
-
-    pub fn probe_reply(&self, asker: NodeId) -> std::io::Result<ProbeReply> {
-        Ok(ProbeReply { has_seen_asker: self.bootstrap.has_seen_peer(asker)? })
     }
 
     /// Publishes this node's client address in the replicated state, so clients can be told
@@ -363,30 +244,12 @@ impl Node {
 
     /// Runs a write from any node: on the leader directly, else forwarded to it.
     pub async fn write(&self, command: Command, ack: Ack) -> Result<CommandResult, Error> {
-        for _ in 0..MAX_LEADER_ATTEMPTS {
-            let leader = self.leader_or_wait().await?;
-            if leader == self.id {
-                match self.write_as_leader(command.clone(), ack).await {
-                    // Leadership moved before the entry was proposed: certainly not written.
-                    Err(Error::NoLeader { .. }) => {
-                        self.wait_leader_change(leader).await;
-                        continue;
-                    }
-                    other => return other,
-                }
-            }
-            let peer = self.peer_client(leader)?;
-            let timeout = self.config.write_timeout() + Duration::from_secs(1);
-            let answer: Result<Result<CommandResult, Error>, CallError> =
-                peer.call("/internal/write", &(&command, ack), timeout).await;
-            match answer {
-                Ok(Err(Error::NoLeader { .. })) => self.wait_leader_change(leader).await,
-                Ok(result) => return result,
-                Err(error) if error.is_definite() => self.wait_leader_change(leader).await,
-                Err(error) => return Err(Error::OutcomeUnknown(error.to_string())),
-            }
-        }
-        Err(Error::NoLeader { last_known_leader: self.current_leader() })
+        let timeout = self.config.write_timeout() + Duration::from_secs(1);
+        let request = (&command, ack);
+        self.via_leader("/internal/write", &request, timeout, Effect::Changes, || {
+            self.write_as_leader(command.clone(), ack)
+        })
+        .await
     }
 
     /// Proposes a write on this node, which must be the leader.
@@ -414,11 +277,13 @@ impl Node {
         }
     }
 
-    /// Waits until every voter has the log durable up to `index` (synchronous replication).
+    /// Waits until every voter, the leader included, has the log durable up to `index`
+    /// (synchronous replication). The followers can commit an entry before the leader's own
+    /// fsync finishes (entries are replicated once submitted), so the leader's flushed index
+    /// counts like anyone's: openraft's replication metrics carry it under the leader's id.
     async fn await_all_voters(&self, index: u64, timeout: Duration) -> Result<(), Error> {
-        let id = self.id;
         let all_durable = move |m: &RaftMetrics<TypeConfig>| {
-            m.membership_config.membership().voter_ids().all(|voter| voter == id || matched_index(m, voter) >= index)
+            m.membership_config.membership().voter_ids().all(|voter| matched_index(m, voter) >= index)
         };
         match self.raft.wait(Some(timeout)).metrics(all_durable, "every voter has the entry").await {
             Ok(_) => Ok(()),
@@ -456,34 +321,15 @@ impl Node {
             Consistency::Lease => ReadPolicy::Lease,
         };
         let timeout = self.config.read_timeout();
-        for _ in 0..MAX_LEADER_ATTEMPTS {
-            let leader = self.leader_or_wait().await?;
-            let read_log_id = if leader == self.id {
-                self.read_index_as_leader(policy).await
-            } else {
-                let peer = self.peer_client(leader)?;
-                match peer.call("/internal/read-index", &policy, timeout).await {
-                    Ok(answer) => answer,
-                    // A read has no effect, so retrying after any transport failure is safe.
-                    Err(error) => Err(Error::Unavailable(error.to_string())),
-                }
-            };
-            let read_log_id = match read_log_id {
-                Ok(read_log_id) => read_log_id,
-                Err(Error::NoLeader { .. } | Error::Unavailable(_)) => {
-                    self.wait_leader_change(leader).await;
-                    continue;
-                }
-                Err(error) => return Err(error),
-            };
-            let linearizer = Linearizer::new(leader, read_log_id, None);
-            return match linearizer.try_await_ready(&self.raft, Some(timeout)).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(_)) => Err(Error::Unavailable("this node did not apply up to the read point in time".into())),
-                Err(fatal) => Err(Error::Unavailable(format!("raft stopped: {fatal}"))),
-            };
+        let (leader, read_log_id) = self
+            .via_leader("/internal/read-index", &policy, timeout, Effect::None, || self.read_index_as_leader(policy))
+            .await?;
+        let linearizer = Linearizer::new(leader, read_log_id, None);
+        match linearizer.try_await_ready(&self.raft, Some(timeout)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::Unavailable("this node did not apply up to the read point in time".into())),
+            Err(fatal) => Err(Error::Unavailable(format!("raft stopped: {fatal}"))),
         }
-        Err(Error::Unavailable("could not confirm a leader for the read".into()))
     }
 
     /// Bounded staleness: this node's state is at most `max_lag` old.
@@ -511,8 +357,9 @@ impl Node {
         }
     }
 
-    /// On the leader: confirms leadership and returns the log id a read must wait for.
-    pub async fn read_index_as_leader(&self, policy: ReadPolicy) -> Result<ReadLogId<TypeConfig>, Error> {
+    /// On the leader: confirms leadership and returns this node's id with the log id a read
+    /// must wait for.
+    pub async fn read_index_as_leader(&self, policy: ReadPolicy) -> Result<(NodeId, ReadLogId<TypeConfig>), Error> {
         let option = match policy {
             ReadPolicy::ReadIndex => openraft::ReadPolicy::ReadIndex,
             ReadPolicy::Lease => openraft::ReadPolicy::LeaseRead,
@@ -528,7 +375,7 @@ impl Node {
         }
         match result {
             Err(_) => Err(Error::Unavailable("leadership not confirmed by a quorum in time".into())),
-            Ok(Ok(linearizer)) => Ok(*linearizer.read_log_id()),
+            Ok(Ok(linearizer)) => Ok((self.id, *linearizer.read_log_id())),
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)))) => {
                 Err(Error::NoLeader { last_known_leader: forward.leader_id })
             }
@@ -541,29 +388,14 @@ impl Node {
 
     // ----- leader discovery -----
 
-    /// The current leader, waiting up to `--leader-wait-ms` for an election if none is known.
-    pub(crate) async fn leader_or_wait(&self) -> Result<NodeId, Error> {
-        if let Some(leader) = self.current_leader() {
-            return Ok(leader);
-        }
-        let waited = self
-            .raft
-            .wait(Some(self.config.leader_wait()))
-            .metrics(|m| m.current_leader.is_some(), "a leader is known")
-            .await;
-        match waited {
-            Ok(metrics) => metrics.current_leader.ok_or(Error::NoLeader { last_known_leader: None }),
-            Err(_) => Err(Error::NoLeader { last_known_leader: None }),
-        }
+    /// The known leader, read without copying the whole metrics (every request asks).
+    pub(crate) fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow_watched().current_leader
     }
 
-    /// After `old` failed us, waits (bounded) until another leader is known.
-    pub(crate) async fn wait_leader_change(&self, old: NodeId) {
-        let _ = self
-            .raft
-            .wait(Some(self.config.leader_wait()))
-            .metrics(|m| m.current_leader.is_some_and(|l| l != old), "the leader changed")
-            .await;
+    /// Whether `node_id` is in this node's current membership (voter or learner).
+    pub(crate) fn is_member(&self, node_id: NodeId) -> bool {
+        self.raft.metrics().borrow_watched().membership_config.membership().get_node(&node_id).is_some()
     }
 
     pub(crate) fn peer_client(&self, node_id: NodeId) -> Result<PeerClient, Error> {
@@ -589,11 +421,8 @@ impl Node {
         let members = membership
             .nodes()
             .map(|(id, member)| {
-                let matched_index = match (is_leader, *id == self.id) {
-                    (false, _) => None,
-                    (true, true) => Some(last_log_index),
-                    (true, false) => Some(matched_index(&metrics, *id)),
-                };
+                // The leader's own entry is what its log has fsynced, as for every other member.
+                let matched_index = is_leader.then(|| matched_index(&metrics, *id));
                 let last_ack_ms_ago = match (is_leader, *id == self.id) {
                     (true, true) => Some(0),
                     (true, false) => heartbeat

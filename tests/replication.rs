@@ -34,6 +34,47 @@ async fn ack_all_waits_for_every_voter_and_times_out_when_one_is_down() {
     assert_eq!(cluster.get(leader, "sync", "linearizable").await, (200, "b".to_string()));
 }
 
+/// Goal: `ack=all` counts the leader like every other voter: the answer comes only once the
+/// leader's own log has the entry fsynced, not just the followers' (which can finish first:
+/// entries are replicated as soon as the leader submits them).
+///
+/// Method: the leader's fsyncs are made 2 s slow (`--fault-fsync-delay-ms`) and what it has
+/// not synced is lost when it is killed (`--fault-lose-unsynced-writes`, a power cut). Right
+/// after an `ack=all` write is acknowledged the leader reports it fsynced, is power-cut, and
+/// restarted alone (no follower can hand the entry back): its own log still has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_all_waits_for_the_leaders_own_fsync() {
+    let mut cluster = Cluster::start(3).await;
+    let slow = cluster.wait_for_leader().await;
+    cluster.terminate(slow).await;
+    cluster.set_node_args(slow, &["--fault-fsync-delay-ms", "2000", "--fault-lose-unsynced-writes"]);
+    cluster.spawn(slow);
+    cluster.wait_ready(slow).await;
+    cluster.transfer_leadership(slow).await;
+
+    let response = cluster.http.put(cluster.url(slow, "/v1/kv/sync?ack=all")).body("a").send().await.expect("sent");
+    assert_eq!(response.status(), 200);
+    let revision = response.json::<Value>().await.expect("json")["revision"].as_u64().expect("revision");
+    let status = cluster.cluster_status(slow).await.expect("status");
+    let members = status["members"].as_array().expect("members");
+    let own = members.iter().find(|m| m["id"].as_u64() == Some(slow)).expect("leader listed");
+    assert!(
+        own["matched_index"].as_u64() >= Some(revision),
+        "ack=all answered before the leader's own fsync of revision {revision}: {own}"
+    );
+
+    cluster.kill(slow);
+    for id in cluster.running_ids() {
+        cluster.kill(id);
+    }
+    cluster.spawn(slow);
+    let last_log_index = eventually("the power-cut leader answers alone", || async {
+        cluster.cluster_status(slow).await?["last_log_index"].as_u64()
+    })
+    .await;
+    assert!(last_log_index >= revision, "the leader lost the ack=all write {revision} (log ends at {last_log_index})");
+}
+
 /// Goal: a learner (asynchronous replica) serves stale reads; with `max_lag_ms` it refuses
 /// (503 too_stale) once it has not heard from a leader for longer than that, and answers again
 /// without the bound.

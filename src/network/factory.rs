@@ -68,10 +68,14 @@ impl RaftConnection {
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         match self.peer.call(path, request, timeout).await {
-            Ok(response) => {
-                self.peer.note_answered();
-                Ok(response)
-            }
+            // An answer that could not be recorded is not used (see `note_answered`).
+            Ok(response) => match self.peer.note_answered().await {
+                Ok(()) => Ok(response),
+                Err(error) => Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                    "peer {} answered, but recording it failed: {error}",
+                    self.peer.target()
+                )))),
+            },
             // Unreachable makes openraft back off instead of hammering a dead or booting peer.
             Err(error @ (CallError::NotSent(..) | CallError::NotReady(_))) => {
                 Err(RPCError::Unreachable(Unreachable::from_string(error)))
@@ -131,11 +135,11 @@ impl RaftNetworkV2<TypeConfig> for RaftConnection {
             reqwest::Body::wrap_stream(futures::stream::once(async { Ok(bytes::Bytes::from(header)) }).chain(chunks));
         let timeout = option.hard_ttl().max(Duration::from_millis(SNAPSHOT_TRANSFER_TIMEOUT_MS));
         let call = async {
-            let result = self.peer.send("/raft/snapshot", body, timeout).await;
-            if result.is_ok() {
-                self.peer.note_answered();
-            }
-            result
+            let response = self.peer.send("/raft/snapshot", body, timeout).await?;
+            self.peer.note_answered().await.map_err(|error| {
+                CallError::NotSent(self.peer.target(), format!("answered, but recording it failed: {error}"))
+            })?;
+            Ok(response)
         };
         tokio::select! {
             result = call => result.map_err(|error| match error {

@@ -9,7 +9,8 @@
 //! | `POST /raft/transfer-leader` | `TransferLeaderRequest` → `TransferLeaderResponse` |
 //! | `POST /internal/write` | `(Command, Ack)` → `Result<CommandResult, Error>` (run on the leader) |
 //! | `POST /internal/read-index` | `ReadPolicy` → `Result<ReadLogId, Error>` (leader confirms) |
-//! | `POST /internal/probe` | asking `NodeId` → `ProbeReply` (bootstrap safety) |
+//! | `POST /internal/probe` | asking `NodeId` → `Result<ProbeReply, Error>` (bootstrap safety) |
+//! | `POST /internal/announce` | bootstrapping `NodeId` → `Result<(), Error>` (recorded durably first) |
 //! | `POST /internal/admin` | `AdminCommand` → `Result<(), Error>` (run on the leader) |
 //!
 //! A peer that is still deciding whether to bootstrap answers Raft RPCs with 503, so no
@@ -27,6 +28,8 @@ use serde::Deserialize;
 use serde::Serialize;
 pub use server::peer_router;
 
+use crate::types::NodeId;
+
 /// How a read asks the leader to confirm its leadership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadPolicy {
@@ -37,10 +40,16 @@ pub enum ReadPolicy {
 }
 
 /// A peer's answer to "have you ever seen me?", asked by a node whose data dir is empty.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeReply {
-    /// The answering node once got a successful Raft reply from the asking node.
+    /// The answering node recorded the asker as holding Raft state: the asker announced itself
+    /// when it bootstrapped, answered a Raft RPC of the answering node, or sent it one.
     pub has_seen_asker: bool,
+    /// The asker's client address is in the answering node's applied state: the asker ran as a
+    /// member of this cluster (every node registers its address once it serves).
+    pub asker_registered: bool,
+    /// The answering node's current members (id, peer address), so the asker asks them too.
+    pub members: Vec<(NodeId, String)>,
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {

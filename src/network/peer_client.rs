@@ -1,8 +1,6 @@
 //! The client side of node-to-node traffic: one reused HTTP client per peer.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -43,8 +41,7 @@ pub struct PeerClient {
     target: NodeId,
     base_url: String,
     http: reqwest::Client,
-    /// Set once the peer has been durably recorded as holding Raft state.
-    seen: Arc<AtomicBool>,
+    /// Where the peer is recorded as holding Raft state once it answers a Raft RPC.
     bootstrap: BootstrapRecord,
 }
 
@@ -99,22 +96,11 @@ impl PeerClient {
         }
     }
 
-    /// Records, once and durably, that this peer answered a Raft RPC: it holds Raft state.
-    pub(crate) fn note_answered(&self) {
-        if self.seen.load(Ordering::Relaxed) {
-            return;
-        }
-        // Once per peer per process: a synced write, kept off the async workers.
-        if self.seen.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let (bootstrap, target, seen) = (self.bootstrap.clone(), self.target, self.seen.clone());
-        tokio::task::spawn_blocking(move || {
-            if let Err(error) = bootstrap.mark_peer_seen(target) {
-                seen.store(false, Ordering::Relaxed);
-                tracing::warn!(peer = target, %error, "cannot record peer as seen");
-            }
-        });
+    /// Records durably that this peer answered a Raft RPC, so it holds Raft state. Must
+    /// finish before the answer is used: a peer whose vote or append counted for anything is
+    /// then remembered, and refused should it come back with an empty data dir.
+    pub(crate) async fn note_answered(&self) -> std::io::Result<()> {
+        self.bootstrap.note_peer_seen(self.target).await
     }
 }
 
@@ -145,14 +131,7 @@ impl PeerClients {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        let seen = self.bootstrap.has_seen_peer(target).unwrap_or(false);
-        let client = PeerClient {
-            target,
-            base_url,
-            http,
-            seen: Arc::new(AtomicBool::new(seen)),
-            bootstrap: self.bootstrap.clone(),
-        };
+        let client = PeerClient { target, base_url, http, bootstrap: self.bootstrap.clone() };
         clients.insert(target, client.clone());
         client
     }

@@ -44,6 +44,7 @@ pub fn peer_router(node: Arc<Node>) -> Router {
         .route("/internal/write", post(forwarded_write))
         .route("/internal/read-index", post(read_index))
         .route("/internal/probe", post(probe))
+        .route("/internal/announce", post(announce))
         .route("/internal/admin", post(forwarded_admin))
         .layer(DefaultBodyLimit::max(MAX_PEER_MESSAGE_BYTES))
         .with_state(node)
@@ -77,6 +78,17 @@ fn require_raft(node: &Node) -> Result<(), Rejection> {
     }
 }
 
+/// Records, before the request is acted on, that `sender` holds Raft state: it sent this
+/// node a Raft RPC as a leader or candidate (see `bootstrap.rs`).
+async fn note_sender(node: &Node, sender: NodeId) -> Result<(), Rejection> {
+    if sender == node.id() {
+        return Ok(());
+    }
+    node.bootstrap_record().note_peer_seen(sender).await.map_err(|error| {
+        Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot record peer {sender}: {error}"))
+    })
+}
+
 fn fatal(error: impl std::fmt::Display) -> Rejection {
     Rejection::new(StatusCode::SERVICE_UNAVAILABLE, format!("raft stopped: {error}"))
 }
@@ -103,6 +115,7 @@ async fn append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     let run = async {
         require_raft(&node)?;
         let request: AppendEntriesRequest<TypeConfig> = parse(&body)?;
+        note_sender(&node, request.vote.leader_id().node_id).await?;
         let response = node.raft().append_entries(request).await.map_err(fatal)?;
         if matches!(response, AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)) {
             node.note_leader_contact();
@@ -116,6 +129,7 @@ async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     let run = async {
         require_raft(&node)?;
         let request: VoteRequest<TypeConfig> = parse(&body)?;
+        note_sender(&node, request.vote.leader_id().node_id).await?;
         node.raft().vote(request).await.map_err(fatal)
     };
     answer(run.await)
@@ -125,6 +139,7 @@ async fn pre_vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     let run = async {
         require_raft(&node)?;
         let request: VoteRequest<TypeConfig> = parse(&body)?;
+        note_sender(&node, request.vote.leader_id().node_id).await?;
         node.raft().pre_vote(request).await.map_err(fatal)
     };
     answer(run.await)
@@ -165,6 +180,7 @@ async fn snapshot(State(node): State<Arc<Node>>, body: Body) -> Response {
             }
         };
         let vote: Vote = parse(&buffered[4..4 + vote_length])?;
+        note_sender(&node, vote.leader_id().node_id).await?;
         let storage_error =
             |error: std::io::Error| Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string());
         let mut incoming = node.receive_snapshot().await.map_err(storage_error)?;
@@ -196,6 +212,7 @@ async fn transfer_leader(State(node): State<Arc<Node>>, body: Bytes) -> Response
     let run = async {
         require_raft(&node)?;
         let request: TransferLeaderRequest<TypeConfig> = parse(&body)?;
+        note_sender(&node, request.from_leader().leader_id().node_id).await?;
         node.raft().handle_transfer_leader(request).await.map_err(fatal)
     };
     answer(run.await)
@@ -230,8 +247,13 @@ async fn probe(State(node): State<Arc<Node>>, body: Bytes) -> Response {
         Ok(asker) => asker,
         Err(rejection) => return rejection.into_response(),
     };
-    match node.probe_reply(asker) {
-        Ok(answer) => reply(&answer),
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
-    }
+    reply(&node.probe_reply(asker))
+}
+
+async fn announce(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let peer: NodeId = match parse(&body) {
+        Ok(peer) => peer,
+        Err(rejection) => return rejection.into_response(),
+    };
+    reply(&node.record_announcement(peer).await)
 }

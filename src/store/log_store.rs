@@ -31,6 +31,7 @@ use super::codec::encode;
 use super::codec::index_from_key;
 use super::codec::index_key;
 use super::io_error;
+use super::FaultOptions;
 use super::CF_LOG;
 use super::CF_META;
 use super::KEY_COMMITTED;
@@ -47,18 +48,21 @@ use crate::types::Vote;
 pub struct LogStore {
     db: Arc<DB>,
     /// Completion callbacks waiting for the next WAL sync, in append order.
-    flush_queue: mpsc::SyncSender<IOFlushed<TypeConfig>>,
+    flush_queue: mpsc::SyncSender<PendingFlush>,
 }
 
+/// One append waiting for the next WAL sync.
+type PendingFlush = IOFlushed<TypeConfig>;
+
 impl LogStore {
-    pub(crate) fn new(db: Arc<DB>) -> io::Result<Self> {
+    pub(crate) fn new(db: Arc<DB>, faults: FaultOptions) -> io::Result<Self> {
         let (flush_queue, pending) = mpsc::sync_channel(FLUSH_QUEUE_CAPACITY);
         // Weak: the thread must not keep RocksDB open after the stores are dropped. A database
         // still open at process exit races RocksDB's static destructors (SIGABRT).
         let flusher_db = Arc::downgrade(&db);
         std::thread::Builder::new()
             .name("quorumkv-fsync".to_string())
-            .spawn(move || run_flusher(flusher_db, pending))?;
+            .spawn(move || run_flusher(flusher_db, pending, faults))?;
         Ok(Self { db, flush_queue })
     }
 
@@ -75,7 +79,7 @@ impl LogStore {
 }
 
 /// Group commit: one WAL sync per batch of queued appends; callbacks complete in order.
-fn run_flusher(db: Weak<DB>, pending: mpsc::Receiver<IOFlushed<TypeConfig>>) {
+fn run_flusher(db: Weak<DB>, pending: mpsc::Receiver<PendingFlush>, faults: FaultOptions) {
     while let Ok(first) = pending.recv() {
         let mut batch = vec![first];
         while batch.len() < FLUSH_QUEUE_CAPACITY {
@@ -83,6 +87,10 @@ fn run_flusher(db: Weak<DB>, pending: mpsc::Receiver<IOFlushed<TypeConfig>>) {
                 Ok(next) => batch.push(next),
                 Err(_) => break,
             }
+        }
+        let delay = faults.fsync_delay + faults.fsync_jitter.mul_f64(fastrand::f64());
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
         }
         let result = match db.upgrade() {
             Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),

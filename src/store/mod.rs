@@ -20,10 +20,12 @@ mod snapshot;
 mod snapshot_format;
 mod state_machine;
 
+use std::collections::HashSet;
 use std::io;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 pub use log_store::LogStore;
 use rocksdb::ColumnFamilyDescriptor;
@@ -50,22 +52,45 @@ pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
 pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
 /// Present once this node has bootstrapped or joined a cluster; restarts resume from it.
 pub(crate) const KEY_BOOTSTRAPPED: &[u8] = b"bootstrapped";
-/// Prefix of `peer_seen/<id>`: the peer once answered a Raft RPC successfully, so it held
-/// Raft state. A peer that later starts with an empty data dir must have been wiped.
+/// Present while a freshly bootstrapped node has not yet told every founding peer that it
+/// exists (see `bootstrap.rs`); a restart finishes the announcement before serving Raft.
+pub(crate) const KEY_ANNOUNCE_PENDING: &[u8] = b"announce_pending";
+/// Prefix of `peer_seen/<id>`: the peer is known to have held Raft state (announced itself,
+/// answered or sent a Raft RPC). A peer that later starts with an empty data dir was wiped.
 pub(crate) const PREFIX_PEER_SEEN: &[u8] = b"peer_seen/";
+
+/// Storage faults injected for tests (`--fault-*` flags). The default injects none.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FaultOptions {
+    /// Keep write-ahead-log writes in the process until the node syncs them, so that SIGKILL
+    /// loses exactly the writes a power cut could lose: whatever was not fsynced.
+    pub lose_unsynced_writes: bool,
+    /// Every fsync of the Raft log first waits this long (a slow disk)...
+    pub fsync_delay: std::time::Duration,
+    /// ...plus a random extra of up to this much (a disk whose latency varies).
+    pub fsync_jitter: std::time::Duration,
+}
 
 /// Opens (or creates) the node's RocksDB and returns its log store and state machine.
 pub async fn open(data_dir: &Path) -> io::Result<(LogStore, StateMachine)> {
-    let db = open_db(data_dir)?;
-    let log_store = LogStore::new(db.clone())?;
+    open_with_faults(data_dir, FaultOptions::default()).await
+}
+
+/// [`open`], with storage faults injected for tests.
+pub async fn open_with_faults(data_dir: &Path, faults: FaultOptions) -> io::Result<(LogStore, StateMachine)> {
+    let db = open_db(data_dir, faults.lose_unsynced_writes)?;
+    let log_store = LogStore::new(db.clone(), faults)?;
     let snapshots = SnapshotStore::open(data_dir.join("snapshots"))?;
     let state_machine = StateMachine::new(db, snapshots)?;
     Ok((log_store, state_machine))
 }
 
-fn open_db(data_dir: &Path) -> io::Result<Arc<DB>> {
+fn open_db(data_dir: &Path, lose_unsynced_writes: bool) -> io::Result<Arc<DB>> {
     std::fs::create_dir_all(data_dir)?;
     let mut options = Options::default();
+    // The power-cut model: RocksDB buffers WAL writes in the process until a sync (a synced
+    // write or `flush_wal(true)`), so a killed process loses what a power cut would lose.
+    options.set_manual_wal_flush(lose_unsynced_writes);
     options.create_if_missing(true);
     options.create_missing_column_families(true);
     // Values are small and the build carries no codecs: be explicit rather than rely on a
@@ -80,6 +105,9 @@ fn open_db(data_dir: &Path) -> io::Result<Arc<DB>> {
         ColumnFamilyDescriptor::new(name, cf_options)
     });
     let db = DB::open_cf_descriptors(&options, db_path(data_dir), families).map_err(io_error)?;
+    // What recovery read back may have come from the page cache of a process that was killed
+    // before syncing it; openraft treats every entry it reads back as durable, so make it so.
+    db.flush_wal(true).map_err(io_error)?;
     Ok(Arc::new(db))
 }
 
@@ -87,41 +115,84 @@ fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("db")
 }
 
-/// Bootstrap bookkeeping that lives beside the Raft state: the marker and the peers seen.
+/// Bootstrap bookkeeping that lives beside the Raft state: the markers and the peers seen.
+///
+/// "Seen" means the peer is known to have held Raft state: it was announced to this node when
+/// it bootstrapped, it answered a Raft RPC of this node, or it sent one. A peer that later asks
+/// with an empty data dir must therefore have lost its data (see `bootstrap.rs`).
 #[derive(Clone)]
 pub struct BootstrapRecord {
     db: Arc<DB>,
+    /// Peers already recorded durably, so the synced write happens once per peer and process.
+    seen: Arc<Mutex<HashSet<NodeId>>>,
 }
 
 impl BootstrapRecord {
     pub fn new(log_store: &LogStore) -> Self {
-        Self { db: log_store.db() }
+        Self { db: log_store.db(), seen: Arc::new(Mutex::new(HashSet::new())) }
     }
 
     /// Whether this data directory already belongs to a cluster.
     pub fn is_bootstrapped(&self) -> io::Result<bool> {
-        Ok(self.db.get_cf(cf(&self.db, CF_META), KEY_BOOTSTRAPPED).map_err(io_error)?.is_some())
+        self.has_meta(KEY_BOOTSTRAPPED)
     }
 
     /// Durably marks this data directory as part of a cluster.
     pub fn mark_bootstrapped(&self) -> io::Result<()> {
-        self.put_synced(KEY_BOOTSTRAPPED.to_vec())
+        self.put_synced(&[KEY_BOOTSTRAPPED])
+    }
+
+    /// Durably marks this data directory as bootstrapped with its founding peers not all told
+    /// yet: until [`Self::clear_announce_pending`], the node must not serve Raft.
+    pub fn mark_bootstrapped_announce_pending(&self) -> io::Result<()> {
+        self.put_synced(&[KEY_BOOTSTRAPPED, KEY_ANNOUNCE_PENDING])
+    }
+
+    pub fn is_announce_pending(&self) -> io::Result<bool> {
+        self.has_meta(KEY_ANNOUNCE_PENDING)
+    }
+
+    pub fn clear_announce_pending(&self) -> io::Result<()> {
+        let mut write_options = rocksdb::WriteOptions::default();
+        write_options.set_sync(true);
+        self.db.delete_cf_opt(cf(&self.db, CF_META), KEY_ANNOUNCE_PENDING, &write_options).map_err(io_error)
     }
 
     pub fn has_seen_peer(&self, peer: NodeId) -> io::Result<bool> {
-        let key = peer_seen_key(peer);
+        if self.seen.lock().unwrap_or_else(|p| p.into_inner()).contains(&peer) {
+            return Ok(true);
+        }
+        self.has_meta(&peer_seen_key(peer))
+    }
+
+    /// Durably records that `peer` held Raft state. Returns only once the record is on disk,
+    /// so a caller may then act on the peer's answer: whoever asks later will be told.
+    pub async fn note_peer_seen(&self, peer: NodeId) -> io::Result<()> {
+        if self.seen.lock().unwrap_or_else(|p| p.into_inner()).contains(&peer) {
+            return Ok(());
+        }
+        let record = self.clone();
+        // A synced write, once per peer per process: kept off the async workers.
+        tokio::task::spawn_blocking(move || record.put_synced(&[&peer_seen_key(peer)]))
+            .await
+            .map_err(io::Error::other)??;
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
+        Ok(())
+    }
+
+    fn has_meta(&self, key: &[u8]) -> io::Result<bool> {
         Ok(self.db.get_cf(cf(&self.db, CF_META), key).map_err(io_error)?.is_some())
     }
 
-    /// Durably records that `peer` held Raft state (it answered a Raft RPC successfully).
-    pub fn mark_peer_seen(&self, peer: NodeId) -> io::Result<()> {
-        self.put_synced(peer_seen_key(peer))
-    }
-
-    fn put_synced(&self, key: Vec<u8>) -> io::Result<()> {
+    /// Writes every key (value `1`) in one synced batch.
+    fn put_synced(&self, keys: &[&[u8]]) -> io::Result<()> {
+        let mut batch = rocksdb::WriteBatch::default();
+        for key in keys {
+            batch.put_cf(cf(&self.db, CF_META), key, b"1");
+        }
         let mut write_options = rocksdb::WriteOptions::default();
         write_options.set_sync(true);
-        self.db.put_cf_opt(cf(&self.db, CF_META), key, b"1", &write_options).map_err(io_error)
+        self.db.write_opt(batch, &write_options).map_err(io_error)
     }
 }
 

@@ -26,6 +26,8 @@ pub struct NodeProcess {
     pub log_path: PathBuf,
     /// How the node enters the cluster: founding (`--initial-cluster`) or `--join` arguments.
     entry_args: Vec<String>,
+    /// Further arguments for this node only (e.g. injected faults), kept across restarts.
+    pub node_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -66,6 +68,12 @@ impl Cluster {
 
     /// Starts `size` nodes bootstrapping one new cluster, each with `extra_args` as well.
     pub async fn start_with_args(size: u64, extra_args: &[&str]) -> Cluster {
+        Self::start_configured(size, extra_args, &[]).await
+    }
+
+    /// Starts `size` nodes bootstrapping one new cluster, each with `extra_args` as well, and
+    /// the nodes listed in `node_args` with their own further arguments.
+    pub async fn start_configured(size: u64, extra_args: &[&str], node_args: &[(u64, &[&str])]) -> Cluster {
         let dir = TempDir::new().expect("temp dir");
         let nodes: Vec<NodeProcess> = (1..=size)
             .map(|id| NodeProcess {
@@ -75,6 +83,7 @@ impl Cluster {
                 data_dir: dir.path().join(format!("node-{id}")),
                 log_path: dir.path().join(format!("node-{id}.log")),
                 entry_args: vec![],
+                node_args: vec![],
                 child: None,
             })
             .collect();
@@ -86,6 +95,9 @@ impl Cluster {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("http client");
         let extra_args = extra_args.iter().map(|a| a.to_string()).collect();
         let mut cluster = Cluster { nodes, extra_args, http, _dir: dir };
+        for (id, args) in node_args {
+            cluster.set_node_args(*id, args);
+        }
         for id in 1..=size {
             cluster.spawn(id);
         }
@@ -103,6 +115,11 @@ impl Cluster {
     /// Adds a node that joins the running cluster through the founding nodes' client
     /// addresses, and starts it. Returns its id.
     pub fn add_joining_node(&mut self, auto_promote: bool) -> u64 {
+        self.add_joining_node_with(auto_promote, &[])
+    }
+
+    /// [`Cluster::add_joining_node`], with further arguments for the new node only.
+    pub fn add_joining_node_with(&mut self, auto_promote: bool, node_args: &[&str]) -> u64 {
         let id = self.nodes.len() as u64 + 1;
         let join = self.nodes.iter().map(|n| n.client_addr.clone()).collect::<Vec<_>>().join(",");
         let dir = self._dir.path();
@@ -113,6 +130,7 @@ impl Cluster {
             data_dir: dir.join(format!("node-{id}")),
             log_path: dir.join(format!("node-{id}.log")),
             entry_args: vec!["--join".into(), join, "--auto-promote".into(), auto_promote.to_string()],
+            node_args: node_args.iter().map(|a| a.to_string()).collect(),
             child: None,
         });
         self.spawn(id);
@@ -146,12 +164,52 @@ impl Cluster {
             .args(["--peer-addr", &node.peer_addr])
             .args(&node.entry_args)
             .args(&extra_args)
+            .args(&node.node_args)
             .env("QUORUMKV_LOG", "info,openraft=warn")
             .stdout(log.try_clone().expect("log clone"))
             .stderr(log)
             .spawn()
             .expect("spawn quorumkv");
         node.child = Some(child);
+    }
+
+    /// Gives node `id` further arguments from its next start on.
+    pub fn set_node_args(&mut self, id: u64, args: &[&str]) {
+        self.node_mut(id).node_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
+    /// Hands leadership to `to` and waits until every running node agrees on it.
+    pub async fn transfer_leadership(&self, to: u64) {
+        let via = self.running_ids()[0];
+        let url = self.url(via, "/v1/cluster/leader");
+        eventually("leadership moves to the chosen node", || async {
+            let response = self.http.post(&url).json(&serde_json::json!({ "id": to })).send().await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            (self.wait_for_leader().await == to).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until `id` is a voter in the leader's view.
+    pub async fn wait_voter(&self, id: u64) {
+        eventually("the node becomes a voter", || async {
+            let leader = self.wait_for_leader().await;
+            let status = self.cluster_status(leader).await?;
+            let member = status["members"].as_array()?.iter().find(|m| m["id"].as_u64() == Some(id))?.clone();
+            member["voter"].as_bool()?.then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until node `id` answers `/ready` with 200.
+    pub async fn wait_ready(&self, id: u64) {
+        eventually("the node is ready", || async {
+            let response = self.http.get(self.url(id, "/ready")).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
     }
 
     /// kill -9: no chance to flush or hand over anything.
@@ -182,6 +240,28 @@ impl Cluster {
             async move { exited }
         })
         .await
+    }
+
+    /// SIGSTOP: the process freezes (a GC pause, a stalled VM) without losing anything.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, "-STOP");
+    }
+
+    /// SIGCONT after [`Cluster::pause`].
+    pub fn resume(&self, id: u64) {
+        self.signal(id, "-CONT");
+    }
+
+    fn signal(&self, id: u64, signal: &str) {
+        let pid = self.pid(id).expect("node running").to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().expect("kill");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
+    /// Deletes a stopped node's data dir: a lost disk, or an operator's mistake.
+    pub fn wipe(&self, id: u64) {
+        assert!(!self.is_running(id), "wipe node {id} only while it is stopped");
+        std::fs::remove_dir_all(&self.node(id).data_dir).expect("wipe data dir");
     }
 
     pub fn pid(&self, id: u64) -> Option<u32> {
@@ -218,6 +298,22 @@ impl Cluster {
             for node in self.nodes.iter().filter(|n| n.child.is_some()) {
                 let leader = self.cluster_status(node.id).await?["leader_id"].as_u64()?;
                 if agreed.is_some_and(|a| a != leader) || !self.is_running(leader) {
+                    return None;
+                }
+                agreed = Some(leader);
+            }
+            agreed
+        })
+        .await
+    }
+
+    /// Waits until the given nodes (running) agree on a leader that is one of them.
+    pub async fn wait_for_leader_among(&self, ids: &[u64]) -> u64 {
+        eventually("the given nodes agree on a leader among them", || async {
+            let mut agreed = None;
+            for id in ids {
+                let leader = self.cluster_status(*id).await?["leader_id"].as_u64()?;
+                if agreed.is_some_and(|a| a != leader) || !ids.contains(&leader) {
                     return None;
                 }
                 agreed = Some(leader);

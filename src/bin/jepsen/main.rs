@@ -37,6 +37,10 @@ pub enum Nemesis {
     KillPause,
     /// Remove a random follower voter from the membership, later add it back and promote it.
     Membership,
+    /// Power cut: kill -9 the leader (sometimes another node) and restart it at once. The nodes
+    /// run with `--fault-lose-unsynced-writes` (a killed node loses whatever it had not
+    /// fsynced, as after a power cut) on a disk whose fsync latency jitters. Not in `mix`.
+    PowerCut,
     /// Any of the above.
     Mix,
 }
@@ -88,6 +92,10 @@ pub struct Options {
     /// Search steps per key before the checker answers unknown.
     #[arg(long, default_value_t = checker::DEFAULT_STEP_BUDGET)]
     pub step_budget: u64,
+    /// With `--nemesis power-cut`: every fsync of a node's Raft log waits a random 0..N ms, so a
+    /// leader's own fsync often finishes after its followers' (the window a power cut exploits).
+    #[arg(long, default_value_t = 20)]
+    pub fsync_jitter_ms: u64,
     /// Directory for the history, logs and summary (default target/jepsen/<seed>).
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,

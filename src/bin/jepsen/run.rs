@@ -41,6 +41,8 @@ struct Cluster {
     repo: PathBuf,
     nodes: u64,
     endpoints: Vec<String>,
+    /// Extra `quorumkv serve` arguments for every node (`QUORUMKV_SERVE_ARGS` of the scripts).
+    serve_args: String,
 }
 
 impl Cluster {
@@ -50,6 +52,7 @@ impl Cluster {
             .env("QUORUMKV_CLUSTER_DIR", &self.dir)
             .env("QUORUMKV_NETNS_STATE_DIR", &self.dir)
             .env("QUORUMKV_STATE_DIR", &self.dir)
+            .env("QUORUMKV_SERVE_ARGS", &self.serve_args)
             .output()
             .map_err(|e| format!("{name}: {e}"))?;
         let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
@@ -61,12 +64,19 @@ impl Cluster {
 
     fn up(options: &Options, dir: &Path, repo: &Path) -> Result<Cluster, String> {
         let nodes = if options.cluster == ClusterKind::Local { 3 } else { options.nodes };
+        let serve_args = match options.nemesis {
+            Nemesis::PowerCut => {
+                format!("--fault-lose-unsynced-writes --fault-fsync-jitter-ms {}", options.fsync_jitter_ms)
+            }
+            _ => String::new(),
+        };
         let mut cluster = Cluster {
             kind: options.cluster,
             dir: dir.to_path_buf(),
             repo: repo.to_path_buf(),
             nodes,
             endpoints: vec![],
+            serve_args,
         };
         match options.cluster {
             ClusterKind::Netns => cluster.script("netns-cluster.sh", &["up", &nodes.to_string()])?,
@@ -84,6 +94,12 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// A handle on a cluster left behind (by an interrupted run), only to take it down.
+    fn stopped(kind: ClusterKind, dir: &Path, repo: &Path) -> Cluster {
+        let (dir, repo) = (dir.to_path_buf(), repo.to_path_buf());
+        Cluster { kind, dir, repo, nodes: 0, endpoints: vec![], serve_args: String::new() }
+    }
+
     fn down(&self) {
         let result = match self.kind {
             ClusterKind::Netns => self.script("netns-cluster.sh", &["down"]),
@@ -97,7 +113,16 @@ impl Cluster {
 
     fn fault(&self, log: &mut std::fs::File, start: Instant, script: &str, args: &[&str]) {
         let outcome = self.script(script, args).unwrap_or_else(|e| format!("error: {e}"));
-        let _ = writeln!(log, "{:>8.3}s {script} {} -> {outcome}", start.elapsed().as_secs_f64(), args.join(" "));
+        self.record(log, start, &format!("{script} {} -> {outcome}", args.join(" ")));
+    }
+
+    fn record(&self, log: &mut std::fs::File, start: Instant, line: &str) {
+        let _ = writeln!(log, "{:>8.3}s {line}", start.elapsed().as_secs_f64());
+    }
+
+    /// The current leader's id, as the fault scripts see it.
+    fn leader(&self) -> Result<String, String> {
+        self.script("faults/leader.sh", &[])
     }
 
     fn heal_all(&self, log: &mut std::fs::File, start: Instant) {
@@ -225,8 +250,7 @@ pub async fn run(options: Options) -> Result<checker::Verdict, String> {
     );
     // A fresh cluster every run: replaying a seed must not meet the previous run's data.
     if cluster_dir.join("cluster.env").exists() {
-        Cluster { kind: options.cluster, dir: cluster_dir.clone(), repo: repo.clone(), nodes: 0, endpoints: vec![] }
-            .down();
+        Cluster::stopped(options.cluster, &cluster_dir, &repo).down();
     }
     if cluster_dir.exists() {
         std::fs::remove_dir_all(&cluster_dir).map_err(|e| format!("{}: {e}", cluster_dir.display()))?;
@@ -235,7 +259,7 @@ pub async fn run(options: Options) -> Result<checker::Verdict, String> {
     let cluster = match Cluster::up(&options, &cluster_dir, &repo) {
         Ok(cluster) => cluster,
         Err(error) => {
-            Cluster { kind: options.cluster, dir: cluster_dir, repo, nodes: 0, endpoints: vec![] }.down();
+            Cluster::stopped(options.cluster, &cluster_dir, &repo).down();
             return Err(error);
         }
     };
@@ -260,6 +284,12 @@ pub fn validate(options: &Options) -> Result<(), String> {
     }
     if options.nemesis_interval_secs < 2 {
         return Err("--nemesis-interval-secs must be at least 2".into());
+    }
+    if options.nemesis == Nemesis::PowerCut && options.cluster == ClusterKind::Compose {
+        return Err("--nemesis power-cut needs --cluster local or netns (the nodes' fault flags)".into());
+    }
+    if options.fsync_jitter_ms > 1_000 {
+        return Err("--fsync-jitter-ms must be at most 1000".into());
     }
     if !["linearizable", "lease", "stale"].contains(&options.read_consistency.as_str()) {
         return Err("--read-consistency must be linearizable, lease or stale".into());
@@ -341,6 +371,7 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         Workload::Set => Some(final_reader.read_set().await?),
     };
 
+    let divergence = replica_divergence(cluster, &http).await?;
     let operations = history.lock().map_err(|_| "history lock poisoned")?.clone();
     let mut operations = operations;
     for (index, op) in operations.iter_mut().enumerate() {
@@ -361,6 +392,7 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         Some(present) => check_set(&operations, &present),
     };
     let checker_ms = check_started.elapsed().as_millis();
+    let verdict = if divergence.is_empty() { verdict } else { checker::Verdict::Invalid };
     let valid = verdict == checker::Verdict::Valid;
     let summary = json!({
         "seed": seed,
@@ -377,6 +409,7 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         "verdict": verdict,
         "checker_ms": checker_ms,
         "anomalies": anomalies,
+        "replica_divergence": divergence,
     });
     std::fs::write(out.join("result.json"), serde_json::to_vec_pretty(&summary).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
@@ -398,6 +431,8 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
     let mut compact = summary.clone();
     if valid {
         compact["anomalies"] = json!([]);
+    } else if !divergence.is_empty() {
+        println!("replicas diverged: {}", serde_json::to_string_pretty(&divergence).unwrap_or_default());
     }
     println!("{compact}");
     Ok(verdict)
@@ -422,12 +457,26 @@ async fn inject(
         Nemesis::Kill => &[Nemesis::Kill],
         Nemesis::Pause => &[Nemesis::Pause],
         Nemesis::Membership => &[Nemesis::Membership],
+        Nemesis::PowerCut => &[Nemesis::PowerCut],
         Nemesis::Partition | Nemesis::None => &[Nemesis::Partition],
     };
     let kind = kinds[rng.usize(..kinds.len())];
     let target = if rng.bool() { "leader".to_string() } else { rng.u64(1..=cluster.nodes).to_string() };
     match kind {
         Nemesis::Kill => cluster.fault(log, start, "faults/kill.sh", &[&target]),
+        Nemesis::PowerCut => {
+            // Mostly the leader: its unsynced tail is what followers may already have committed.
+            let chosen = if rng.u8(..4) == 0 { Ok(rng.u64(1..=cluster.nodes).to_string()) } else { cluster.leader() };
+            match chosen {
+                Ok(id) => {
+                    cluster.fault(log, start, "faults/kill.sh", &[&id]);
+                    // At once: a leader back before anyone else is elected is the case that
+                    // lost writes while openraft's leader restore was on.
+                    cluster.fault(log, start, "faults/restart.sh", &[&id]);
+                }
+                Err(error) => cluster.record(log, start, &format!("power-cut skipped: {error}")),
+            }
+        }
         Nemesis::Pause => cluster.fault(log, start, "faults/pause.sh", &[&target]),
         Nemesis::Membership => return cluster.remove_member(http, rng, log, start).await,
         _ => {
@@ -672,6 +721,101 @@ impl Client {
                 Some(next) => start = next.to_string(),
                 None => return Ok(present),
             }
+        }
+    }
+}
+
+/// Differences found at most, per pair of replicas, before the report stops listing them.
+const MAX_DIVERGENCES_REPORTED: usize = 20;
+
+/// Every replica must end with the same state. Once every node has applied all the leader
+/// committed (no client writes any more), each node's own keys, values and revisions are read
+/// (stale reads: its local state) and compared with node 1's. Returns the differences found.
+async fn replica_divergence(cluster: &Cluster, http: &reqwest::Client) -> Result<Vec<serde_json::Value>, String> {
+    let deadline = Instant::now() + RECOVERY_DEADLINE;
+    // Nodes 1..=N at `endpoints[N-1]`; only current members are compared (the membership
+    // nemesis may have failed to add one back).
+    let members: Vec<usize> = loop {
+        let mut statuses = Vec::new();
+        for endpoint in &cluster.endpoints {
+            let answer = http.get(format!("{endpoint}/v1/cluster")).timeout(Duration::from_secs(1)).send().await;
+            statuses.push(match answer {
+                Ok(response) => response.json::<serde_json::Value>().await.ok(),
+                Err(_) => None,
+            });
+        }
+        let leader_view = statuses.iter().flatten().find(|s| s["id"].is_u64() && s["id"] == s["leader_id"]);
+        let members: Vec<usize> = leader_view
+            .and_then(|s| s["members"].as_array())
+            .map(|m| m.iter().filter_map(|m| m["id"].as_u64()).map(|id| id as usize).collect())
+            .unwrap_or_default();
+        let index =
+            |n: usize, field: &str| statuses.get(n - 1).and_then(|s| s.as_ref()).and_then(|s| s[field].as_u64());
+        let highest_commit = members.iter().filter_map(|n| index(*n, "commit_index")).max();
+        let converged = highest_commit.is_some()
+            && members.iter().all(|n| *n <= cluster.endpoints.len() && index(*n, "applied_index") == highest_commit);
+        if converged {
+            break members;
+        }
+        if Instant::now() > deadline {
+            let applied: Vec<_> = (1..=statuses.len()).map(|n| (n, index(n, "applied_index"))).collect();
+            return Ok(vec![json!({ "not_converged": format!("members {members:?}, applied {applied:?}") })]);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut states = Vec::new();
+    for node in &members {
+        states.push((*node, local_state(http, &cluster.endpoints[node - 1]).await?));
+    }
+    let mut differences = Vec::new();
+    let Some(((first_node, first), rest)) = states.split_first() else { return Ok(differences) };
+    for (node, state) in rest {
+        let missing: Vec<&String> = first.keys().filter(|k| !state.contains_key(*k)).collect();
+        let extra: Vec<&String> = state.keys().filter(|k| !first.contains_key(*k)).collect();
+        let different: Vec<&String> =
+            state.iter().filter(|(k, v)| first.get(*k).is_some_and(|v1| v1 != *v)).map(|(k, _)| k).collect();
+        if !(missing.is_empty() && extra.is_empty() && different.is_empty()) {
+            let listed =
+                |keys: Vec<&String>| keys.into_iter().take(MAX_DIVERGENCES_REPORTED).cloned().collect::<Vec<_>>();
+            differences.push(json!({
+                "node": node,
+                "compared_with": first_node,
+                "missing": listed(missing),
+                "extra": listed(extra),
+                "different": listed(different),
+            }));
+        }
+    }
+    Ok(differences)
+}
+
+/// One node's whole key-value state from its own applied state: key → "revision:value".
+async fn local_state(http: &reqwest::Client, endpoint: &str) -> Result<BTreeMap<String, String>, String> {
+    let deadline = Instant::now() + RECOVERY_DEADLINE;
+    let mut state = BTreeMap::new();
+    let mut start = String::new();
+    loop {
+        if Instant::now() > deadline {
+            return Err(format!("could not read the state of {endpoint}"));
+        }
+        let url = format!("{endpoint}/v1/kv");
+        let query = [("limit", "1000"), ("consistency", "stale"), ("start", start.as_str())];
+        let page = match http.get(url).query(&query).send().await {
+            Ok(response) if response.status().is_success() => response.json::<serde_json::Value>().await.ok(),
+            _ => None,
+        };
+        let Some(page) = page else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        for item in page["items"].as_array().into_iter().flatten() {
+            let (Some(key), Some(revision)) = (item["key"].as_str(), item["revision"].as_u64()) else { continue };
+            let value = item["value"].as_str().or(item["value_base64"].as_str()).unwrap_or_default();
+            state.insert(key.to_string(), format!("{revision}:{value}"));
+        }
+        match page["next_start"].as_str() {
+            Some(next) => start = next.to_string(),
+            None => return Ok(state),
         }
     }
 }

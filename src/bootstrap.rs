@@ -1,0 +1,266 @@
+//! How a node starts: resume its Raft state, join a cluster through `--join`, or bootstrap a
+//! new cluster from `--initial-cluster` — and never bootstrap a node whose data was lost.
+//!
+//! A wiped voter that comes back as a fresh one has forgotten its vote and its log: it can vote
+//! twice in a term and help elect a leader that lacks acknowledged writes. An empty data dir
+//! looks the same whether it is new or wiped, so the node asks its peers, and three records
+//! make sure some peer it asks can tell (DESIGN.md §4):
+//!
+//! - **Announcement.** Before a founding node serves Raft for the first time, every founding
+//!   peer has durably recorded it. The node does not vote, append or campaign until then.
+//! - **Raft traffic.** A node durably records a peer the first time that peer answers one of
+//!   its Raft RPCs (before the answer is used) and the first time the peer sends it one.
+//! - **Registration.** Every node registers its client address in the replicated state once it
+//!   serves, so a snapshot or log of any up-to-date member shows that the node ran.
+//!
+//! An empty data dir bootstraps only once *every* founding peer, and every member those peers
+//! name, has answered that it holds none of these records. A peer that does not answer may be
+//! the only one that remembers, so the node waits for it (bounded, then exits so a supervisor
+//! retries): an unreachable peer means "wait", never "bootstrap".
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use openraft::error::InitializeError;
+use openraft::error::RaftError;
+use serde::de::DeserializeOwned;
+
+use crate::config::InitialClusterState;
+use crate::error::Error;
+use crate::limits;
+use crate::network::CallError;
+use crate::network::ProbeReply;
+use crate::node::Node;
+use crate::types::Member;
+use crate::types::NodeId;
+
+impl Node {
+    /// Resumes a bootstrapped node, joins a cluster (`--join`), or bootstraps a new cluster
+    /// from `--initial-cluster`.
+    ///
+    /// Must run while the peer server is up: peers that bootstrap at the same time ask this
+    /// node whether it has seen them. Refuses to bootstrap a node whose data was wiped.
+    pub async fn bootstrap_or_resume(&self) -> Result<(), String> {
+        let io = |e: std::io::Error| format!("data dir: {e}");
+        let initialized = self.raft().is_initialized().await.map_err(|e| e.to_string())?;
+        if self.bootstrap_record().is_bootstrapped().map_err(io)? || initialized {
+            self.bootstrap_record().mark_bootstrapped().map_err(io)?;
+            if self.bootstrap_record().is_announce_pending().map_err(io)? {
+                // A crash cut the first start short: finish telling the founders first.
+                self.raft().runtime_config().elect(false);
+                self.announce(&self.config().initial_members()?).await?;
+                self.bootstrap_record().clear_announce_pending().map_err(io)?;
+                self.raft().runtime_config().elect(true);
+            }
+            // A restarted node has forgotten when it last heard from the leader. Granting votes
+            // at once could elect a new leader while the old one's lease still serves lease
+            // reads; staying silent for one lease length keeps lease reads linearizable.
+            tokio::time::sleep(Duration::from_millis(self.config().election_timeout_max_ms)).await;
+            self.start_serving_raft();
+            tracing::info!("resuming from existing Raft state");
+            return Ok(());
+        }
+        if !self.config().join_addrs().is_empty() {
+            return self.join_cluster().await;
+        }
+        let founders = self.config().initial_members()?;
+        if self.config().initial_cluster_state == InitialClusterState::Existing {
+            return Err(format!(
+                "data dir {} is empty and --initial-cluster-state is existing: this node has no Raft state \
+                 and may not bootstrap one. Restore its data directory, or start it with \
+                 --initial-cluster-state new only if the whole cluster is new.",
+                self.config().data_dir.display()
+            ));
+        }
+        self.refuse_if_seen_before(&founders).await?;
+        // No campaign, vote or append until every founder has recorded this node.
+        self.raft().runtime_config().elect(false);
+        let nodes: BTreeMap<NodeId, Member> =
+            founders.iter().map(|(id, peer_addr)| (*id, Member { peer_addr: peer_addr.clone() })).collect();
+        match self.raft().initialize(nodes).await {
+            Ok(()) => tracing::info!("bootstrapped a new cluster from --initial-cluster"),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                tracing::info!("already initialized by the cluster");
+            }
+            Err(error) => return Err(format!("cannot bootstrap: {error}")),
+        }
+        self.bootstrap_record().mark_bootstrapped_announce_pending().map_err(io)?;
+        self.announce(&founders).await?;
+        self.bootstrap_record().clear_announce_pending().map_err(io)?;
+        self.raft().runtime_config().elect(true);
+        self.start_serving_raft();
+        Ok(())
+    }
+
+    /// This node's answer to a peer that starts with an empty data dir.
+    pub fn probe_reply(&self, asker: NodeId) -> Result<ProbeReply, Error> {
+        let internal = |e: std::io::Error| Error::Internal(e.to_string());
+        let has_seen_asker = self.bootstrap_record().has_seen_peer(asker).map_err(internal)?;
+        // Refused (and asked again) while a snapshot install overlaps the read.
+        let asker_registered = self.kv_reader().client_addrs().map_err(crate::node::read_error)?.contains_key(&asker);
+        let membership = self.metrics().membership_config.clone();
+        let members = membership.membership().nodes().map(|(id, member)| (*id, member.peer_addr.clone())).collect();
+        Ok(ProbeReply { has_seen_asker, asker_registered, members })
+    }
+
+    /// Records that `peer` announced itself before serving Raft for the first time.
+    pub async fn record_announcement(&self, peer: NodeId) -> Result<(), Error> {
+        self.bootstrap_record().note_peer_seen(peer).await.map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// Asks every founding peer, and every member the answers name, whether it has ever seen
+    /// this node hold Raft state. One that has means this empty data dir was wiped: start-up
+    /// fails with the way back. Returns once every peer asked has said no.
+    async fn refuse_if_seen_before(&self, founders: &BTreeMap<NodeId, String>) -> Result<(), String> {
+        let mut wiped_evidence = None;
+        self.ask_each_until_answered(
+            "say whether they have seen this node",
+            founders,
+            "/internal/probe",
+            |peer, reply| {
+                let reply: ProbeReply = reply;
+                if reply.has_seen_asker || reply.asker_registered {
+                    wiped_evidence = Some(peer);
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(reply.members)
+            },
+        )
+        .await?;
+        let Some(peer) = wiped_evidence else { return Ok(()) };
+        Err(format!(
+            "node {id} has an empty data dir ({dir}), but peer {peer} has seen node {id} as a cluster member \
+             before: its data was lost or wiped. Rejoining as a fresh voter could lose committed writes, so \
+             it will not start. To bring it back, restore its data dir from a backup; or remove it \
+             (quorumkv cluster remove {id}) and start it again with --join <any member's client address>.",
+            id = self.id(),
+            dir = self.config().data_dir.display(),
+        ))
+    }
+
+    /// Tells every founding peer, and waits until each has durably recorded, that this node
+    /// now holds Raft state.
+    async fn announce(&self, founders: &BTreeMap<NodeId, String>) -> Result<(), String> {
+        self.ask_each_until_answered("record this node", founders, "/internal/announce", |_, reply| {
+            let () = reply;
+            ControlFlow::Continue(Vec::new())
+        })
+        .await
+    }
+
+    /// Sends this node's id to every peer in `peers` (and every further peer `on_answer`
+    /// returns) until each has answered, asking again those that did not every
+    /// [`limits::BOOTSTRAP_RETRY_MS`]. Gives up after [`limits::BOOTSTRAP_WAIT_MS`].
+    /// `on_answer` returns the further peers to ask, or `Break` to stop asking at once.
+    async fn ask_each_until_answered<Reply: DeserializeOwned>(
+        &self,
+        what: &str,
+        peers: &BTreeMap<NodeId, String>,
+        path: &str,
+        mut on_answer: impl FnMut(NodeId, Reply) -> ControlFlow<(), Vec<(NodeId, String)>>,
+    ) -> Result<(), String> {
+        let mut to_ask: BTreeMap<NodeId, String> =
+            peers.iter().filter(|(id, _)| **id != self.id()).map(|(id, a)| (*id, a.clone())).collect();
+        let mut answered: BTreeSet<NodeId> = BTreeSet::new();
+        let started = Instant::now();
+        let mut reported_at: Option<Instant> = None;
+        loop {
+            let pending: Vec<(NodeId, String)> =
+                to_ask.iter().filter(|(id, _)| !answered.contains(id)).map(|(id, a)| (*id, a.clone())).collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let calls = pending.iter().map(|(id, addr)| {
+                let peer = self.peer_client_at(*id, addr);
+                async move {
+                    let timeout = Duration::from_millis(limits::BOOTSTRAP_PROBE_TIMEOUT_MS);
+                    let answer: Result<Result<Reply, Error>, CallError> = peer.call(path, &self.id(), timeout).await;
+                    let answer = match answer {
+                        Ok(Ok(reply)) => Ok(reply),
+                        Ok(Err(error)) => Err(error.to_string()),
+                        Err(error) => Err(error.to_string()),
+                    };
+                    (*id, answer)
+                }
+            });
+            let mut failures = Vec::new();
+            for (id, answer) in futures::future::join_all(calls).await {
+                match answer {
+                    Ok(reply) => {
+                        answered.insert(id);
+                        let ControlFlow::Continue(more) = on_answer(id, reply) else { return Ok(()) };
+                        for (member, addr) in more {
+                            if member != self.id() && to_ask.len() < limits::MAX_BOOTSTRAP_PEERS {
+                                to_ask.entry(member).or_insert(addr);
+                            }
+                        }
+                    }
+                    Err(error) => failures.push(format!("node {id} at {}: {error}", to_ask[&id])),
+                }
+            }
+            if failures.is_empty() {
+                continue;
+            }
+            if started.elapsed() >= Duration::from_millis(limits::BOOTSTRAP_WAIT_MS) {
+                return Err(format!(
+                    "data dir {} is empty; gave up after {} s waiting for peers to {what}: {}. Start the \
+                     other founding members (a peer that does not answer may be the only one that \
+                     remembers this node), then start this one again.",
+                    self.config().data_dir.display(),
+                    limits::BOOTSTRAP_WAIT_MS / 1000,
+                    failures.join("; ")
+                ));
+            }
+            if reported_at.is_none_or(|at| at.elapsed() >= Duration::from_millis(limits::BOOTSTRAP_REPORT_MS)) {
+                reported_at = Some(Instant::now());
+                tracing::warn!(
+                    "data dir is empty: waiting for {} before going on ({what}); a peer that does not answer \
+                     may be the only one that remembers this node",
+                    failures.join("; ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(limits::BOOTSTRAP_RETRY_MS)).await;
+        }
+    }
+
+    /// Asks the cluster, through any member given to `--join`, to add this node as a learner.
+    /// Adding the same learner again is a no-op, so retrying after a lost answer is safe.
+    async fn join_cluster(&self) -> Result<(), String> {
+        // Accept the leader's appends before asking: it starts replicating at once.
+        self.start_serving_raft();
+        let http = reqwest::Client::builder()
+            .timeout(self.config().write_timeout() + Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let request = serde_json::json!({ "id": self.id(), "peer_addr": self.config().advertised_peer_addr() });
+        let addrs = self.config().join_addrs();
+        let mut last_error = String::new();
+        for attempt in 0..limits::JOIN_ATTEMPTS {
+            let addr = &addrs[attempt as usize % addrs.len()];
+            match http.post(format!("http://{addr}/v1/cluster/learners")).json(&request).send().await {
+                Ok(response) if response.status().is_success() => {
+                    self.bootstrap_record().mark_bootstrapped().map_err(|e| format!("data dir: {e}"))?;
+                    tracing::info!(via = %addr, "joined the cluster as a learner");
+                    return Ok(());
+                }
+                Ok(response) if response.status().is_client_error() => {
+                    let status = response.status();
+                    let body = response.text().await.unwrap_or_default();
+                    return Err(format!("the cluster refused to add node {}: {status} {body}", self.id()));
+                }
+                Ok(response) => last_error = format!("{addr}: {}", response.status()),
+                Err(error) => last_error = format!("{addr}: {error}"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Err(format!("could not join through {addrs:?} after {} attempts: {last_error}", limits::JOIN_ATTEMPTS))
+    }
+
+    fn start_serving_raft(&self) {
+        self.serving_raft_flag().store(true, Ordering::Release);
+    }
+}
