@@ -130,7 +130,8 @@ impl Node {
             }
             let metrics = self.metrics();
             let membership = metrics.membership_config.membership();
-            if membership.voter_ids().any(|v| v == self.id()) {
+            // A removed node's own (stale) membership may still list it as a voter.
+            if membership.voter_ids().any(|v| v == self.id()) && !self.is_removed() {
                 return;
             }
             if membership.get_node(&self.id()).is_some() {

@@ -62,6 +62,9 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(self.config().election_timeout_max_ms)).await;
             self.start_serving_raft();
             tracing::info!("resuming from existing Raft state");
+            if !self.config().join_addrs().is_empty() {
+                self.rejoin_if_removed().await?;
+            }
             return Ok(());
         }
         if !self.config().join_addrs().is_empty() {
@@ -102,9 +105,21 @@ impl Node {
         let has_seen_asker = self.bootstrap_record().has_seen_peer(asker).map_err(internal)?;
         // Refused (and asked again) while a snapshot install overlaps the read.
         let asker_registered = self.kv_reader().client_addrs().map_err(crate::node::read_error)?.contains_key(&asker);
-        let membership = self.metrics().membership_config.clone();
-        let members = membership.membership().nodes().map(|(id, member)| (*id, member.peer_addr.clone())).collect();
-        Ok(ProbeReply { has_seen_asker, asker_registered, members })
+        let metrics = self.metrics();
+        let members = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, member)| (*id, member.peer_addr.clone()))
+            .collect();
+        let committed = &metrics.committed_membership_config;
+        Ok(ProbeReply {
+            has_seen_asker,
+            asker_registered,
+            members,
+            committed_membership_index: committed.log_id().as_ref().map_or(0, |log_id| log_id.index()),
+            asker_in_committed_membership: committed.membership().get_node(&asker).is_some(),
+        })
     }
 
     /// Records that `peer` announced itself before serving Raft for the first time.
@@ -227,11 +242,30 @@ impl Node {
         }
     }
 
-    /// Asks the cluster, through any member given to `--join`, to add this node as a learner.
-    /// Adding the same learner again is a no-op, so retrying after a lost answer is safe.
+    /// Joins the cluster through `--join` with an empty data dir: asks to be added as a learner.
     async fn join_cluster(&self) -> Result<(), String> {
         // Accept the leader's appends before asking: it starts replicating at once.
         self.start_serving_raft();
+        self.ask_to_be_added().await?;
+        self.bootstrap_record().mark_bootstrapped().map_err(|e| format!("data dir: {e}"))
+    }
+
+    /// A node with its data, restarted with `--join` after it was removed, asks to be added
+    /// back as a learner (the operator's intent; with its log and vote intact that is safe).
+    async fn rejoin_if_removed(&self) -> Result<(), String> {
+        let removed = match self.removed_at() {
+            Some(index) => Some(index),
+            None => self.removal_evidence().await,
+        };
+        let Some(index) = removed else { return Ok(()) };
+        self.note_removed(index).await;
+        tracing::info!("restarted with --join after being removed: asking to be added back");
+        self.ask_to_be_added().await
+    }
+
+    /// Asks the cluster, through any member given to `--join`, to add this node as a learner.
+    /// Adding the same learner again is a no-op, so retrying after a lost answer is safe.
+    async fn ask_to_be_added(&self) -> Result<(), String> {
         let http = reqwest::Client::builder()
             .timeout(self.config().write_timeout() + Duration::from_secs(5))
             .build()
@@ -243,8 +277,7 @@ impl Node {
             let addr = &addrs[attempt as usize % addrs.len()];
             match http.post(format!("http://{addr}/v1/cluster/learners")).json(&request).send().await {
                 Ok(response) if response.status().is_success() => {
-                    self.bootstrap_record().mark_bootstrapped().map_err(|e| format!("data dir: {e}"))?;
-                    tracing::info!(via = %addr, "joined the cluster as a learner");
+                    tracing::info!(via = %addr, "added to the cluster as a learner");
                     return Ok(());
                 }
                 Ok(response) if response.status().is_client_error() => {

@@ -45,6 +45,12 @@ pub enum Error {
     OutcomeUnknown(String),
     #[error("internal error: {0}")]
     Internal(String),
+    // Variants are appended, never reordered: this enum crosses the peer wire (postcard).
+    #[error(
+        "this node was removed from the cluster (membership at log index {membership_index}) and no longer \
+         serves clients; use another member, or restart it with --join <a member's client address> to add it back"
+    )]
+    Removed { membership_index: u64 },
 }
 
 /// Whether a failed request could have taken effect.
@@ -67,7 +73,11 @@ impl Error {
             Error::PreconditionFailed { .. } => 412,
             Error::KeyTooLarge { .. } | Error::ValueTooLarge { .. } => 413,
             Error::Internal(_) => 500,
-            Error::NoLeader { .. } | Error::Unavailable(_) | Error::ShuttingDown | Error::TooStale { .. } => 503,
+            Error::NoLeader { .. }
+            | Error::Unavailable(_)
+            | Error::ShuttingDown
+            | Error::TooStale { .. }
+            | Error::Removed { .. } => 503,
             Error::OutcomeUnknown(_) => 504,
         }
     }
@@ -91,6 +101,7 @@ impl Error {
             Error::TooStale { .. } => "too_stale",
             Error::OutcomeUnknown(_) => "outcome_unknown",
             Error::Internal(_) => "internal",
+            Error::Removed { .. } => "removed",
         }
     }
 

@@ -13,6 +13,7 @@
 //! | [`node`] | `Node`: writes via the leader, linearizable reads, status, step-down |
 //! | [`bootstrap`] | how a node starts: resume, join, or bootstrap — never a wiped voter |
 //! | [`leader`] | the one way to the leader: run locally or forward, retry only what did not run |
+//! | [`removal`] | a removed member learns it, stops serving clients, comes back with `--join` |
 //! | [`admin`] | membership and leadership changes on the leader, with safety refusals |
 //! | [`backup`] | consistent JSON-lines backups streamed from a node |
 //! | [`network`] | peer HTTP on `--peer-addr`: Raft RPCs (postcard) and forwarding to the leader |
@@ -55,6 +56,7 @@ pub mod logging;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod removal;
 pub mod server;
 pub mod store;
 pub mod types;

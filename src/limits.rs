@@ -106,6 +106,13 @@ pub const BOOTSTRAP_REPORT_MS: u64 = 10_000;
 /// far above any sensible cluster, it only bounds the loop.
 pub const MAX_BOOTSTRAP_PEERS: usize = 256;
 
+/// How often a node looks at whether it was removed from the cluster (or added back).
+pub const REMOVAL_WATCH_INTERVAL_MS: u64 = 500;
+/// A node that has had no leader for this long asks its peers whether it was removed, and asks
+/// again this often while it stays without one: a few election timeouts, so a normal election
+/// never triggers it.
+pub const REMOVAL_CHECK_AFTER_MS: u64 = 2_000;
+
 /// On graceful shutdown, how long a leader waits for leadership to move to a follower.
 pub const LEADER_TRANSFER_WAIT_MS: u64 = 3_000;
 /// On graceful shutdown, how long the node keeps its client port open answering every new

@@ -98,6 +98,8 @@ pub struct Node {
     /// `Connection: close`, so clients move to another node before this one closes its sockets.
     draining: AtomicBool,
     shutting_down: AtomicBool,
+    /// The log index of the membership that removed this node, while it is removed.
+    removed_at: std::sync::Mutex<Option<u64>>,
     /// When this node last accepted an AppendEntries from a leader (bounded-staleness reads).
     last_leader_contact: std::sync::Mutex<Option<Instant>>,
     telemetry: Metrics,
@@ -118,6 +120,8 @@ pub struct ClusterStatus {
     pub snapshot_index: u64,
     /// Log entries up to this index have been purged here (they live on only in snapshots).
     pub purged_index: u64,
+    /// This node learned that it was removed from the cluster: it serves no client requests.
+    pub removed: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -150,6 +154,11 @@ impl Node {
         let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
             .await
             .map_err(|e| format!("cannot start raft: {e}"))?;
+        let removed_at = bootstrap.removed_at().map_err(|e| format!("data dir: {e}"))?;
+        if removed_at.is_some() {
+            // Removed before this restart: no campaigning until added back (see `removal.rs`).
+            raft.runtime_config().elect(false);
+        }
         Ok(Arc::new(Node {
             id: config.id,
             config,
@@ -161,6 +170,7 @@ impl Node {
             serving_raft: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
+            removed_at: std::sync::Mutex::new(removed_at),
             last_leader_contact: std::sync::Mutex::new(None),
             telemetry: Metrics::new(),
         }))
@@ -183,6 +193,11 @@ impl Node {
         *self.last_leader_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
+    /// When this node last accepted an AppendEntries from a leader (`None`: not since start).
+    pub(crate) fn last_leader_contact(&self) -> Option<Instant> {
+        *self.last_leader_contact.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn is_serving_raft(&self) -> bool {
         self.serving_raft.load(Ordering::Acquire)
     }
@@ -193,6 +208,10 @@ impl Node {
 
     pub(crate) fn bootstrap_record(&self) -> &BootstrapRecord {
         &self.bootstrap
+    }
+
+    pub(crate) fn removal_state(&self) -> &std::sync::Mutex<Option<u64>> {
+        &self.removed_at
     }
 
     /// A client for the peer at `peer_addr` (reused per peer).
@@ -457,6 +476,7 @@ impl Node {
             last_log_index: metrics.last_log_index.unwrap_or(0),
             snapshot_index: metrics.snapshot.as_ref().map_or(0, |l| l.index()),
             purged_index: metrics.purged.as_ref().map_or(0, |l| l.index()),
+            removed: self.is_removed(),
         })
     }
 
@@ -511,7 +531,7 @@ impl Node {
     /// Ready to serve: start-up is over (Raft RPCs are served), shutdown has not begun, a
     /// leader is known, and everything known committed is applied here.
     pub fn is_ready(&self) -> bool {
-        if !self.is_serving_raft() || self.is_draining() {
+        if !self.is_serving_raft() || self.is_draining() || self.is_removed() {
             return false;
         }
         let metrics = self.metrics();

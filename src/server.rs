@@ -64,6 +64,10 @@ pub async fn serve_until(config: ServeConfig, stop: impl Future<Output = ()>) ->
         let node = node.clone();
         tokio::spawn(async move { node.watch_raft_changes().await })
     };
+    let removal_watcher = {
+        let node = node.clone();
+        tokio::spawn(async move { node.watch_removal().await })
+    };
     let promoter = (node.config().join.is_some() && node.config().auto_promote).then(|| {
         let node = node.clone();
         tokio::spawn(async move { node.promote_self_when_caught_up().await })
@@ -81,6 +85,7 @@ pub async fn serve_until(config: ServeConfig, stop: impl Future<Output = ()>) ->
     }
     registrar.abort();
     watcher.abort();
+    removal_watcher.abort();
     if let Some(promoter) = promoter {
         promoter.abort();
     }

@@ -133,3 +133,59 @@ async fn wiped_voter_is_replaced_after_removal() {
     .await;
     assert_eq!(cluster.get(rejoined, "k", "linearizable").await, (200, "v".to_string()));
 }
+
+/// Goal: a member removed while it runs learns it and stops serving (etcd's removed members do
+/// the same): `503 removed` for reads and writes, `/ready` 503, no more campaigning, and a log
+/// line saying how to come back. Restarted as before it stays removed; restarted with `--join`
+/// it is added back (with its data) and serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_stops_serving_and_comes_back_with_join() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let removed = (1..=3).find(|id| *id != leader).expect("follower");
+    cluster.put_ok(leader, "before", "1").await;
+    let response =
+        cluster.http.delete(cluster.url(leader, &format!("/v1/cluster/members/{removed}"))).send().await.expect("sent");
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+    cluster.put_ok(leader, "after", "2").await;
+
+    let refused = |status: u16, body: &str| status == 503 && body.contains("\"removed\"");
+    eventually("the removed node refuses reads", || async {
+        let (status, body) = cluster.get(removed, "before", "stale").await;
+        refused(status, &body).then_some(())
+    })
+    .await;
+    let response = cluster.put(removed, "through-removed", "x").await;
+    let status = response.status().as_u16();
+    assert!(refused(status, &response.text().await.unwrap_or_default()), "a write through a removed node: {status}");
+    let ready = cluster.http.get(cluster.url(removed, "/ready")).send().await.expect("ready");
+    assert_eq!(ready.status(), 503);
+    let log = cluster.log(removed);
+    assert!(log.contains("was removed from the cluster") && log.contains("--join"), "{log}");
+
+    // No campaigning: its term stays put while the remaining two take writes.
+    let term = |status: Option<Value>| status.and_then(|s| s["term"].as_u64());
+    let before = term(cluster.cluster_status(removed).await).expect("term");
+    for i in 0..30 {
+        cluster.put_ok(leader, &format!("k{i}"), "v").await;
+    }
+    assert_eq!(term(cluster.cluster_status(removed).await), Some(before), "the removed node campaigned");
+
+    cluster.terminate(removed).await;
+    cluster.spawn(removed);
+    eventually("restarted as before, it is still removed", || async {
+        let (status, body) = cluster.get(removed, "before", "stale").await;
+        refused(status, &body).then_some(())
+    })
+    .await;
+
+    cluster.terminate(removed).await;
+    cluster.set_join(removed, true);
+    cluster.spawn(removed);
+    cluster.wait_voter(removed).await;
+    eventually("added back, it serves the current data", || async {
+        (cluster.get(removed, "k29", "linearizable").await == (200, "v".to_string())).then_some(())
+    })
+    .await;
+    assert_eq!(cluster.get(removed, "after", "stale").await, (200, "2".to_string()));
+}

@@ -43,7 +43,7 @@ pub fn client_router(node: Arc<Node>) -> Router {
             *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
             response
         })
-        .layer(axum::middleware::from_fn_with_state(node.clone(), refuse_while_draining))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), refuse_while_draining_or_removed))
         .layer(tower::limit::ConcurrencyLimitLayer::new(crate::limits::MAX_CONCURRENT_CLIENT_REQUESTS))
         .with_state(node)
 }
@@ -69,14 +69,23 @@ async fn record_request(
 /// In a graceful shutdown's drain phase, refuses new requests with a definite 503 (except
 /// `/health` and `/metrics`, which observers keep polling) and closes every connection after
 /// its response, so no client is left with a kept-alive connection that the node will reset.
-async fn refuse_while_draining(
+/// A node removed from the cluster refuses the same requests with `503 removed` (and also
+/// answers `/v1/cluster`, so an operator sees why; `/ready` says 503 by itself).
+async fn refuse_while_draining_or_removed(
     axum::extract::State(node): axum::extract::State<Arc<Node>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let observer = matches!(request.uri().path(), "/health" | "/metrics");
-    let mut response =
-        if node.is_draining() && !observer { error_response(Error::ShuttingDown) } else { next.run(request).await };
+    let path = request.uri().path();
+    let observer = matches!(path, "/health" | "/metrics");
+    let removed = node.removed_at().filter(|_| !observer && !matches!(path, "/v1/cluster" | "/ready"));
+    let mut response = if node.is_draining() && !observer {
+        error_response(Error::ShuttingDown)
+    } else if let Some(membership_index) = removed {
+        error_response(Error::Removed { membership_index })
+    } else {
+        next.run(request).await
+    };
     if node.is_draining() {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -50,6 +50,11 @@ pub struct ProbeReply {
     pub asker_registered: bool,
     /// The answering node's current members (id, peer address), so the asker asks them too.
     pub members: Vec<(NodeId, String)>,
+    /// The log index of the answering node's last committed membership (0: none)...
+    pub committed_membership_index: u64,
+    /// ...and whether the asker is in it: a committed membership newer than the asker's own
+    /// that leaves it out means the asker was removed (see `removal.rs`).
+    pub asker_in_committed_membership: bool,
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {

@@ -55,6 +55,9 @@ pub(crate) const KEY_BOOTSTRAPPED: &[u8] = b"bootstrapped";
 /// Present while a freshly bootstrapped node has not yet told every founding peer that it
 /// exists (see `bootstrap.rs`); a restart finishes the announcement before serving Raft.
 pub(crate) const KEY_ANNOUNCE_PENDING: &[u8] = b"announce_pending";
+/// Present once this node learned that it was removed from the cluster; the value is the log
+/// index of the membership that removed it. A restart stays removed until added back.
+pub(crate) const KEY_REMOVED: &[u8] = b"removed";
 /// Prefix of `peer_seen/<id>`: the peer is known to have held Raft state (announced itself,
 /// answered or sent a Raft RPC). A peer that later starts with an empty data dir was wiped.
 pub(crate) const PREFIX_PEER_SEEN: &[u8] = b"peer_seen/";
@@ -156,6 +159,27 @@ impl BootstrapRecord {
         let mut write_options = rocksdb::WriteOptions::default();
         write_options.set_sync(true);
         self.db.delete_cf_opt(cf(&self.db, CF_META), KEY_ANNOUNCE_PENDING, &write_options).map_err(io_error)
+    }
+
+    /// The log index of the membership that removed this node, if it learned of one.
+    pub fn removed_at(&self) -> io::Result<Option<u64>> {
+        match self.db.get_cf(cf(&self.db, CF_META), KEY_REMOVED).map_err(io_error)? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(&bytes).map(Some),
+        }
+    }
+
+    /// Durably records that the membership at `membership_index` removed this node, or
+    /// (`None`) that it is a member again.
+    pub fn set_removed_at(&self, membership_index: Option<u64>) -> io::Result<()> {
+        let mut write_options = rocksdb::WriteOptions::default();
+        write_options.set_sync(true);
+        let meta = cf(&self.db, CF_META);
+        let result = match membership_index {
+            Some(index) => self.db.put_cf_opt(meta, KEY_REMOVED, codec::encode(&index)?, &write_options),
+            None => self.db.delete_cf_opt(meta, KEY_REMOVED, &write_options),
+        };
+        result.map_err(io_error)
     }
 
     pub fn has_seen_peer(&self, peer: NodeId) -> io::Result<bool> {

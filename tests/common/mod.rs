@@ -173,6 +173,14 @@ impl Cluster {
         node.child = Some(child);
     }
 
+    /// From its next start on, node `id` enters the cluster with `--join` (every other node's
+    /// client address) instead of its founding arguments.
+    pub fn set_join(&mut self, id: u64, auto_promote: bool) {
+        let join = self.nodes.iter().filter(|n| n.id != id).map(|n| n.client_addr.clone()).collect::<Vec<_>>();
+        self.node_mut(id).entry_args =
+            vec!["--join".into(), join.join(","), "--auto-promote".into(), auto_promote.to_string()];
+    }
+
     /// Gives node `id` further arguments from its next start on.
     pub fn set_node_args(&mut self, id: u64, args: &[&str]) {
         self.node_mut(id).node_args = args.iter().map(|a| a.to_string()).collect();

@@ -1,0 +1,144 @@
+//! How a node learns that it was removed from the cluster, and what it does then.
+//!
+//! The leader stops replicating to a member once a membership without it is committed, so a
+//! removed node rarely sees that membership itself: it just stops hearing from a leader. So a
+//! node that has had no leader for a while asks its peers for their last *committed*
+//! membership. Committed memberships are durable on a quorum and only move forward, so one that
+//! is newer than this node's own and leaves it out proves it was removed.
+//!
+//! A removed node stops serving clients (`503 removed`, `/ready` 503), stops campaigning, says
+//! how to come back, and remembers it across restarts. It keeps answering Raft RPCs: a node that
+//! was added back while it was away hears from the leader again, sees itself in a newer
+//! membership, and serves again. Restarted with `--join`, a removed node asks to be added back
+//! as a learner (its data is intact, so that is safe; a wiped node is another matter, see
+//! `bootstrap.rs`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+use std::time::Instant;
+
+use crate::error::Error;
+use crate::limits;
+use crate::network::CallError;
+use crate::network::ProbeReply;
+use crate::node::Node;
+use crate::types::NodeId;
+
+impl Node {
+    /// The log index of the membership that removed this node, if it was removed.
+    pub fn removed_at(&self) -> Option<u64> {
+        *self.removal_state().lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed_at().is_some()
+    }
+
+    /// Until shutdown: once this node has not heard from a leader for
+    /// [`limits::REMOVAL_CHECK_AFTER_MS`], asks its peers whether it was removed (and again that
+    /// often while the silence lasts); once removed, watches for being added back.
+    pub async fn watch_removal(&self) {
+        let started = Instant::now();
+        let mut asked_at: Option<Instant> = None;
+        let quiet = Duration::from_millis(limits::REMOVAL_CHECK_AFTER_MS);
+        while !self.is_shutting_down() {
+            tokio::time::sleep(Duration::from_millis(limits::REMOVAL_WATCH_INTERVAL_MS)).await;
+            let (own_index, own_includes, is_leader) = self.own_membership();
+            if let Some(removed_at) = self.removed_at() {
+                if own_includes && own_index > removed_at {
+                    self.note_member_again(own_index).await;
+                }
+                continue;
+            }
+            // A removed follower keeps believing in its last leader; only the silence tells.
+            let heard = self.last_leader_contact().unwrap_or(started);
+            if is_leader || heard.elapsed() < quiet || asked_at.is_some_and(|at| at.elapsed() < quiet) {
+                continue;
+            }
+            asked_at = Some(Instant::now());
+            if let Some(index) = self.removal_evidence().await {
+                self.note_removed(index).await;
+            }
+        }
+    }
+
+    /// This node's own membership: its log index, whether it lists this node, and whether this
+    /// node is the leader.
+    fn own_membership(&self) -> (u64, bool, bool) {
+        let metrics = self.metrics();
+        let membership = &metrics.membership_config;
+        let index = membership.log_id().as_ref().map_or(0, |log_id| log_id.index());
+        let is_leader = metrics.state == openraft::ServerState::Leader;
+        (index, membership.membership().get_node(&self.id()).is_some(), is_leader)
+    }
+
+    /// Asks every member this node knows of (and the founders) for their committed membership.
+    /// Returns the log index of one that is newer than this node's own and leaves it out.
+    pub(crate) async fn removal_evidence(&self) -> Option<u64> {
+        let (own_index, own_includes, _) = self.own_membership();
+        if self.metrics().membership_config.membership().nodes().next().is_none() {
+            // Not part of any cluster yet (a joining node before the leader's first append).
+            return None;
+        }
+        let mut peers: BTreeMap<NodeId, String> = self.config().initial_members().unwrap_or_default();
+        let metrics = self.metrics();
+        for (id, member) in metrics.membership_config.membership().nodes() {
+            peers.insert(*id, member.peer_addr.clone());
+        }
+        peers.remove(&self.id());
+        let calls = peers.iter().map(|(id, addr)| {
+            let peer = self.peer_client_at(*id, addr);
+            async move {
+                let timeout = Duration::from_millis(limits::BOOTSTRAP_PROBE_TIMEOUT_MS);
+                let answer: Result<Result<ProbeReply, Error>, CallError> =
+                    peer.call("/internal/probe", &self.id(), timeout).await;
+                answer.ok().and_then(Result::ok)
+            }
+        });
+        let newest = futures::future::join_all(calls).await.into_iter().flatten().max_by_key(|reply| {
+            // Of two answers at the same index, prefer the one that leaves this node out: both
+            // are the same committed membership, so they agree anyway.
+            (reply.committed_membership_index, !reply.asker_in_committed_membership)
+        })?;
+        let newer = newest.committed_membership_index > own_index || !own_includes;
+        (newer && newest.committed_membership_index > 0 && !newest.asker_in_committed_membership)
+            .then_some(newest.committed_membership_index)
+    }
+
+    /// Stops serving clients and campaigning, remembers it, and tells the operator what to do.
+    pub(crate) async fn note_removed(&self, membership_index: u64) {
+        {
+            let mut removed = self.removal_state().lock().unwrap_or_else(|p| p.into_inner());
+            if removed.is_some() {
+                return;
+            }
+            *removed = Some(membership_index);
+        }
+        self.raft().runtime_config().elect(false);
+        self.persist_removal(Some(membership_index)).await;
+        tracing::warn!(
+            "this node was removed from the cluster: the membership committed at log index {membership_index} \
+             does not list it. It no longer serves clients (503 removed) and does not campaign. To add it back \
+             with its data, restart it with --join <any member's client address> (or run `quorumkv cluster \
+             add-learner {id} {peer_addr}`, then promote it). To retire it, stop it and delete its data dir.",
+            id = self.id(),
+            peer_addr = self.config().advertised_peer_addr(),
+        );
+    }
+
+    async fn note_member_again(&self, membership_index: u64) {
+        *self.removal_state().lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.persist_removal(None).await;
+        self.raft().runtime_config().elect(true);
+        tracing::info!("this node is a member again (membership at log index {membership_index}); serving clients");
+    }
+
+    async fn persist_removal(&self, membership_index: Option<u64>) {
+        let record = self.bootstrap_record().clone();
+        let stored = tokio::task::spawn_blocking(move || record.set_removed_at(membership_index)).await;
+        if !matches!(stored, Ok(Ok(()))) {
+            // Only the restart behaviour depends on it: the node learns again from its peers.
+            tracing::warn!("could not record the removal state durably: {stored:?}");
+        }
+    }
+}
