@@ -76,10 +76,8 @@ impl Node {
     /// Returns the log index of one that is newer than this node's own and leaves it out.
     pub(crate) async fn removal_evidence(&self) -> Option<u64> {
         let (own_index, own_includes, _) = self.own_membership();
-        if self.metrics().membership_config.membership().nodes().next().is_none() {
-            // Not part of any cluster yet (a joining node before the leader's first append).
-            return None;
-        }
+        // Not part of any cluster yet (a joining node before the leader's first append).
+        self.metrics().membership_config.membership().nodes().next()?;
         let mut peers: BTreeMap<NodeId, String> = self.config().initial_members().unwrap_or_default();
         let metrics = self.metrics();
         for (id, member) in metrics.membership_config.membership().nodes() {
