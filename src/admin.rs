@@ -156,13 +156,20 @@ impl Node {
         if to == self.id() {
             return Ok(());
         }
+        // Not started (Raft stopped): certainly nothing happened.
         self.raft().trigger().transfer_leader(to).await.map_err(|e| Error::Unavailable(e.to_string()))?;
         let moved = self
             .raft()
             .wait(Some(Duration::from_millis(limits::LEADER_TRANSFER_WAIT_MS)))
             .metrics(|m| m.current_leader == Some(to), "leadership moved to the target")
             .await;
-        moved.map(|_| ()).map_err(|_| Error::Unavailable(format!("leadership did not move to node {to} in time")))
+        // Started but not seen through: the target may still take over (or another node may).
+        moved.map(|_| ()).map_err(|_| {
+            Error::OutcomeUnknown(format!(
+                "leadership did not move to node {to} within {} ms; it may still",
+                limits::LEADER_TRANSFER_WAIT_MS
+            ))
+        })
     }
 }
 

@@ -207,10 +207,11 @@ impl Client {
             Err(error) if retry == Retry::Idempotent => return retry_after(error.to_string()),
             Err(error) => return Err(ClientError::Unknown(format!("{endpoint}: {error}"))),
         };
-        if status == StatusCode::GATEWAY_TIMEOUT && retry == Retry::OnlyIfNotSent {
+        let unknown = !status.is_success() && answer_outcome_unknown(status, &body);
+        if unknown && retry == Retry::OnlyIfNotSent {
             return Err(ClientError::Unknown(String::from_utf8_lossy(&body).into_owned()));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT {
+        if status == StatusCode::SERVICE_UNAVAILABLE || unknown {
             // 503 is definite (nothing happened), and so is a read's 504: retrying is safe.
             let hint = headers
                 .get(reqwest::header::RETRY_AFTER)
@@ -220,6 +221,20 @@ impl Client {
             return Ok(Attempt::Retry { error: String::from_utf8_lossy(&body).into_owned(), hint });
         }
         Ok(Attempt::Answered(Answer { status, headers, body }))
+    }
+}
+
+/// Whether an error answer says the request may have taken effect. The server's error body says
+/// so in `outcome` ("unknown" or "failed"), whatever the status (a 500 may be either); only an
+/// answer without one (a proxy's page, say) is judged by its status: 504 is unknown.
+fn answer_outcome_unknown(status: StatusCode, body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct ErrorBody {
+        outcome: String,
+    }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(error) => error.outcome != "failed",
+        Err(_) => status == StatusCode::GATEWAY_TIMEOUT,
     }
 }
 
@@ -237,4 +252,21 @@ struct Request<'a> {
 enum Attempt {
     Answered(Answer),
     Retry { error: String, hint: Option<Duration> },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: the outcome comes from the body when the server states it, else from the status.
+    #[test]
+    fn the_outcome_of_an_error_answer_comes_from_its_body() {
+        let body = |outcome: &str| format!(r#"{{"error":"x","message":"m","outcome":"{outcome}"}}"#).into_bytes();
+        assert!(answer_outcome_unknown(StatusCode::INTERNAL_SERVER_ERROR, &body("unknown")));
+        assert!(answer_outcome_unknown(StatusCode::GATEWAY_TIMEOUT, &body("unknown")));
+        assert!(!answer_outcome_unknown(StatusCode::INTERNAL_SERVER_ERROR, &body("failed")));
+        assert!(!answer_outcome_unknown(StatusCode::SERVICE_UNAVAILABLE, &body("failed")));
+        assert!(answer_outcome_unknown(StatusCode::GATEWAY_TIMEOUT, b"<html>gateway timeout</html>"));
+        assert!(!answer_outcome_unknown(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>"));
+    }
 }

@@ -5,6 +5,7 @@
 //! Linearizable reads ask the leader for a read point (ReadIndex or lease), wait until the
 //! local state machine has applied that far, then read locally.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -429,9 +430,23 @@ impl Node {
 
     // ----- status and shutdown -----
 
+    /// What `GET /v1/cluster` reports; refused (503) while a snapshot install hides the client
+    /// addresses.
     pub fn status(&self) -> Result<ClusterStatus, Error> {
-        let metrics = self.metrics();
         let client_addrs = self.kv.client_addrs().map_err(read_error)?;
+        Ok(self.status_with(&client_addrs))
+    }
+
+    /// The status to answer a change that committed with. Never an error: the change's outcome
+    /// is known, and a failed status read must not make a client believe it failed (and retry
+    /// it). While a snapshot install hides the client addresses, they are left out (null).
+    pub fn status_after_change(&self) -> ClusterStatus {
+        let client_addrs = self.kv.client_addrs().unwrap_or_default();
+        self.status_with(&client_addrs)
+    }
+
+    fn status_with(&self, client_addrs: &BTreeMap<NodeId, String>) -> ClusterStatus {
+        let metrics = self.metrics();
         let membership = metrics.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let last_log_index = metrics.last_log_index.unwrap_or(0);
@@ -465,7 +480,7 @@ impl Node {
         let commit_index = metrics.local_committed.as_ref().map_or(0, |l| l.index());
         let applied_index = metrics.last_applied.as_ref().map_or(0, |l| l.index());
         debug_assert!(applied_index <= commit_index, "applied {applied_index} beyond committed {commit_index}");
-        Ok(ClusterStatus {
+        ClusterStatus {
             id: self.id,
             leader_id: metrics.current_leader,
             term: metrics.current_term,
@@ -477,7 +492,7 @@ impl Node {
             snapshot_index: metrics.snapshot.as_ref().map_or(0, |l| l.index()),
             purged_index: metrics.purged.as_ref().map_or(0, |l| l.index()),
             removed: self.is_removed(),
-        })
+        }
     }
 
     pub(crate) fn kv_reader(&self) -> KvReader {

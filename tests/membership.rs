@@ -189,3 +189,32 @@ async fn a_removed_member_stops_serving_and_comes_back_with_join() {
     .await;
     assert_eq!(cluster.get(removed, "after", "stale").await, (200, "2".to_string()));
 }
+
+/// Goal: a leadership transfer that does not complete in time is reported as `504`, outcome
+/// unknown (it was started and may still happen), not as a definite failure; the CLI exits 3.
+///
+/// Method: the target voter is frozen (SIGSTOP), so it cannot take over within the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_that_times_out_has_an_unknown_outcome() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let target = (1..=3).find(|id| *id != leader).expect("follower");
+    cluster.pause(target);
+    let response = cluster
+        .http
+        .post(cluster.url(leader, "/v1/cluster/leader"))
+        .json(&json!({ "id": target }))
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("json");
+    assert_eq!((status, body["outcome"].as_str()), (504, Some("unknown")), "{body}");
+    let endpoints = cluster.node(leader).client_addr.clone();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_quorumkv"))
+        .args(["cluster", "transfer-leader", &target.to_string(), "--endpoints", &endpoints])
+        .output()
+        .expect("CLI");
+    cluster.resume(target);
+    assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
+}

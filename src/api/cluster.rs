@@ -123,9 +123,10 @@ pub(super) async fn transfer_leader(State(node): State<Arc<Node>>, body: Body) -
     admin_response(&node, run.await)
 }
 
+/// A change that committed answers 200 with the status, whatever reading the status meets.
 fn admin_response(node: &Node, result: Result<(), Error>) -> Response {
-    match result.and_then(|()| node.status()) {
-        Ok(status) => Json(status).into_response(),
+    match result {
+        Ok(()) => Json(node.status_after_change()).into_response(),
         Err(error) => error_response(error),
     }
 }

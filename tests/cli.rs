@@ -1,0 +1,47 @@
+//! The `quorumkv` CLI's exit status against a stand-in server in the test process: it must
+//! follow the outcome the server states in its error body, because scripts decide from it
+//! whether a write may be retried (exit 3: the write may have been applied; exit 1: it was not).
+
+use std::process::Command;
+
+use axum::http::StatusCode;
+use axum::routing::put;
+use axum::Router;
+
+/// Starts a server that answers every PUT with `status` and an error body stating `outcome`;
+/// returns its address.
+async fn stand_in(status: StatusCode, outcome: &'static str) -> String {
+    let body = format!(r#"{{"error":"internal","message":"stand-in","outcome":"{outcome}"}}"#);
+    let router = Router::new().route("/v1/kv/{*key}", put(move || async move { (status, body) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+    addr
+}
+
+async fn cli_put(endpoint: String) -> (Option<i32>, String) {
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_quorumkv"))
+            .args(["put", "k", "v", "--endpoints", &endpoint])
+            .output()
+            .expect("run the CLI")
+    })
+    .await
+    .expect("join");
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// Goal: a 500 whose body says `outcome: unknown` exits 3, as the README promises, not 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_outcome_exits_3_whatever_the_status() {
+    let (code, stderr) = cli_put(stand_in(StatusCode::INTERNAL_SERVER_ERROR, "unknown").await).await;
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("outcome unknown"), "{stderr}");
+}
+
+/// Goal: an error that certainly had no effect exits 1 and is not taken for an unknown one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definite_failure_exits_1() {
+    let (code, stderr) = cli_put(stand_in(StatusCode::INTERNAL_SERVER_ERROR, "failed").await).await;
+    assert_eq!(code, Some(1), "{stderr}");
+}
