@@ -88,6 +88,12 @@ impl Node {
                         "node {id} is {lag} entries behind; promote it once caught up"
                     )));
                 }
+                // Caught up is not enough: a learner that just died still shows a small lag.
+                if !self.answering_now(&[id], 1).await.contains(&id) {
+                    return Err(Error::Conflict(format!(
+                        "node {id} does not answer the leader; promote it once it does"
+                    )));
+                }
                 ChangeMembers::AddVoterIds(BTreeSet::from([id]))
             }
             AdminCommand::Remove { id } => {
@@ -99,8 +105,14 @@ impl Node {
                     if remaining.is_empty() {
                         return Err(Error::Conflict(format!("node {id} is the last voter")));
                     }
-                    let healthy = remaining.iter().filter(|v| lag_of(**v) <= limits::MAX_HEALTHY_LAG_ENTRIES).count();
                     let quorum = remaining.len() / 2 + 1;
+                    // A voter that died a moment ago still shows no lag: count only those that
+                    // answer the leader now, and are caught up.
+                    let answering = self.answering_now(&remaining, quorum).await;
+                    let healthy = remaining
+                        .iter()
+                        .filter(|v| answering.contains(v) && lag_of(**v) <= limits::MAX_HEALTHY_LAG_ENTRIES)
+                        .count();
                     if healthy < quorum {
                         return Err(Error::Conflict(format!(
                             "removing node {id} would leave {healthy} healthy of {} voters, fewer than the \
@@ -119,6 +131,27 @@ impl Node {
         // retain = false: a removed voter leaves the cluster entirely rather than as a learner.
         let changed = tokio::time::timeout(timeout, self.raft().change_membership(changes, false));
         map_change(changed.await)
+    }
+
+    /// Which of `nodes` (this leader always among them when listed) acknowledge a Raft RPC the
+    /// leader sends from now on: waits until `enough` do, at most
+    /// [`limits::HEALTH_CONFIRM_HEARTBEATS`] heartbeat intervals.
+    async fn answering_now(&self, nodes: &[NodeId], enough: usize) -> BTreeSet<NodeId> {
+        // The clock openraft stamps its RPCs with.
+        let since = <openraft::type_config::alias::InstantOf<crate::types::TypeConfig> as openraft::Instant>::now();
+        let id = self.id();
+        let answering = move |metrics: &openraft::RaftMetrics<crate::types::TypeConfig>| -> BTreeSet<NodeId> {
+            let heartbeat = metrics.heartbeat.clone().unwrap_or_default();
+            let acked_since = |node: &NodeId| heartbeat.get(node).cloned().flatten().is_some_and(|sent| *sent >= since);
+            nodes.iter().copied().filter(|node| *node == id || acked_since(node)).collect()
+        };
+        // A heartbeat round now, rather than at the next tick.
+        let _ = self.raft().trigger().heartbeat().await;
+        let wait = Duration::from_millis(self.config().heartbeat_interval_ms * limits::HEALTH_CONFIRM_HEARTBEATS);
+        let enough_answer =
+            move |metrics: &openraft::RaftMetrics<crate::types::TypeConfig>| answering(metrics).len() >= enough;
+        let _ = self.raft().wait(Some(wait)).metrics(enough_answer, "enough members answer").await;
+        answering(&self.metrics())
     }
 
     /// With `--join` and auto-promotion: asks for promotion until the leader finds this

@@ -136,6 +136,10 @@ pub const MAX_PROMOTION_LAG_ENTRIES: u64 = 100;
 /// A voter counts as healthy (for refusing unsafe removals) when its replicated log is at most
 /// this many entries behind the leader's.
 pub const MAX_HEALTHY_LAG_ENTRIES: u64 = 1_000;
+/// Before a removal or promotion the leader waits up to this many heartbeat intervals for the
+/// members concerned to acknowledge an RPC sent after the request arrived: a voter that died a
+/// moment ago still looks caught up, and removing another voter then stalls every write.
+pub const HEALTH_CONFIRM_HEARTBEATS: u64 = 5;
 /// A joining node asks the cluster to add it this many times (one second apart) before it
 /// gives up, and asks for promotion this many times once caught up.
 pub const JOIN_ATTEMPTS: u32 = 60;

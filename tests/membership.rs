@@ -218,3 +218,38 @@ async fn a_transfer_that_times_out_has_an_unknown_outcome() {
     cluster.resume(target);
     assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// Goal: a voter that died a moment ago does not count as healthy. On {1,2,3}, killing one
+/// follower and at once removing the other must be refused (409): the change would leave the
+/// leader and a dead voter, and every write would stall. Promoting a learner that has just
+/// died is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_that_just_died_does_not_count_as_healthy() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    cluster.put_ok(leader, "k", "v").await;
+    cluster.kill(followers[0]);
+    let response = cluster
+        .http
+        .delete(cluster.url(leader, &format!("/v1/cluster/members/{}", followers[1])))
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("json");
+    assert_eq!((status, body["error"].as_str()), (409, Some("conflict")), "{body}");
+    assert!(member(&cluster, leader, followers[1]).await.is_some(), "the live voter was removed");
+    cluster.put_ok(leader, "still-writable", "yes").await;
+
+    let learner = cluster.add_joining_node(false);
+    eventually("the learner has caught up", || async {
+        (cluster.get(learner, "still-writable", "stale").await == (200, "yes".to_string())).then_some(())
+    })
+    .await;
+    cluster.kill(learner);
+    let response =
+        cluster.http.post(cluster.url(leader, "/v1/cluster/voters")).json(&json!({ "id": learner })).send().await;
+    let status = response.expect("sent").status().as_u16();
+    assert_eq!(status, 409, "a learner that just died was promoted");
+}
