@@ -26,8 +26,10 @@ use crate::types::NodeId;
 /// A cluster administration request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdminCommand {
-    /// Add a node as a non-voting learner that receives the log (and snapshots).
-    AddLearner { id: NodeId, peer_addr: String },
+    /// Add a node as a non-voting learner that receives the log (and snapshots). `fresh`: the
+    /// node has no Raft state (a new or wiped data dir); if it is already a learner, the
+    /// leader replicates to it from scratch instead of from where its old log reached.
+    AddLearner { id: NodeId, peer_addr: String, fresh: bool },
     /// Make a caught-up learner a voter.
     Promote { id: NodeId },
     /// Remove a voter or learner from the cluster.
@@ -61,7 +63,7 @@ impl Node {
             last_log_index.saturating_sub(matched_index(&metrics, id))
         };
         let changes: ChangeMembers<NodeId, Member> = match command {
-            AdminCommand::AddLearner { id, peer_addr } => {
+            AdminCommand::AddLearner { id, peer_addr, fresh } => {
                 if voters.contains(&id) {
                     return Err(Error::Conflict(format!(
                         "node {id} is a voter; a node that lost its data must be removed \
@@ -69,6 +71,18 @@ impl Node {
                     )));
                 }
                 if membership.get_node(&id).is_some_and(|m| m.peer_addr == peer_addr) {
+                    if fresh {
+                        // A learner that lost its data: without this the leader finds the log
+                        // behind what it acknowledged and stops (a learner never votes and its
+                        // log never counts for commit, so starting over is safe).
+                        self.raft()
+                            .trigger()
+                            .allow_next_revert(&id, true)
+                            .await
+                            .map_err(|fatal| Error::Unavailable(fatal.to_string()))?
+                            .map_err(|refused| Error::Unavailable(refused.to_string()))?;
+                        tracing::info!(learner = id, "learner rejoins with an empty log: replicating from scratch");
+                    }
                     return Ok(());
                 }
                 let timeout = self.config().write_timeout();

@@ -243,10 +243,13 @@ impl Node {
     }
 
     /// Joins the cluster through `--join` with an empty data dir: asks to be added as a learner.
+    ///
+    /// Raft RPCs are served only once the leader has answered: if this node was a learner that
+    /// lost its data, the leader must first reset how far it believes this log reaches, or the
+    /// empty log looks like one that went backwards (openraft stops the leader for that).
     async fn join_cluster(&self) -> Result<(), String> {
-        // Accept the leader's appends before asking: it starts replicating at once.
+        self.ask_to_be_added(true).await?;
         self.start_serving_raft();
-        self.ask_to_be_added().await?;
         self.bootstrap_record().mark_bootstrapped().map_err(|e| format!("data dir: {e}"))
     }
 
@@ -260,17 +263,19 @@ impl Node {
         let Some(index) = removed else { return Ok(()) };
         self.note_removed(index).await;
         tracing::info!("restarted with --join after being removed: asking to be added back");
-        self.ask_to_be_added().await
+        self.ask_to_be_added(false).await
     }
 
-    /// Asks the cluster, through any member given to `--join`, to add this node as a learner.
-    /// Adding the same learner again is a no-op, so retrying after a lost answer is safe.
-    async fn ask_to_be_added(&self) -> Result<(), String> {
+    /// Asks the cluster, through any member given to `--join`, to add this node as a learner
+    /// (`fresh`: with an empty log). Adding the same learner again is a no-op, so retrying after
+    /// a lost answer is safe.
+    async fn ask_to_be_added(&self, fresh: bool) -> Result<(), String> {
         let http = reqwest::Client::builder()
             .timeout(self.config().write_timeout() + Duration::from_secs(5))
             .build()
             .map_err(|e| e.to_string())?;
-        let request = serde_json::json!({ "id": self.id(), "peer_addr": self.config().advertised_peer_addr() });
+        let request =
+            serde_json::json!({ "id": self.id(), "peer_addr": self.config().advertised_peer_addr(), "fresh": fresh });
         let addrs = self.config().join_addrs();
         let mut last_error = String::new();
         for attempt in 0..limits::JOIN_ATTEMPTS {

@@ -57,10 +57,17 @@ pub const LEADER_RETRY_PAUSE_MAX_MS: u64 = 100;
 pub const PEER_RPC_TIMEOUT_MS: u64 = 2_000;
 /// Connecting to a peer must be fast on a LAN; a partitioned peer must not stall replication.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
-/// Largest Raft RPC body a peer accepts: one AppendEntries batch of `max_payload_entries`
-/// values at the value ceiling would be larger, so batches are also bounded by openraft's
-/// `max_payload_entries`. Snapshots are streamed and bounded by `MAX_SNAPSHOT_BYTES` instead.
-pub const MAX_PEER_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+/// Replication reads at most this many bytes of log entries into one AppendEntries (at least
+/// one entry, however large): big enough to catch a node up at disk speed, small enough to be
+/// sent and fsynced well within an RPC's timeout. etcd's per-message cap is 1 MiB.
+pub const MAX_APPEND_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// An AppendEntries gets [`PEER_RPC_TIMEOUT_MS`] plus this many milliseconds per MiB it
+/// carries: a batch of large values takes longer to send, write and fsync than a heartbeat.
+pub const PEER_RPC_TIMEOUT_MS_PER_MIB: u64 = 250;
+/// Largest body a peer accepts on the peer port: one batch, or one entry at the value and key
+/// ceilings, with room for the encoding. Snapshots are streamed and bounded by
+/// `MAX_SNAPSHOT_BYTES` instead.
+pub const MAX_PEER_MESSAGE_BYTES: usize = MAX_VALUE_BYTES_CEILING + MAX_KEY_BYTES_CEILING + 1024 * 1024;
 
 /// Largest snapshot a node accepts from a leader. Snapshots are streamed to disk, so this
 /// guards the disk against a runaway stream rather than memory; far above any state this
@@ -170,7 +177,8 @@ const _: () = assert!(DEFAULT_HEARTBEAT_INTERVAL_MS < DEFAULT_ELECTION_TIMEOUT_M
 const _: () = assert!(DEFAULT_ELECTION_TIMEOUT_MIN_MS < DEFAULT_ELECTION_TIMEOUT_MAX_MS);
 const _: () = assert!(CLIENT_REQUEST_TIMEOUT_MS > DEFAULT_WRITE_TIMEOUT_MS);
 const _: () = assert!(SHUTDOWN_REFUSE_PERIOD_MS > CLIENT_BACKOFF_MAX_MS);
-const _: () = assert!(MAX_VALUE_BYTES_CEILING * 2 < MAX_PEER_MESSAGE_BYTES);
+const _: () = assert!(MAX_APPEND_BATCH_BYTES < MAX_PEER_MESSAGE_BYTES);
+const _: () = assert!(MAX_VALUE_BYTES_CEILING + MAX_KEY_BYTES_CEILING < MAX_PEER_MESSAGE_BYTES);
 
 /// A list page also stops at about this many value bytes, so a page of large values stays a
 /// bounded response (at least one item is always returned).

@@ -223,7 +223,7 @@ async fn run_client(endpoints: &str, command: Command) -> ExitCode {
                 print_answer(answer, false)
             }
             Command::Cluster { command: ClusterCommand::AddLearner { id, peer_addr } } => {
-                let body = serde_json::json!({ "id": id, "peer_addr": peer_addr });
+                let body = serde_json::json!({ "id": id, "peer_addr": peer_addr, "fresh": false });
                 admin(&client, Method::POST, &["learners"], Some(body)).await
             }
             Command::Cluster { command: ClusterCommand::Promote { id } } => {

@@ -65,3 +65,33 @@ async fn wiped_voter_that_no_live_peer_remembers_does_not_lose_a_write() {
     let log = cluster.log(wiped);
     assert!(log.contains("lost or wiped"), "{log}");
 }
+
+/// Goal: a learner whose data dir was wiped, restarted as it was (same id, same address,
+/// `--join`), is caught up again from scratch. The leader's record of how far the learner's
+/// log reached is then ahead of the empty log: it must reset it, not panic or stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_learner_rejoining_as_it_was_is_caught_up_again() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let learner = cluster.add_joining_node(false);
+    for i in 0..20 {
+        cluster.put_ok(leader, &format!("k{i}"), &format!("v{i}")).await;
+    }
+    eventually("the learner has every write", || async {
+        (cluster.get(learner, "k19", "stale").await == (200, "v19".to_string())).then_some(())
+    })
+    .await;
+    cluster.kill(learner);
+    cluster.wipe(learner);
+    cluster.spawn(learner);
+    cluster.put_ok(leader, "after-wipe", "x").await;
+    eventually("the wiped learner is caught up again", || async {
+        (cluster.get(learner, "after-wipe", "stale").await == (200, "x".to_string())).then_some(())
+    })
+    .await;
+    assert_eq!(cluster.get(learner, "k7", "stale").await, (200, "v7".to_string()));
+    for id in 1..=3 {
+        assert!(cluster.cluster_status(id).await.is_some(), "node {id} stopped answering:\n{}", cluster.log(id));
+    }
+    cluster.put_ok(leader, "still-writable", "yes").await;
+}

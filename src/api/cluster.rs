@@ -74,9 +74,13 @@ pub(super) async fn members(State(node): State<Arc<Node>>) -> Response {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct AddLearner {
     id: NodeId,
     peer_addr: String,
+    /// Sent by a node joining with an empty data dir (see `AdminCommand::AddLearner`).
+    #[serde(default)]
+    fresh: bool,
 }
 
 #[derive(Deserialize)]
@@ -91,7 +95,8 @@ pub(super) async fn add_learner(State(node): State<Arc<Node>>, body: Body) -> Re
         if request.id == 0 || !request.peer_addr.contains(':') {
             return Err(Error::InvalidParameter("id must be at least 1 and peer_addr host:port".into()));
         }
-        node.admin(AdminCommand::AddLearner { id: request.id, peer_addr: request.peer_addr }).await
+        let AddLearner { id, peer_addr, fresh } = request;
+        node.admin(AdminCommand::AddLearner { id, peer_addr, fresh }).await
     };
     admin_response(&node, run.await)
 }

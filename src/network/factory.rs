@@ -27,6 +27,7 @@ use super::CallError;
 use super::PeerClient;
 use super::PeerClients;
 use crate::limits::PEER_RPC_TIMEOUT_MS;
+use crate::limits::PEER_RPC_TIMEOUT_MS_PER_MIB;
 use crate::limits::SNAPSHOT_CHUNK_BYTES;
 use crate::limits::SNAPSHOT_TRANSFER_TIMEOUT_MS;
 use crate::types::Member;
@@ -67,7 +68,18 @@ impl RaftConnection {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
-        match self.peer.call(path, request, timeout).await {
+        let body = super::encode(request).map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
+        self.raft_send(path, body, timeout).await
+    }
+
+    /// [`Self::raft_call`] with the request already encoded.
+    async fn raft_send<Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        match self.peer.send(path, body.into(), timeout).await {
             // An answer that could not be recorded is not used (see `note_answered`).
             Ok(response) => match self.peer.note_answered().await {
                 Ok(()) => Ok(response),
@@ -95,8 +107,11 @@ impl RaftNetworkV2<TypeConfig> for RaftConnection {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         // openraft's hard TTL for appends is one heartbeat interval; a large batch plus the
         // follower's fsync can take longer, and a deadline it can never meet stalls replication.
-        let timeout = option.hard_ttl().max(Duration::from_millis(PEER_RPC_TIMEOUT_MS));
-        self.raft_call("/raft/append", &request, timeout).await
+        let body = super::encode(&request).map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
+        let mib = (body.len() as u64).div_ceil(1024 * 1024);
+        let timeout =
+            option.hard_ttl().max(Duration::from_millis(PEER_RPC_TIMEOUT_MS + mib * PEER_RPC_TIMEOUT_MS_PER_MIB));
+        self.raft_send("/raft/append", body, timeout).await
     }
 
     async fn vote(

@@ -38,6 +38,7 @@ use super::KEY_COMMITTED;
 use super::KEY_LAST_PURGED;
 use super::KEY_VOTE;
 use crate::limits::FLUSH_QUEUE_CAPACITY;
+use crate::limits::MAX_APPEND_BATCH_BYTES;
 use crate::types::Entry;
 use crate::types::LogId;
 use crate::types::TypeConfig;
@@ -141,6 +142,36 @@ impl RaftLogReader<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
         self.get_meta(KEY_VOTE)
+    }
+
+    /// What replication reads to build one AppendEntries: entries from `start`, stopping
+    /// before `end` or once [`MAX_APPEND_BATCH_BYTES`] of them are read (always at least one).
+    /// openraft bounds a batch by entry count only, and 256 values of 1 MiB make an RPC that
+    /// neither meets its timeout nor fits a peer's body limit.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        let start_key = index_key(start);
+        let mut entries = Vec::new();
+        let mut batch_bytes = 0usize;
+        let iterator = self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::From(&start_key, Direction::Forward));
+        for item in iterator {
+            let (key, bytes) = item.map_err(io_error)?;
+            let index = index_from_key(&key)?;
+            if index >= end || (!entries.is_empty() && batch_bytes + bytes.len() > MAX_APPEND_BATCH_BYTES) {
+                break;
+            }
+            let entry: Entry = decode(&bytes)?;
+            if index != entry.index() {
+                return Err(corrupt(format!("log entry {} stored under index {index}", entry.index())));
+            }
+            if let Some(previous) = entries.last().map(|e: &Entry| e.index()) {
+                if previous + 1 != index {
+                    return Err(corrupt(format!("hole in the Raft log between {previous} and {index}")));
+                }
+            }
+            batch_bytes += bytes.len();
+            entries.push(entry);
+        }
+        Ok(entries)
     }
 }
 
