@@ -76,6 +76,7 @@ impl Client {
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(1_000))
             .timeout(Duration::from_millis(limits::CLIENT_REQUEST_TIMEOUT_MS))
+            .pool_idle_timeout(Duration::from_millis(limits::CLIENT_POOL_IDLE_TIMEOUT_MS))
             .build()
             .map_err(|e| ClientError::Failed(e.to_string()))?;
         Ok(Self { endpoints, current: std::sync::atomic::AtomicUsize::new(0), http })
@@ -211,8 +212,10 @@ impl Client {
         if unknown && retry == Retry::OnlyIfNotSent {
             return Err(ClientError::Unknown(String::from_utf8_lossy(&body).into_owned()));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE || unknown {
-            // 503 is definite (nothing happened), and so is a read's 504: retrying is safe.
+        let busy = status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS;
+        if busy || unknown {
+            // 503 and 429 are definite (nothing happened), and a read changes nothing either:
+            // retrying elsewhere is safe.
             let hint = headers
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())

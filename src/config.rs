@@ -104,6 +104,11 @@ pub struct ServeConfig {
     #[arg(long, env = "QUORUMKV_MAX_VALUE_BYTES", default_value_t = limits::DEFAULT_MAX_VALUE_BYTES)]
     pub max_value_bytes: usize,
 
+    /// Client connections open at once; the oldest is closed to make room for a new one.
+    /// Lowered at start-up if the descriptor limit cannot also cover what Raft needs.
+    #[arg(long, env = "QUORUMKV_MAX_CLIENT_CONNECTIONS", default_value_t = limits::DEFAULT_MAX_CLIENT_CONNECTIONS)]
+    pub max_client_connections: usize,
+
     /// Build a snapshot (and purge the log behind it) after this many applied entries.
     #[arg(long, env = "QUORUMKV_SNAPSHOT_LOG_ENTRIES", default_value_t = 10_000)]
     pub snapshot_log_entries: u64,
@@ -187,6 +192,12 @@ impl ServeConfig {
         }
         if !(1024..=limits::MAX_VALUE_BYTES_CEILING).contains(&self.max_value_bytes) {
             return Err(format!("--max-value-bytes must be between 1024 and {}", limits::MAX_VALUE_BYTES_CEILING));
+        }
+        if !(limits::MIN_CLIENT_CONNECTIONS..=1_000_000).contains(&self.max_client_connections) {
+            return Err(format!(
+                "--max-client-connections must be between {} and 1000000",
+                limits::MIN_CLIENT_CONNECTIONS
+            ));
         }
         if self.snapshot_log_entries < 100 {
             return Err("--snapshot-log-entries must be at least 100".into());

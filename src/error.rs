@@ -51,6 +51,10 @@ pub enum Error {
          serves clients; use another member, or restart it with --join <a member's client address> to add it back"
     )]
     Removed { membership_index: u64 },
+    #[error("the request body did not arrive within {limit_ms} ms")]
+    RequestTimeout { limit_ms: u64 },
+    #[error("too many requests in flight on this node; retry shortly or use another node")]
+    Overloaded,
 }
 
 /// Whether a failed request could have taken effect.
@@ -69,7 +73,9 @@ impl Error {
         match self {
             Error::InvalidKey(_) | Error::InvalidParameter(_) | Error::InvalidHeader(_) => 400,
             Error::KeyNotFound | Error::RouteNotFound | Error::MemberNotFound(_) => 404,
+            Error::RequestTimeout { .. } => 408,
             Error::Conflict(_) => 409,
+            Error::Overloaded => 429,
             Error::PreconditionFailed { .. } => 412,
             Error::KeyTooLarge { .. } | Error::ValueTooLarge { .. } => 413,
             Error::Internal(_) => 500,
@@ -102,6 +108,8 @@ impl Error {
             Error::OutcomeUnknown(_) => "outcome_unknown",
             Error::Internal(_) => "internal",
             Error::Removed { .. } => "removed",
+            Error::RequestTimeout { .. } => "request_timeout",
+            Error::Overloaded => "too_many_requests",
         }
     }
 
@@ -117,7 +125,7 @@ impl Error {
     /// Seconds a client should wait before retrying, for the `Retry-After` header.
     pub fn retry_after_seconds(&self) -> Option<u32> {
         match self {
-            Error::NoLeader { .. } | Error::Unavailable(_) | Error::TooStale { .. } => Some(1),
+            Error::NoLeader { .. } | Error::Unavailable(_) | Error::TooStale { .. } | Error::Overloaded => Some(1),
             // Not `ShuttingDown`: another node can answer at once; this one will not come back.
             _ => None,
         }

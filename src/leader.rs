@@ -124,7 +124,7 @@ impl Node {
             // The leader left the membership we know: wait for the next one.
             Err(_) => return Attempt::Unreachable,
         };
-        let answer: Result<Result<T, Error>, CallError> = peer.call(path, request, timeout).await;
+        let answer: Result<Result<T, Error>, CallError> = peer.forward(path, request, timeout).await;
         match answer {
             Ok(result) => Attempt::from_result(result),
             Err(error) if error.is_definite() || effect == Effect::None => {

@@ -18,7 +18,8 @@
 //! | [`backup`] | consistent JSON-lines backups streamed from a node |
 //! | [`network`] | peer HTTP on `--peer-addr`: Raft RPCs (postcard) and forwarding to the leader |
 //! | [`store`] | RocksDB: Raft log and metadata (group commit), state machine, snapshots |
-//! | [`server`] | listeners, signals, graceful shutdown |
+//! | [`server`] | start-up, signals, graceful shutdown |
+//! | [`listener`] | accepting connections within limits: a cap per listener, header deadlines |
 //! | [`client`] | the CLI's HTTP client: endpoint failover, safe retries |
 //! | [`bench`] | `quorumkv bench`: load generator for quorumkv and etcd's gateway |
 //! | [`logging`] | tracing output with the node id on every line |
@@ -52,6 +53,7 @@ pub mod config;
 pub mod error;
 pub mod leader;
 pub mod limits;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod network;

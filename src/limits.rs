@@ -131,9 +131,55 @@ pub const SHUTDOWN_REFUSE_PERIOD_MS: u64 = 1_500;
 /// On graceful shutdown, how long in-flight HTTP requests may take to finish.
 pub const SHUTDOWN_DRAIN_MS: u64 = 5_000;
 
-/// Client requests served at once per node; further requests wait for a slot (backpressure
-/// through the connection) instead of piling up work and memory.
+/// Client requests doing work at once per node (reads, writes and administration, counted
+/// once their body has arrived); a request that finds no slot within
+/// [`ADMISSION_WAIT_MS`] gets `429 too_many_requests`, so load sheds instead of piling up
+/// work and memory. Bodies still arriving hold a connection, not a slot.
 pub const MAX_CONCURRENT_CLIENT_REQUESTS: usize = 4096;
+/// How long a client request may wait for a slot before `429`.
+pub const ADMISSION_WAIT_MS: u64 = 1_000;
+
+/// Default cap on open client connections per node (`--max-client-connections`); lowered at
+/// start-up when the descriptor limit cannot also cover [`RESERVED_DESCRIPTORS`].
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 10_000;
+/// The client connection cap never goes below this, however low the descriptor limit.
+pub const MIN_CLIENT_CONNECTIONS: usize = 64;
+/// Descriptors kept from client connections: the peer listener's connections, this node's own
+/// connections to its peers (forwards and Raft streams), RocksDB's open files and the rest
+/// (snapshots, logs). Client load can never cost a node its place in the cluster.
+pub const RESERVED_DESCRIPTORS: u64 = MAX_PEER_CONNECTIONS as u64
+    + (MAX_PEERS * (MAX_FORWARDS_IN_FLIGHT_PER_PEER + 8)) as u64
+    + ROCKSDB_MAX_OPEN_FILES as u64
+    + 256;
+/// Peer connections a node accepts at once: Raft streams and forwarded requests of up to
+/// [`MAX_PEERS`] peers.
+pub const MAX_PEER_CONNECTIONS: usize = 1_024;
+/// The cluster size the descriptor reserve is sized for (a larger one still works; its nodes
+/// just reserve less than they might use).
+pub const MAX_PEERS: usize = 15;
+/// Requests one node forwards to one peer at once (writes and reads through the leader): each
+/// takes a connection; more wait on the forwarding node.
+pub const MAX_FORWARDS_IN_FLIGHT_PER_PEER: usize = 64;
+/// Forwarded requests the peer port serves at once (Raft RPCs are not counted: one stream per
+/// peer bounds them, and they must never wait behind forwarded writes).
+pub const MAX_CONCURRENT_FORWARDED_REQUESTS: usize = 1_024;
+/// Files RocksDB keeps open (its default is unlimited).
+pub const ROCKSDB_MAX_OPEN_FILES: i32 = 512;
+/// A client request's headers must arrive within this; a kept-alive connection idle this long
+/// is closed. Clients should keep pooled connections idle for less (quorumkv's own: 30 s).
+pub const CLIENT_HEADER_TIMEOUT_MS: u64 = 60_000;
+/// The same on the peer port (peers keep their pooled connections idle for 30 s at most).
+pub const PEER_HEADER_TIMEOUT_MS: u64 = 60_000;
+/// How long pooled HTTP connections of quorumkv's own clients (peers, CLI) stay idle before
+/// they are dropped: below the servers' header timeouts, so a request never races a close.
+pub const CLIENT_POOL_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// A client request's whole body must arrive within this (a value of 16 MiB at 1 MiB/s), or
+/// it gets `408`: a client trickling its body holds a connection for at most this long.
+pub const BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// At the connection cap, how long accepting waits for the oldest connection to close.
+pub const EVICTION_WAIT_MS: u64 = 1_000;
+/// After a failed accept (out of descriptors), how long a listener pauses.
+pub const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
 /// Registering this node's client address is retried this often (every 500 ms) at start-up.
 pub const REGISTER_CLIENT_ADDR_ATTEMPTS: u32 = 120;
 
@@ -177,6 +223,9 @@ const _: () = assert!(DEFAULT_HEARTBEAT_INTERVAL_MS < DEFAULT_ELECTION_TIMEOUT_M
 const _: () = assert!(DEFAULT_ELECTION_TIMEOUT_MIN_MS < DEFAULT_ELECTION_TIMEOUT_MAX_MS);
 const _: () = assert!(CLIENT_REQUEST_TIMEOUT_MS > DEFAULT_WRITE_TIMEOUT_MS);
 const _: () = assert!(SHUTDOWN_REFUSE_PERIOD_MS > CLIENT_BACKOFF_MAX_MS);
+const _: () = assert!(CLIENT_POOL_IDLE_TIMEOUT_MS < CLIENT_HEADER_TIMEOUT_MS);
+const _: () = assert!(CLIENT_POOL_IDLE_TIMEOUT_MS < PEER_HEADER_TIMEOUT_MS);
+const _: () = assert!(MIN_CLIENT_CONNECTIONS <= DEFAULT_MAX_CLIENT_CONNECTIONS);
 const _: () = assert!(MAX_APPEND_BATCH_BYTES < MAX_PEER_MESSAGE_BYTES);
 const _: () = assert!(MAX_VALUE_BYTES_CEILING + MAX_KEY_BYTES_CEILING < MAX_PEER_MESSAGE_BYTES);
 

@@ -101,6 +101,8 @@ pub struct Node {
     shutting_down: AtomicBool,
     /// The log index of the membership that removed this node, while it is removed.
     removed_at: std::sync::Mutex<Option<u64>>,
+    /// Slots for client requests doing work (see [`limits::MAX_CONCURRENT_CLIENT_REQUESTS`]).
+    admission: Arc<tokio::sync::Semaphore>,
     /// When this node last accepted an AppendEntries from a leader (bounded-staleness reads).
     last_leader_contact: std::sync::Mutex<Option<Instant>>,
     telemetry: Metrics,
@@ -172,6 +174,7 @@ impl Node {
             draining: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             removed_at: std::sync::Mutex::new(removed_at),
+            admission: Arc::new(tokio::sync::Semaphore::new(limits::MAX_CONCURRENT_CLIENT_REQUESTS)),
             last_leader_contact: std::sync::Mutex::new(None),
             telemetry: Metrics::new(),
         }))
@@ -179,6 +182,16 @@ impl Node {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// A slot for one client request's work, held until the returned permit is dropped;
+    /// `429` when none frees up within [`limits::ADMISSION_WAIT_MS`].
+    pub async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        let wait = Duration::from_millis(limits::ADMISSION_WAIT_MS);
+        match tokio::time::timeout(wait, self.admission.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Error::Overloaded),
+        }
     }
 
     pub fn config(&self) -> &ServeConfig {

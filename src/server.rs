@@ -1,16 +1,16 @@
 //! Running one node: listeners, bootstrap, signal handling and graceful shutdown.
 
 use std::future::Future;
-use std::future::IntoFuture;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::client_router;
 use crate::config::ServeConfig;
 use crate::limits;
+use crate::listener;
+use crate::listener::ListenerLimits;
 use crate::network::peer_router;
 use crate::node::Node;
 
@@ -25,27 +25,29 @@ pub async fn serve_until(config: ServeConfig, stop: impl Future<Output = ()>) ->
     let bind = |addr: String| async move {
         TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
     };
-    // Latency matters more than packet count for both Raft and client traffic.
-    let client_listener = bind(config.client_addr.clone()).await?.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let peer_listener = bind(config.peer_addr.clone()).await?.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let client_listener = bind(config.client_addr.clone()).await?;
+    let peer_listener = bind(config.peer_addr.clone()).await?;
+    let client_limits = ListenerLimits {
+        max_connections: client_connection_cap(config.max_client_connections),
+        header_timeout: Duration::from_millis(limits::CLIENT_HEADER_TIMEOUT_MS),
+    };
+    let peer_limits = ListenerLimits {
+        max_connections: limits::MAX_PEER_CONNECTIONS,
+        header_timeout: Duration::from_millis(limits::PEER_HEADER_TIMEOUT_MS),
+    };
     let node = Node::open(config).await?;
 
     let (stop_peer, peer_stopped) = watch::channel(false);
     let (stop_client, client_stopped) = watch::channel(false);
-    let peer_server = tokio::spawn(
-        axum::serve(peer_listener, peer_router(node.clone()))
-            .with_graceful_shutdown(wait_true(peer_stopped))
-            .into_future(),
-    );
-    let client_server = tokio::spawn(
-        axum::serve(client_listener, client_router(node.clone()))
-            .with_graceful_shutdown(wait_true(client_stopped))
-            .into_future(),
-    );
+    let peer_server =
+        tokio::spawn(listener::serve("peer", peer_listener, peer_router(node.clone()), peer_limits, peer_stopped));
+    let client_server = tokio::spawn(listener::serve(
+        "client",
+        client_listener,
+        client_router(node.clone()),
+        client_limits,
+        client_stopped,
+    ));
 
     if let Err(error) = node.bootstrap_or_resume().await {
         node.shutdown().await;
@@ -96,8 +98,28 @@ pub async fn serve_until(config: ServeConfig, stop: impl Future<Output = ()>) ->
     Ok(())
 }
 
-async fn wait_true(mut receiver: watch::Receiver<bool>) {
-    let _ = receiver.wait_for(|stop| *stop).await;
+/// The client listener's connection cap: `--max-client-connections`, but never so many that
+/// client connections could take the descriptors the peer port, RocksDB and the peer clients
+/// need ([`limits::RESERVED_DESCRIPTORS`]). Raises the process's descriptor limit to its hard
+/// limit first, as etcd's Go runtime does.
+fn client_connection_cap(configured: usize) -> usize {
+    let descriptors = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the descriptor limit; assuming 1024");
+            1024
+        }
+    };
+    let budget = descriptors.saturating_sub(limits::RESERVED_DESCRIPTORS) as usize;
+    let cap = configured.min(budget).max(limits::MIN_CLIENT_CONNECTIONS);
+    if cap < configured {
+        tracing::warn!(
+            "the descriptor limit is {descriptors}: at most {cap} client connections (not {configured}); \
+             raise it (ulimit -n, LimitNOFILE=) to {} for {configured}",
+            configured as u64 + limits::RESERVED_DESCRIPTORS
+        );
+    }
+    cap
 }
 
 async fn shutdown_signal() {

@@ -96,6 +96,7 @@ pub(super) async fn add_learner(State(node): State<Arc<Node>>, body: Body) -> Re
             return Err(Error::InvalidParameter("id must be at least 1 and peer_addr host:port".into()));
         }
         let AddLearner { id, peer_addr, fresh } = request;
+        let _slot = node.admit().await?;
         node.admin(AdminCommand::AddLearner { id, peer_addr, fresh }).await
     };
     admin_response(&node, run.await)
@@ -105,6 +106,7 @@ pub(super) async fn add_learner(State(node): State<Arc<Node>>, body: Body) -> Re
 pub(super) async fn promote(State(node): State<Arc<Node>>, body: Body) -> Response {
     let run = async {
         let request: NodeRef = parse_json(body).await?;
+        let _slot = node.admit().await?;
         node.admin(AdminCommand::Promote { id: request.id }).await
     };
     admin_response(&node, run.await)
@@ -114,6 +116,7 @@ pub(super) async fn promote(State(node): State<Arc<Node>>, body: Body) -> Respon
 pub(super) async fn remove(State(node): State<Arc<Node>>, id: Result<Path<NodeId>, PathRejection>) -> Response {
     let run = async {
         let Path(id) = id.map_err(|rejection| Error::InvalidParameter(rejection.body_text()))?;
+        let _slot = node.admit().await?;
         node.admin(AdminCommand::Remove { id }).await
     };
     admin_response(&node, run.await)
@@ -123,6 +126,7 @@ pub(super) async fn remove(State(node): State<Arc<Node>>, id: Result<Path<NodeId
 pub(super) async fn transfer_leader(State(node): State<Arc<Node>>, body: Body) -> Response {
     let run = async {
         let request: NodeRef = parse_json(body).await?;
+        let _slot = node.admit().await?;
         node.admin(AdminCommand::TransferLeader { to: request.id }).await
     };
     admin_response(&node, run.await)
@@ -137,8 +141,10 @@ fn admin_response(node: &Node, result: Result<(), Error>) -> Response {
 }
 
 async fn parse_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, Error> {
-    let bytes = axum::body::to_bytes(body, limits::MAX_ADMIN_BODY_BYTES)
+    let read = axum::body::to_bytes(body, limits::MAX_ADMIN_BODY_BYTES);
+    let bytes = tokio::time::timeout(std::time::Duration::from_millis(limits::BODY_READ_TIMEOUT_MS), read)
         .await
+        .map_err(|_| Error::RequestTimeout { limit_ms: limits::BODY_READ_TIMEOUT_MS })?
         .map_err(|_| Error::InvalidParameter(format!("body over {} bytes", limits::MAX_ADMIN_BODY_BYTES)))?;
     serde_json::from_slice(&bytes).map_err(|e| Error::InvalidParameter(format!("JSON body: {e}")))
 }

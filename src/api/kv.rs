@@ -41,6 +41,7 @@ pub(super) async fn get(State(node): State<Arc<Node>>, key: KeyPath, query: Quer
         let key = parse_key(&node, key)?;
         let params = parse_query(query, &["consistency", "max_lag_ms"])?;
         let consistency = parse_consistency(&params)?;
+        let _slot = node.admit().await?;
         node.get(&key, consistency).await?.ok_or(Error::KeyNotFound)
     };
     match run.await {
@@ -71,6 +72,7 @@ pub(super) async fn put(
         let ack = parse_ack(&parse_query(query, &["ack"])?)?;
         let precondition = parse_precondition(&headers)?;
         let value = value?;
+        let _slot = node.admit().await?;
         node.write(Command::Put { key, value, precondition }, ack).await
     };
     match run.await {
@@ -94,6 +96,7 @@ pub(super) async fn delete(
         let key = parse_key(&node, key)?;
         let ack = parse_ack(&parse_query(query, &["ack"])?)?;
         let precondition = parse_precondition(&headers)?;
+        let _slot = node.admit().await?;
         node.write(Command::Delete { key, precondition }, ack).await
     };
     match run.await {
@@ -123,6 +126,7 @@ pub(super) async fn list(State(node): State<Arc<Node>>, query: QueryPairs) -> Re
                 }
             },
         };
+        let _slot = node.admit().await?;
         node.list(prefix, start, limit, consistency).await
     };
     match run.await {
@@ -268,15 +272,20 @@ async fn read_value(node: &Node, headers: &HeaderMap, body: Body) -> Result<Byte
         // Far over the limit: refuse without reading; the connection is closed after the 413.
         Some(size) if size > limit + limits::OVERSIZE_BODY_DRAIN_BYTES => Err(Error::ValueTooLarge { size, limit }),
         _ => {
-            let bytes =
-                axum::body::to_bytes(body, limit + limits::OVERSIZE_BODY_DRAIN_BYTES).await.map_err(|error| {
-                    // Over the limit is the client's value; anything else is a broken upload.
-                    if error.into_inner().downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                        Error::ValueTooLarge { size: declared.unwrap_or(limit + 1), limit }
-                    } else {
-                        Error::InvalidParameter("the request body could not be read".into())
-                    }
-                })?;
+            // A whole-body deadline: a client trickling its body must not hold on for ever.
+            let read = axum::body::to_bytes(body, limit + limits::OVERSIZE_BODY_DRAIN_BYTES);
+            let deadline = Duration::from_millis(limits::BODY_READ_TIMEOUT_MS);
+            let read = tokio::time::timeout(deadline, read)
+                .await
+                .map_err(|_| Error::RequestTimeout { limit_ms: limits::BODY_READ_TIMEOUT_MS })?;
+            let bytes = read.map_err(|error| {
+                // Over the limit is the client's value; anything else is a broken upload.
+                if error.into_inner().downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    Error::ValueTooLarge { size: declared.unwrap_or(limit + 1), limit }
+                } else {
+                    Error::InvalidParameter("the request body could not be read".into())
+                }
+            })?;
             if bytes.len() > limit {
                 return Err(Error::ValueTooLarge { size: bytes.len(), limit });
             }

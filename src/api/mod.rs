@@ -44,7 +44,6 @@ pub fn client_router(node: Arc<Node>) -> Router {
             response
         })
         .layer(axum::middleware::from_fn_with_state(node.clone(), refuse_while_draining_or_removed))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(crate::limits::MAX_CONCURRENT_CLIENT_REQUESTS))
         .with_state(node)
 }
 

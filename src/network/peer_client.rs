@@ -10,6 +10,8 @@ use serde::Serialize;
 
 use super::decode;
 use super::encode;
+use crate::limits::CLIENT_POOL_IDLE_TIMEOUT_MS;
+use crate::limits::MAX_FORWARDS_IN_FLIGHT_PER_PEER;
 use crate::limits::PEER_CONNECT_TIMEOUT_MS;
 use crate::store::BootstrapRecord;
 use crate::types::NodeId;
@@ -43,6 +45,9 @@ pub struct PeerClient {
     http: reqwest::Client,
     /// Where the peer is recorded as holding Raft state once it answers a Raft RPC.
     bootstrap: BootstrapRecord,
+    /// Slots for requests forwarded to this peer ([`MAX_FORWARDS_IN_FLIGHT_PER_PEER`]): each
+    /// takes a connection, and the peer's descriptors are budgeted for that many.
+    forwards: Arc<tokio::sync::Semaphore>,
 }
 
 impl PeerClient {
@@ -59,6 +64,22 @@ impl PeerClient {
     ) -> Result<Resp, CallError> {
         let body = encode(request).map_err(|e| CallError::NotSent(self.target, format!("encode: {e}")))?;
         self.send(path, body.into(), timeout).await
+    }
+
+    /// [`Self::call`] for a request forwarded to the leader: waits for one of this peer's
+    /// forwarding slots first (within `timeout` too).
+    pub async fn forward<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let started = std::time::Instant::now();
+        let slot = tokio::time::timeout(timeout, self.forwards.clone().acquire_owned()).await;
+        let Ok(Ok(_slot)) = slot else {
+            return Err(CallError::NotSent(self.target, "too many requests forwarded to it already".into()));
+        };
+        self.call(path, request, timeout.saturating_sub(started.elapsed())).await
     }
 
     /// POSTs `body` (which may be a stream, e.g. a snapshot) and decodes the postcard reply.
@@ -128,10 +149,11 @@ impl PeerClients {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_millis(CLIENT_POOL_IDLE_TIMEOUT_MS))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        let client = PeerClient { target, base_url, http, bootstrap: self.bootstrap.clone() };
+        let forwards = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS_IN_FLIGHT_PER_PEER));
+        let client = PeerClient { target, base_url, http, bootstrap: self.bootstrap.clone(), forwards };
         clients.insert(target, client.clone());
         client
     }

@@ -23,6 +23,7 @@ use super::decode;
 use super::encode;
 use super::ReadPolicy;
 use crate::admin::AdminCommand;
+use crate::limits::MAX_CONCURRENT_FORWARDED_REQUESTS;
 use crate::limits::MAX_PEER_MESSAGE_BYTES;
 use crate::limits::MAX_SNAPSHOT_HEADER_BYTES;
 use crate::limits::SNAPSHOT_IDLE_TIMEOUT_MS;
@@ -35,17 +36,21 @@ use crate::types::Vote;
 
 /// The router served on `--peer-addr`.
 pub fn peer_router(node: Arc<Node>) -> Router {
+    // Forwarded client requests share one bound; Raft RPCs never wait behind them.
+    let forwarded = Router::new()
+        .route("/internal/write", post(forwarded_write))
+        .route("/internal/read-index", post(read_index))
+        .route("/internal/admin", post(forwarded_admin))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_FORWARDED_REQUESTS));
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/pre-vote", post(pre_vote))
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/transfer-leader", post(transfer_leader))
-        .route("/internal/write", post(forwarded_write))
-        .route("/internal/read-index", post(read_index))
         .route("/internal/probe", post(probe))
         .route("/internal/announce", post(announce))
-        .route("/internal/admin", post(forwarded_admin))
+        .merge(forwarded)
         .layer(DefaultBodyLimit::max(MAX_PEER_MESSAGE_BYTES))
         .with_state(node)
 }

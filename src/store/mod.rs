@@ -102,6 +102,8 @@ fn open_db(data_dir: &Path, lose_unsynced_writes: bool) -> io::Result<Arc<DB>> {
     // Recover the longest consistent prefix of the WAL: unsynced tails are expected after a
     // crash, and DESIGN.md's ordering argument relies on prefix recovery.
     options.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
+    // Bounded, so the descriptor budget of `server.rs` holds (RocksDB's default is no limit).
+    options.set_max_open_files(crate::limits::ROCKSDB_MAX_OPEN_FILES);
     let families = [CF_LOG, CF_META, CF_KV, CF_SM].map(|name| {
         let mut cf_options = Options::default();
         cf_options.set_compression_type(rocksdb::DBCompressionType::None);

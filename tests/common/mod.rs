@@ -28,6 +28,8 @@ pub struct NodeProcess {
     entry_args: Vec<String>,
     /// Further arguments for this node only (e.g. injected faults), kept across restarts.
     pub node_args: Vec<String>,
+    /// A descriptor limit to start this node with (`prlimit --nofile`), kept across restarts.
+    pub descriptor_limit: Option<u64>,
     child: Option<Child>,
 }
 
@@ -84,6 +86,7 @@ impl Cluster {
                 log_path: dir.path().join(format!("node-{id}.log")),
                 entry_args: vec![],
                 node_args: vec![],
+                descriptor_limit: None,
                 child: None,
             })
             .collect();
@@ -131,6 +134,7 @@ impl Cluster {
             log_path: dir.join(format!("node-{id}.log")),
             entry_args: vec!["--join".into(), join, "--auto-promote".into(), auto_promote.to_string()],
             node_args: node_args.iter().map(|a| a.to_string()).collect(),
+            descriptor_limit: None,
             child: None,
         });
         self.spawn(id);
@@ -155,7 +159,15 @@ impl Cluster {
         let node = self.node_mut(id);
         assert!(node.child.is_none(), "node {id} is already running");
         let log = File::options().create(true).append(true).open(&node.log_path).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_quorumkv"))
+        let mut command = match node.descriptor_limit {
+            None => Command::new(env!("CARGO_BIN_EXE_quorumkv")),
+            Some(limit) => {
+                let mut command = Command::new("prlimit");
+                command.arg(format!("--nofile={limit}:{limit}")).arg(env!("CARGO_BIN_EXE_quorumkv"));
+                command
+            }
+        };
+        let child = command
             .arg("serve")
             .args(["--id", &id.to_string()])
             .arg("--data-dir")
@@ -179,6 +191,11 @@ impl Cluster {
         let join = self.nodes.iter().filter(|n| n.id != id).map(|n| n.client_addr.clone()).collect::<Vec<_>>();
         self.node_mut(id).entry_args =
             vec!["--join".into(), join.join(","), "--auto-promote".into(), auto_promote.to_string()];
+    }
+
+    /// From its next start on, node `id` runs with at most `limit` open descriptors.
+    pub fn set_descriptor_limit(&mut self, id: u64, limit: u64) {
+        self.node_mut(id).descriptor_limit = Some(limit);
     }
 
     /// Gives node `id` further arguments from its next start on.
