@@ -3,7 +3,8 @@
 # own network namespace (qkvN) with its own address (10.77.0.N) on a private bridge (qkvbr0).
 # Needs root (ip netns, veth, bridge, iptables).
 #
-#   scripts/netns-cluster.sh up [3|5]     start (bootstraps a new cluster; fails if one is up)
+#   scripts/netns-cluster.sh up [3|5] [L] start (bootstraps a new cluster of 3 or 5 voters, then
+#                                         L learners (0-2) join it; fails if one is up)
 #   scripts/netns-cluster.sh down         stop the nodes and remove every namespace, link and rule
 #   scripts/netns-cluster.sh status       print the cluster as node 1 sees it
 #
@@ -60,10 +61,36 @@ down() {
     set -e
 }
 
+# Creates node $1's namespace, address and partition chain, and writes its env file.
+add_namespace() {
+    local id="$1" ns
+    ns=$(node_ns "$id")
+    ip netns add "$ns"
+    ip link add "$ns-h" type veth peer name eth0 netns "$ns"
+    ip link set "$ns-h" master "$bridge" up
+    ip -n "$ns" addr add "$subnet.$id/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" link set lo up
+    # Partitions go into this chain; heal flushes it.
+    ip netns exec "$ns" iptables -N QKV-PARTITION
+    ip netns exec "$ns" iptables -I INPUT -j QKV-PARTITION
+    cat >"$state_dir/node-$id.env" <<ENV
+NETNS=$ns
+IP=$subnet.$id
+CLIENT_ADDR=$subnet.$id:8080
+PEER_ADDR=$subnet.$id:9080
+ENV
+}
+
+start_node() {
+    setsid bash "$state_dir/node-$1.cmd" >>"$state_dir/node-$1.log" 2>&1 </dev/null &
+    echo $! >"$state_dir/node-$1.pid"
+}
+
 up() {
-    local nodes="${1:-3}"
-    if [[ "$nodes" != 3 && "$nodes" != 5 ]]; then
-        echo "usage: $0 up [3|5]" >&2
+    local nodes="${1:-3}" learners="${2:-0}"
+    if [[ "$nodes" != 3 && "$nodes" != 5 ]] || [[ ! "$learners" =~ ^[0-2]$ ]]; then
+        echo "usage: $0 up [3|5] [0-2 learners]" >&2
         exit 2
     fi
     if [[ -f "$state_dir/cluster.env" ]]; then
@@ -79,7 +106,9 @@ up() {
     trap 'echo "netns-cluster: interrupted, cleaning up" >&2; down; exit 130' INT TERM
     rm -rf "$state_dir"
     mkdir -p "$state_dir"
-    echo "NODES=$nodes" >"$state_dir/cluster.env"
+    # NODES counts learners too: the fault scripts act on every node.
+    echo "NODES=$((nodes + learners))" >"$state_dir/cluster.env"
+    echo "VOTERS=$nodes" >>"$state_dir/cluster.env"
     echo "KIND=netns" >>"$state_dir/cluster.env"
 
     ip link add "$bridge" type bridge
@@ -93,31 +122,14 @@ up() {
         initial_cluster+="${initial_cluster:+,}$id=$subnet.$id:9080"
     done
     for ((id = 1; id <= nodes; id++)); do
-        local ns
-        ns=$(node_ns "$id")
-        ip netns add "$ns"
-        ip link add "$ns-h" type veth peer name eth0 netns "$ns"
-        ip link set "$ns-h" master "$bridge" up
-        ip -n "$ns" addr add "$subnet.$id/24" dev eth0
-        ip -n "$ns" link set eth0 up
-        ip -n "$ns" link set lo up
-        # Partitions go into this chain; heal flushes it.
-        ip netns exec "$ns" iptables -N QKV-PARTITION
-        ip netns exec "$ns" iptables -I INPUT -j QKV-PARTITION
-        cat >"$state_dir/node-$id.env" <<ENV
-NETNS=$ns
-IP=$subnet.$id
-CLIENT_ADDR=$subnet.$id:8080
-PEER_ADDR=$subnet.$id:9080
-ENV
+        add_namespace "$id"
         # The exact start command, reused by scripts/faults/restart.sh.
         cat >"$state_dir/node-$id.cmd" <<CMD
-exec ip netns exec $ns $binary serve --id $id --data-dir $state_dir/node-$id \
+exec ip netns exec $(node_ns "$id") $binary serve --id $id --data-dir $state_dir/node-$id \
   --client-addr $subnet.$id:8080 --peer-addr $subnet.$id:9080 --initial-cluster $initial_cluster \
   ${QUORUMKV_SERVE_ARGS:-}
 CMD
-        setsid bash "$state_dir/node-$id.cmd" >>"$state_dir/node-$id.log" 2>&1 </dev/null &
-        echo $! >"$state_dir/node-$id.pid"
+        start_node "$id"
     done
 
     local deadline=$((SECONDS + leader_deadline_seconds)) leader=""
@@ -129,17 +141,35 @@ CMD
         leader=$(curl -sf --max-time 1 "$subnet.1:8080/v1/cluster" | grep -o '"leader_id":[0-9]*' | cut -d: -f2 || true)
         [[ -n "$leader" ]] || sleep 0.2
     done
+    local join="" total=$((nodes + learners))
+    for ((id = 1; id <= nodes; id++)); do join+="${join:+,}$subnet.$id:8080"; done
+    for ((id = nodes + 1; id <= total; id++)); do
+        add_namespace "$id"
+        cat >"$state_dir/node-$id.cmd" <<CMD
+exec ip netns exec $(node_ns "$id") $binary serve --id $id --data-dir $state_dir/node-$id \
+  --client-addr $subnet.$id:8080 --peer-addr $subnet.$id:9080 --join $join --auto-promote false \
+  ${QUORUMKV_SERVE_ARGS:-}
+CMD
+        start_node "$id"
+        until curl -sf --max-time 1 "$subnet.$id:8080/ready" >/dev/null; do
+            if ((SECONDS > deadline)); then
+                echo "learner $id not ready after ${leader_deadline_seconds}s; logs in $state_dir" >&2
+                false
+            fi
+            sleep 0.2
+        done
+    done
     trap - ERR INT TERM
-    echo "netns cluster of $nodes nodes is up; leader is node $leader"
-    echo "client endpoints: $(for ((id = 1; id <= nodes; id++)); do printf '%s ' "$subnet.$id:8080"; done)"
+    echo "netns cluster of $nodes voters and $learners learners is up; leader is node $leader"
+    echo "client endpoints: $(for ((id = 1; id <= total; id++)); do printf '%s ' "$subnet.$id:8080"; done)"
 }
 
 case "${1:-}" in
-    up) up "${2:-3}" ;;
+    up) up "${2:-3}" "${3:-0}" ;;
     down) down && echo "netns cluster is down" ;;
     status) curl -sf --max-time 2 "$subnet.1:8080/v1/cluster" && echo ;;
     *)
-        echo "usage: $0 up [3|5] | down | status" >&2
+        echo "usage: $0 up [3|5] [learners] | down | status" >&2
         exit 2
         ;;
 esac

@@ -15,6 +15,7 @@
 //! | [`leader`] | the one way to the leader: run locally or forward, retry only what did not run |
 //! | [`removal`] | a removed member learns it, stops serving clients, comes back with `--join` |
 //! | [`admin`] | membership and leadership changes on the leader, with safety refusals |
+//! | [`staleness`] | bounded-staleness reads, measured against the cluster's real commit point |
 //! | [`backup`] | consistent JSON-lines backups streamed from a node |
 //! | [`network`] | peer HTTP on `--peer-addr`: Raft RPCs (postcard) and forwarding to the leader |
 //! | [`store`] | RocksDB: Raft log and metadata (group commit), state machine, snapshots |
@@ -60,5 +61,6 @@ pub mod network;
 pub mod node;
 pub mod removal;
 pub mod server;
+pub mod staleness;
 pub mod store;
 pub mod types;

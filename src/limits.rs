@@ -204,6 +204,12 @@ pub const MAX_ADMIN_BODY_BYTES: usize = 4 * 1024;
 /// looks for, short of making writes time out.
 pub const MAX_FAULT_FSYNC_DELAY_MS: u64 = 10_000;
 
+/// How long one freshness question to the leader may take (bounded-staleness reads).
+pub const FRESHNESS_TIMEOUT_MS: u64 = 1_000;
+/// The freshness keeper asks the leader once per heartbeat interval while bounded-staleness
+/// reads arrive, and stops this long after the last one (idle nodes send nothing).
+pub const FRESHNESS_KEEPALIVE_MS: u64 = 30_000;
+
 /// Largest `max_lag_ms` a bounded-staleness read may ask for: one hour.
 pub const MAX_STALENESS_BOUND_MS: u64 = 3_600_000;
 

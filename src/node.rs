@@ -103,7 +103,12 @@ pub struct Node {
     removed_at: std::sync::Mutex<Option<u64>>,
     /// Slots for client requests doing work (see [`limits::MAX_CONCURRENT_CLIENT_REQUESTS`]).
     admission: Arc<tokio::sync::Semaphore>,
-    /// When this node last accepted an AppendEntries from a leader (bounded-staleness reads).
+    /// How fresh this node's state is known to be, from the leader's last answer (see
+    /// `staleness.rs`).
+    freshness: std::sync::Mutex<Option<crate::staleness::Freshness>>,
+    /// When a bounded-staleness read last asked: the freshness keeper runs while they do.
+    bounded_read_at: std::sync::Mutex<Option<Instant>>,
+    /// When this node last accepted an AppendEntries from a leader (removal detection).
     last_leader_contact: std::sync::Mutex<Option<Instant>>,
     telemetry: Metrics,
 }
@@ -175,6 +180,8 @@ impl Node {
             shutting_down: AtomicBool::new(false),
             removed_at: std::sync::Mutex::new(removed_at),
             admission: Arc::new(tokio::sync::Semaphore::new(limits::MAX_CONCURRENT_CLIENT_REQUESTS)),
+            freshness: std::sync::Mutex::new(None),
+            bounded_read_at: std::sync::Mutex::new(None),
             last_leader_contact: std::sync::Mutex::new(None),
             telemetry: Metrics::new(),
         }))
@@ -226,6 +233,14 @@ impl Node {
 
     pub(crate) fn removal_state(&self) -> &std::sync::Mutex<Option<u64>> {
         &self.removed_at
+    }
+
+    pub(crate) fn freshness_state(&self) -> &std::sync::Mutex<Option<crate::staleness::Freshness>> {
+        &self.freshness
+    }
+
+    pub(crate) fn bounded_read_state(&self) -> &std::sync::Mutex<Option<Instant>> {
+        &self.bounded_read_at
     }
 
     /// A client for the peer at `peer_addr` (reused per peer).
@@ -349,7 +364,7 @@ impl Node {
     pub(crate) async fn await_read_point(&self, consistency: Consistency) -> Result<(), Error> {
         let policy = match consistency {
             Consistency::Stale { max_lag: None } => return Ok(()),
-            Consistency::Stale { max_lag: Some(max_lag) } => return self.check_staleness(max_lag),
+            Consistency::Stale { max_lag: Some(max_lag) } => return self.check_staleness(max_lag).await,
             Consistency::Linearizable => ReadPolicy::ReadIndex,
             Consistency::Lease => ReadPolicy::Lease,
         };
@@ -362,31 +377,6 @@ impl Node {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(Error::Unavailable("this node did not apply up to the read point in time".into())),
             Err(fatal) => Err(Error::Unavailable(format!("raft stopped: {fatal}"))),
-        }
-    }
-
-    /// Bounded staleness: this node's state is at most `max_lag` old.
-    fn check_staleness(&self, max_lag: Duration) -> Result<(), Error> {
-        let (state, last_quorum_acked, applied, cluster_committed) = {
-            let m = self.raft.metrics();
-            let m = m.borrow_watched();
-            let index = |log_id: &Option<crate::types::LogId>| log_id.as_ref().map(|l| l.index());
-            (m.state, m.last_quorum_acked, index(&m.last_applied), index(&m.cluster_committed))
-        };
-        let max_lag_ms = max_lag.as_millis() as u64;
-        if state == ServerState::Leader {
-            // A leader's data is as old as its last contact with a quorum.
-            let lag_ms = last_quorum_acked.map(|at| openraft::Instant::elapsed(&*at).as_millis() as u64);
-            return match lag_ms {
-                Some(lag) if lag <= max_lag_ms => Ok(()),
-                _ => Err(Error::TooStale { lag_ms, max_lag_ms }),
-            };
-        }
-        let contact = *self.last_leader_contact.lock().unwrap_or_else(|p| p.into_inner());
-        let lag_ms = contact.map(|c| c.elapsed().as_millis() as u64);
-        match lag_ms {
-            Some(lag) if lag <= max_lag_ms && applied >= cluster_committed => Ok(()),
-            _ => Err(Error::TooStale { lag_ms, max_lag_ms }),
         }
     }
 

@@ -70,6 +70,10 @@ pub async fn serve_until(config: ServeConfig, stop: impl Future<Output = ()>) ->
         let node = node.clone();
         tokio::spawn(async move { node.watch_removal().await })
     };
+    let freshness_keeper = {
+        let node = node.clone();
+        tokio::spawn(async move { node.keep_fresh().await })
+    };
     let promoter = (node.config().join.is_some() && node.config().auto_promote).then(|| {
         let node = node.clone();
         tokio::spawn(async move { node.promote_self_when_caught_up().await })
@@ -88,6 +92,7 @@ pub async fn serve_until(config: ServeConfig, stop: impl Future<Output = ()>) ->
     registrar.abort();
     watcher.abort();
     removal_watcher.abort();
+    freshness_keeper.abort();
     if let Some(promoter) = promoter {
         promoter.abort();
     }

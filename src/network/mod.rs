@@ -9,6 +9,7 @@
 //! | `POST /raft/transfer-leader` | `TransferLeaderRequest` → `TransferLeaderResponse` |
 //! | `POST /internal/write` | `(Command, Ack)` → `Result<CommandResult, Error>` (run on the leader) |
 //! | `POST /internal/read-index` | `ReadPolicy` → `Result<ReadLogId, Error>` (leader confirms) |
+//! | `POST /internal/freshness` | `()` → `Result<FreshnessReply, Error>` (leader; bounded staleness) |
 //! | `POST /internal/probe` | asking `NodeId` → `Result<ProbeReply, Error>` (bootstrap safety) |
 //! | `POST /internal/announce` | bootstrapping `NodeId` → `Result<(), Error>` (recorded durably first) |
 //! | `POST /internal/admin` | `AdminCommand` → `Result<(), Error>` (run on the leader) |
@@ -37,6 +38,16 @@ pub enum ReadPolicy {
     ReadIndex,
     /// Leader lease: no round trip while the lease holds (assumes bounded clock drift).
     Lease,
+}
+
+/// The leader's answer to a node that serves bounded-staleness reads (see `staleness.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreshnessReply {
+    /// The leader's committed index when it answered.
+    pub committed_index: u64,
+    /// How long before answering the leader's leadership was last confirmed by a quorum:
+    /// since the sending of the heartbeat round (or append) that a quorum acknowledged.
+    pub quorum_age_us: u64,
 }
 
 /// A peer's answer to "have you ever seen me?", asked by a node whose data dir is empty.

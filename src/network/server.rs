@@ -41,6 +41,7 @@ pub fn peer_router(node: Arc<Node>) -> Router {
         .route("/internal/write", post(forwarded_write))
         .route("/internal/read-index", post(read_index))
         .route("/internal/admin", post(forwarded_admin))
+        .route("/internal/freshness", post(freshness))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_FORWARDED_REQUESTS));
     Router::new()
         .route("/raft/append", post(append))
@@ -245,6 +246,10 @@ async fn read_index(State(node): State<Arc<Node>>, body: Bytes) -> Response {
         Err(rejection) => return rejection.into_response(),
     };
     reply(&node.read_index_as_leader(policy).await)
+}
+
+async fn freshness(State(node): State<Arc<Node>>) -> Response {
+    reply(&node.freshness_as_leader())
 }
 
 async fn probe(State(node): State<Arc<Node>>, body: Bytes) -> Response {

@@ -45,6 +45,10 @@ pub struct Operation {
     pub invoke_ns: u64,
     pub complete_ns: u64,
     pub error: Option<String>,
+    /// For a bounded-staleness read (`consistency=stale&max_lag_ms=N`): N. Such reads are
+    /// checked against their bound, not for linearizability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag_ms: Option<u64>,
 }
 
 #[cfg(test)]
@@ -73,6 +77,7 @@ pub mod build {
             invoke_ns,
             complete_ns,
             error: None,
+            max_lag_ms: None,
         }
     }
 

@@ -10,6 +10,7 @@
 mod checker;
 mod history;
 mod run;
+mod staleness;
 
 use std::process::ExitCode;
 
@@ -83,9 +84,18 @@ pub struct Options {
     /// Keys of the register workload.
     #[arg(long, default_value_t = 4)]
     pub keys: usize,
-    /// Consistency of the register workload's reads; `stale` demonstrates what the checker catches.
+    /// Consistency of the register workload's reads: linearizable, lease, stale (which
+    /// demonstrates what the checker catches) or bounded (`stale&max_lag_ms=--max-lag-ms`,
+    /// checked against its bound instead of for linearizability).
     #[arg(long, default_value = "linearizable")]
     pub read_consistency: String,
+    /// With `--read-consistency bounded`: the staleness bound of every read.
+    #[arg(long, default_value_t = 500)]
+    pub max_lag_ms: u64,
+    /// Learners (asynchronous replicas) that join a netns cluster besides its voters; clients
+    /// and faults reach them like any node.
+    #[arg(long, default_value_t = 0)]
+    pub learners: u64,
     /// Skip the final kill-all-and-restart phase.
     #[arg(long)]
     pub no_durability: bool,

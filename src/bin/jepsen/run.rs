@@ -17,6 +17,7 @@ use crate::checker;
 use crate::history::OpKind;
 use crate::history::Operation;
 use crate::history::Status;
+use crate::staleness;
 use crate::ClusterKind;
 use crate::Nemesis;
 use crate::Options;
@@ -30,6 +31,8 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(12);
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(60);
 /// Pause after a failed operation, so a client of a dead node does not spin.
 const FAILURE_BACKOFF: Duration = Duration::from_millis(50);
+/// Pause between the reads of a client that only reads (bounded-staleness runs).
+const READER_PAUSE: Duration = Duration::from_millis(10);
 /// Cap on operations per client, so a run's history (and the checker's work) stays bounded.
 const MAX_OPS_PER_CLIENT: usize = 20_000;
 
@@ -63,7 +66,8 @@ impl Cluster {
     }
 
     fn up(options: &Options, dir: &Path, repo: &Path) -> Result<Cluster, String> {
-        let nodes = if options.cluster == ClusterKind::Local { 3 } else { options.nodes };
+        let voters = if options.cluster == ClusterKind::Local { 3 } else { options.nodes };
+        let nodes = voters + options.learners;
         let serve_args = match options.nemesis {
             Nemesis::PowerCut => {
                 format!("--fault-lose-unsynced-writes --fault-fsync-jitter-ms {}", options.fsync_jitter_ms)
@@ -79,9 +83,11 @@ impl Cluster {
             serve_args,
         };
         match options.cluster {
-            ClusterKind::Netns => cluster.script("netns-cluster.sh", &["up", &nodes.to_string()])?,
+            ClusterKind::Netns => {
+                cluster.script("netns-cluster.sh", &["up", &voters.to_string(), &options.learners.to_string()])?
+            }
             ClusterKind::Local => cluster.script("start-3-nodes.sh", &[])?,
-            ClusterKind::Compose => cluster.script("compose-cluster.sh", &["up", &nodes.to_string()])?,
+            ClusterKind::Compose => cluster.script("compose-cluster.sh", &["up", &voters.to_string()])?,
         };
         for id in 1..=nodes {
             let env = std::fs::read_to_string(dir.join(format!("node-{id}.env"))).map_err(|e| e.to_string())?;
@@ -291,8 +297,14 @@ pub fn validate(options: &Options) -> Result<(), String> {
     if options.fsync_jitter_ms > 1_000 {
         return Err("--fsync-jitter-ms must be at most 1000".into());
     }
-    if !["linearizable", "lease", "stale"].contains(&options.read_consistency.as_str()) {
-        return Err("--read-consistency must be linearizable, lease or stale".into());
+    if !["linearizable", "lease", "stale", "bounded"].contains(&options.read_consistency.as_str()) {
+        return Err("--read-consistency must be linearizable, lease, stale or bounded".into());
+    }
+    if !(1..=60_000).contains(&options.max_lag_ms) {
+        return Err("--max-lag-ms must be between 1 and 60000".into());
+    }
+    if options.learners > 2 || (options.learners > 0 && options.cluster != ClusterKind::Netns) {
+        return Err("--learners takes 0 to 2, and only with --cluster netns".into());
     }
     Ok(())
 }
@@ -319,6 +331,11 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
             rng: fastrand::Rng::with_seed(seed ^ (process as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             keys: options.keys,
             read_consistency: options.read_consistency.clone(),
+            max_lag_ms: options.max_lag_ms,
+            // With bounded reads, the second round of clients over the nodes only reads: a
+            // client blocked on a write to a cut-off node would otherwise leave that node unread
+            // exactly while its staleness matters.
+            reader_only: options.read_consistency == "bounded" && (process / cluster.endpoints.len()) % 2 == 1,
             last_failed: std::sync::atomic::AtomicBool::new(false),
         };
         let workload = options.workload;
@@ -359,6 +376,8 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         rng: fastrand::Rng::with_seed(seed),
         keys: options.keys,
         read_consistency: "linearizable".into(),
+        max_lag_ms: options.max_lag_ms,
+        reader_only: false,
         last_failed: std::sync::atomic::AtomicBool::new(false),
     };
     let final_set = match options.workload {
@@ -383,14 +402,23 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
     let (verdict, anomalies) = match final_set {
         None => {
             let report = checker::check(&operations, options.step_budget);
+            let stale_reads = staleness::check(&operations);
             let mut anomalies = serde_json::to_value(&report.anomalies).map_err(|e| e.to_string())?;
-            if !report.unknown_keys.is_empty() {
-                anomalies = json!({ "violations": anomalies, "keys_over_budget": report.unknown_keys });
+            if !report.unknown_keys.is_empty() || !stale_reads.is_empty() {
+                let stale_shown: Vec<_> = stale_reads.iter().take(MAX_DIVERGENCES_REPORTED).collect();
+                anomalies = json!({
+                    "violations": anomalies,
+                    "keys_over_budget": report.unknown_keys,
+                    "stale_reads": stale_reads.len(),
+                    "stale_reads_first": stale_shown,
+                });
             }
-            (report.verdict.clone(), anomalies)
+            let verdict = if stale_reads.is_empty() { report.verdict.clone() } else { checker::Verdict::Invalid };
+            (verdict, anomalies)
         }
         Some(present) => check_set(&operations, &present),
     };
+    let bounded_reads = operations.iter().filter(|o| o.max_lag_ms.is_some() && o.status == Status::Ok).count();
     let checker_ms = check_started.elapsed().as_millis();
     let verdict = if divergence.is_empty() { verdict } else { checker::Verdict::Invalid };
     let valid = verdict == checker::Verdict::Valid;
@@ -402,6 +430,8 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         "nodes": cluster.nodes,
         "time_limit_secs": options.time_limit_secs,
         "read_consistency": options.read_consistency,
+        "bounded_reads_ok": bounded_reads,
+        "learners": options.learners,
         "ops": operations.len(),
         "ok": counts(Status::Ok),
         "fail": counts(Status::Fail),
@@ -481,29 +511,51 @@ async fn inject(
         Nemesis::Membership => return cluster.remove_member(http, rng, log, start).await,
         _ => {
             let spec = partition_spec(cluster.nodes, rng);
+            let spec = match spec.as_str() {
+                "leader-and-one" => match cluster.leader().ok().and_then(|l| l.parse::<u64>().ok()) {
+                    Some(leader) => leader_and_one_spec(cluster.nodes, leader, rng),
+                    None => "isolate-leader".to_string(),
+                },
+                _ => spec,
+            };
             cluster.fault(log, start, "faults/partition.sh", &[&spec]);
         }
     }
     None
 }
 
-/// A random partition: majority/minority, leader isolation, and on 5 nodes bridge or ring.
+/// A random partition: majority/minority, leader isolation, and on 5 nodes or more bridge,
+/// ring, or the leader with one other node (`leader-and-one`, resolved by the caller).
 fn partition_spec(nodes: u64, rng: &mut fastrand::Rng) -> String {
     let mut ids: Vec<u64> = (1..=nodes).collect();
     rng.shuffle(&mut ids);
-    let join = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-    let choices = if nodes >= 5 { 4 } else { 2 };
+    let choices = if nodes >= 5 { 5 } else { 2 };
     match rng.usize(..choices) {
         0 => "isolate-leader".to_string(),
         1 => {
             let minority = (nodes as usize - 1) / 2;
-            format!("{}/{}", join(&ids[..minority]), join(&ids[minority..]))
+            format!("{}/{}", join_ids(&ids[..minority]), join_ids(&ids[minority..]))
         }
         // Bridge: two halves that both see one node in the middle (a non-transitive split).
-        2 => format!("{}/{}", join(&ids[..3]), join(&ids[2..])),
+        2 => format!("{}/{}", join_ids(&ids[..3]), join_ids(&ids[2..])),
         // Ring: each node sees only its two neighbours.
-        _ => (0..ids.len()).map(|i| join(&[ids[i], ids[(i + 1) % ids.len()]])).collect::<Vec<_>>().join("/"),
+        3 => (0..ids.len()).map(|i| join_ids(&[ids[i], ids[(i + 1) % ids.len()]])).collect::<Vec<_>>().join("/"),
+        // The deposed-leader case: a node still connected to an old leader that lost its
+        // quorum keeps hearing from it while the majority elects another and moves on.
+        _ => "leader-and-one".to_string(),
     }
+}
+
+/// The leader and one random other node, cut off from the rest.
+fn leader_and_one_spec(nodes: u64, leader: u64, rng: &mut fastrand::Rng) -> String {
+    let others: Vec<u64> = (1..=nodes).filter(|id| *id != leader).collect();
+    let companion = others[rng.usize(..others.len())];
+    let rest: Vec<u64> = others.into_iter().filter(|id| *id != companion).collect();
+    format!("{leader},{companion}/{}", join_ids(&rest))
+}
+
+fn join_ids(ids: &[u64]) -> String {
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
 }
 
 fn register_key(index: usize) -> String {
@@ -520,6 +572,10 @@ struct Client {
     rng: fastrand::Rng,
     keys: usize,
     read_consistency: String,
+    /// The bound of reads when `read_consistency` is `bounded`.
+    max_lag_ms: u64,
+    /// This client only reads.
+    reader_only: bool,
     /// Whether this client's previous operation did not succeed (for the back-off).
     last_failed: std::sync::atomic::AtomicBool,
 }
@@ -564,6 +620,7 @@ impl Client {
             invoke_ns: self.now(),
             complete_ns: 0,
             error: None,
+            max_lag_ms: None,
         }
     }
 
@@ -590,13 +647,18 @@ impl Client {
             let failed_before = self.last_failed();
             if failed_before {
                 tokio::time::sleep(FAILURE_BACKOFF).await;
+            } else if self.reader_only {
+                // Local reads answer in microseconds: without a pause a reader would use up its
+                // operations in seconds and leave the rest of the run unread.
+                tokio::time::sleep(READER_PAUSE).await;
             }
             let value = format!("p{}-{counter}", self.process);
             match workload {
                 Workload::Set => self.write(&format!("set/{value}"), &value).await,
                 Workload::Register => {
                     let key = register_key(self.rng.usize(..self.keys));
-                    match self.rng.u8(..10) {
+                    let choice = if self.reader_only { 0 } else { self.rng.u8(..10) };
+                    match choice {
                         0..=4 => {
                             self.read(&key).await;
                         }
@@ -611,7 +673,12 @@ impl Client {
     /// Linearizable (or the configured) read; returns the value and its revision when present.
     async fn read(&self, key: &str) -> Option<(String, String)> {
         let mut op = self.begin(key, OpKind::Read);
-        let url = format!("{}/v1/kv/{key}?consistency={}", self.endpoint, self.read_consistency);
+        let url = if self.read_consistency == "bounded" {
+            op.max_lag_ms = Some(self.max_lag_ms);
+            format!("{}/v1/kv/{key}?consistency=stale&max_lag_ms={}", self.endpoint, self.max_lag_ms)
+        } else {
+            format!("{}/v1/kv/{key}?consistency={}", self.endpoint, self.read_consistency)
+        };
         let result = match self.send(self.http.get(url)).await {
             Outcome::Answered(200, headers, body) => {
                 op.status = Status::Ok;
