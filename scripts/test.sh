@@ -59,9 +59,9 @@ run_expect valid --cluster netns --nemesis partition --time-limit-secs 60 --seed
 run_expect valid --cluster netns --nemesis kill-pause --time-limit-secs 60 --seed 102 --out target/jepsen/ci-kill-pause
 run_expect valid --cluster netns --workload set --nemesis mix --time-limit-secs 30 --seed 103 --out target/jepsen/ci-set
 run_expect valid --cluster netns --nemesis membership --time-limit-secs 30 --seed 105 --out target/jepsen/ci-membership
-# Power cuts of the leader (nodes lose whatever they had not fsynced), about 20 of them, with a
+# Power cuts (nodes lose whatever they had not fsynced), about 28, three in four of the leader, with a
 # check that no acknowledged write is lost and every replica ends identical.
-run_expect valid --cluster local --workload set --nemesis power-cut --time-limit-secs 45 --nemesis-interval-secs 2 \
+run_expect valid --cluster local --workload set --nemesis power-cut --time-limit-secs 60 --nemesis-interval-secs 2 \
     --seed 106 --out target/jepsen/ci-power-cut
 # Bounded-staleness reads on 5 voters and a learner under partitions, checked against their bound.
 run_expect valid --cluster netns --nodes 5 --learners 1 --nemesis partition --read-consistency bounded \

@@ -137,8 +137,9 @@ impl Cluster {
         self.fault(log, start, "faults/restart.sh", &["all"]);
     }
 
-    /// Sends a cluster administration request to the first node that answers; returns the
-    /// status and body.
+    /// Sends a cluster administration request to the first node that answers it with anything
+    /// but 503 (a removed node answers `503 removed`, one without a leader `503 no_leader`);
+    /// returns the status and body of the last answer.
     async fn admin(
         &self,
         http: &reqwest::Client,
@@ -146,6 +147,7 @@ impl Cluster {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Option<(u16, String)> {
+        let mut answer = None;
         for endpoint in &self.endpoints {
             let mut request = http.request(method.clone(), format!("{endpoint}{path}"));
             if let Some(body) = &body {
@@ -153,10 +155,28 @@ impl Cluster {
             }
             if let Ok(response) = request.send().await {
                 let status = response.status().as_u16();
-                return Some((status, response.text().await.unwrap_or_default()));
+                answer = Some((status, response.text().await.unwrap_or_default()));
+                if status != 503 {
+                    break;
+                }
             }
         }
-        None
+        answer
+    }
+
+    /// A node that answers `/ready` (so it is a member with a leader), for the final reads.
+    async fn ready_node(&self, http: &reqwest::Client) -> Result<(u64, String), String> {
+        let deadline = Instant::now() + RECOVERY_DEADLINE;
+        while Instant::now() < deadline {
+            for (index, endpoint) in self.endpoints.iter().enumerate() {
+                let answer = http.get(format!("{endpoint}/ready")).timeout(Duration::from_secs(1)).send().await;
+                if answer.is_ok_and(|response| response.status().is_success()) {
+                    return Ok((index as u64 + 1, endpoint.clone()));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err("no node became ready after recovery".into())
     }
 
     /// Membership nemesis: removes a random voter that is not the leader.
@@ -366,10 +386,11 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         cluster.fault(&mut nemesis_log, start, "faults/restart.sh", &["all"]);
         cluster.wait_for_leader(&http).await?;
     }
+    let (ready_node, ready_endpoint) = cluster.ready_node(&http).await?;
     let final_reader = Client {
         process: options.clients,
-        node: 1,
-        endpoint: cluster.endpoints[0].clone(),
+        node: ready_node,
+        endpoint: ready_endpoint,
         http: http.clone(),
         history: history.clone(),
         start,
