@@ -5,6 +5,7 @@
 //! re-adding a live voter's id as a learner, promoting a learner that has not caught up, and
 //! removing a voter when the remaining voters would not include a healthy majority.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -46,8 +47,11 @@ impl Node {
             .await
     }
 
-    /// Runs an administration request on this node, which must be the leader.
+    /// Runs an administration request on this node, which must be the leader. One at a time:
+    /// each decides from the membership it reads first (a learner re-joining with an empty log
+    /// must not be promoted between the check and the reset).
     pub async fn admin_as_leader(&self, command: AdminCommand) -> Result<(), Error> {
+        let _one_at_a_time = self.admin_lock().lock().await;
         let metrics = self.metrics();
         if metrics.current_leader != Some(self.id()) {
             return Err(Error::NoLeader { last_known_leader: metrics.current_leader });
@@ -70,7 +74,15 @@ impl Node {
                          (quorumkv cluster remove {id}) before it joins again"
                     )));
                 }
-                if membership.get_node(&id).is_some_and(|m| m.peer_addr == peer_addr) {
+                if let Some(known) = membership.get_node(&id) {
+                    if known.peer_addr != peer_addr {
+                        // A learner back at another address (openraft's add does not replace
+                        // a known node): record the new one.
+                        let nodes = BTreeMap::from([(id, Member { peer_addr })]);
+                        let timeout = self.config().write_timeout();
+                        let set = self.raft().change_membership(ChangeMembers::SetNodes(nodes), false);
+                        map_change(tokio::time::timeout(timeout, set).await)?;
+                    }
                     if fresh {
                         // A learner that lost its data: without this the leader finds the log
                         // behind what it acknowledged and stops (a learner never votes and its

@@ -7,7 +7,8 @@
 //! make sure some peer it asks can tell (DESIGN.md §4):
 //!
 //! - **Announcement.** Before a founding node serves Raft for the first time, every founding
-//!   peer has durably recorded it. The node does not vote, append or campaign until then.
+//!   peer has durably recorded it. The node answers and sends no Raft RPC until then (its
+//!   network refuses to send: openraft's `initialize` campaigns at once).
 //! - **Raft traffic.** A node durably records a peer the first time that peer answers one of
 //!   its Raft RPCs (before the answer is used) and the first time the peer sends it one.
 //! - **Registration.** Every node registers its client address in the replicated state once it
@@ -50,11 +51,10 @@ impl Node {
         if self.bootstrap_record().is_bootstrapped().map_err(io)? || initialized {
             self.bootstrap_record().mark_bootstrapped().map_err(io)?;
             if self.bootstrap_record().is_announce_pending().map_err(io)? {
-                // A crash cut the first start short: finish telling the founders first.
-                self.raft().runtime_config().elect(false);
+                // A crash cut the first start short: finish telling the founders first (this
+                // node sends and answers no Raft RPC until it serves).
                 self.announce(&self.config().initial_members()?).await?;
                 self.bootstrap_record().clear_announce_pending().map_err(io)?;
-                self.raft().runtime_config().elect(true);
             }
             // A restarted node has forgotten when it last heard from the leader. Granting votes
             // at once could elect a new leader while the old one's lease still serves lease
@@ -80,8 +80,13 @@ impl Node {
             ));
         }
         self.refuse_if_seen_before(&founders).await?;
-        // No campaign, vote or append until every founder has recorded this node.
-        self.raft().runtime_config().elect(false);
+        // No campaign, vote or append until every founder has recorded this node: Raft RPCs
+        // are neither answered nor sent before `start_serving_raft`. Marked before `initialize`,
+        // so a crash at any point after it still finishes the announcement on restart.
+        if founders.len() == 1 {
+            tracing::info!("bootstrapping a one-node cluster: there is no peer to ask whether this node ran before");
+        }
+        self.bootstrap_record().mark_announce_pending().map_err(io)?;
         let nodes: BTreeMap<NodeId, Member> =
             founders.iter().map(|(id, peer_addr)| (*id, Member { peer_addr: peer_addr.clone() })).collect();
         match self.raft().initialize(nodes).await {
@@ -91,10 +96,9 @@ impl Node {
             }
             Err(error) => return Err(format!("cannot bootstrap: {error}")),
         }
-        self.bootstrap_record().mark_bootstrapped_announce_pending().map_err(io)?;
+        self.bootstrap_record().mark_bootstrapped().map_err(io)?;
         self.announce(&founders).await?;
         self.bootstrap_record().clear_announce_pending().map_err(io)?;
-        self.raft().runtime_config().elect(true);
         self.start_serving_raft();
         Ok(())
     }

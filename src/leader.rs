@@ -127,6 +127,8 @@ impl Node {
         let answer: Result<Result<T, Error>, CallError> = peer.forward(path, request, timeout).await;
         match answer {
             Ok(result) => Attempt::from_result(result),
+            // Not sent, and retrying would only queue again behind the same requests.
+            Err(CallError::Busy(_)) => Attempt::Finished(Err(Error::Overloaded)),
             Err(error) if error.is_definite() || effect == Effect::None => {
                 tracing::debug!(%error, "forwarding to the leader failed; trying again");
                 Attempt::Unreachable

@@ -160,6 +160,8 @@ pub const MAX_PEERS: usize = 15;
 /// Requests one node forwards to one peer at once (writes and reads through the leader): each
 /// takes a connection; more wait on the forwarding node.
 pub const MAX_FORWARDS_IN_FLIGHT_PER_PEER: usize = 64;
+/// How long a request waits for a forwarding slot to the leader before `429`.
+pub const FORWARD_SLOT_WAIT_MS: u64 = 1_000;
 /// Forwarded requests the peer port serves at once (Raft RPCs are not counted: one stream per
 /// peer bounds them, and they must never wait behind forwarded writes).
 pub const MAX_CONCURRENT_FORWARDED_REQUESTS: usize = 1_024;
@@ -176,8 +178,20 @@ pub const CLIENT_POOL_IDLE_TIMEOUT_MS: u64 = 30_000;
 /// A client request's whole body must arrive within this (a value of 16 MiB at 1 MiB/s), or
 /// it gets `408`: a client trickling its body holds a connection for at most this long.
 pub const BODY_READ_TIMEOUT_MS: u64 = 30_000;
-/// At the connection cap, how long accepting waits for the oldest connection to close.
+/// At the client connection cap, a connection idle at least this long may be closed to make
+/// room: longer than quorumkv's own clients keep pooled connections, so none of them is caught
+/// sending a request into a connection being closed.
+pub const EVICTION_MIN_IDLE_MS: u64 = CLIENT_POOL_IDLE_TIMEOUT_MS;
+/// ...and a connection that never carried a request may be closed once idle this long.
+pub const EVICTION_UNUSED_IDLE_MS: u64 = 5_000;
+/// At the connection cap, how long accepting waits for an evicted connection to close.
 pub const EVICTION_WAIT_MS: u64 = 1_000;
+/// Connections past the cap answered `503` at once (each briefly holds a descriptor beyond the
+/// cap, so they are bounded too); more are closed unanswered.
+pub const MAX_REFUSING_CONNECTIONS: usize = 128;
+/// How long a refused connection is kept open to read what the client sends, so that closing
+/// it does not reset the connection before the client has read the `503`.
+pub const REFUSAL_LINGER_MS: u64 = 250;
 /// After a failed accept (out of descriptors), how long a listener pauses.
 pub const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
 /// Registering this node's client address is retried this often (every 500 ms) at start-up.

@@ -2,26 +2,37 @@
 //!
 //! axum's `serve` accepts every connection and waits forever for headers. Here each listener
 //! has its own cap on open connections, sized below the process's descriptor limit so that
-//! client load can never take the descriptors Raft needs (see `server.rs`). At the cap the
-//! oldest connection is asked to close (an idle one closes at once, a busy one after its
-//! request) to make room; only when none frees a slot in time is the new one closed unserved.
-//! Request headers must arrive within a deadline, which also closes connections left idle.
+//! client load can never take the descriptors Raft needs (see `server.rs`). At the cap, the
+//! client listener closes the oldest connection that has been idle for longer than clients keep
+//! pooled connections (so no client is caught sending its next request into it), or that never
+//! carried a request for a few seconds; when there is none, the new connection is answered `503`
+//! with `Connection: close` (a definite refusal, never a reset the client could not interpret). Request headers must arrive within a deadline, which
+//! also closes connections left idle. On stop, the listening socket is closed at once (new
+//! connections are refused, not left unread in the backlog), and open connections finish.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
+use std::time::Instant;
 
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::rt::TokioTimer;
-use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::sync::Notify;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::limits;
 
@@ -33,17 +44,49 @@ pub struct ListenerLimits {
     /// A request's headers must arrive within this long after the connection (or its previous
     /// request) is ready for them: bounds slow clients and idle kept-alive connections alike.
     pub header_timeout: Duration,
+    /// At the cap, a connection idle for longer than this may be closed to make room; `None`:
+    /// never (the peer port, whose connections are few and long-lived Raft streams).
+    pub evict_idle_after: Option<Duration>,
 }
 
-/// The open connections of a listener, oldest first, each with a way to ask it to close.
+/// One open connection, as the accept loop sees it.
+struct Connection {
+    /// Asks it to close once its current request is answered.
+    close: Arc<Notify>,
+    activity: Arc<Activity>,
+}
+
+/// Whether a connection is serving a request, whether it ever did, and since when it has not.
+struct Activity {
+    in_flight: AtomicUsize,
+    used: AtomicBool,
+    idle_since: Mutex<Instant>,
+}
+
+impl Activity {
+    /// May this connection be closed to make room? Only if idle: for longer than clients keep
+    /// pooled connections, or, if it never carried a request, for a few seconds (a client sends
+    /// its first request right after connecting; one that sends nothing is squatting).
+    fn evictable(&self, idle_enough: Duration) -> bool {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        let idle = self.idle_since.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+        let used = self.used.load(Ordering::Acquire);
+        idle >= idle_enough || (!used && idle >= Duration::from_millis(limits::EVICTION_UNUSED_IDLE_MS))
+    }
+}
+
+/// The open connections of a listener, oldest first.
 #[derive(Default)]
 struct Connections {
     next_id: u64,
-    open: BTreeMap<u64, Arc<Notify>>,
+    open: BTreeMap<u64, Connection>,
 }
 
-/// Serves `router` on `listener` until `stop` turns true, then lets open connections finish
-/// their requests (closing idle ones at once) and returns when all have closed.
+/// Serves `router` on `listener` until `stop` turns true, then closes the listening socket,
+/// lets open connections finish their requests (closing idle ones at once) and returns when
+/// all have closed.
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,
@@ -52,6 +95,7 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let refusals = Arc::new(Semaphore::new(limits::MAX_REFUSING_CONNECTIONS));
     let connections = Arc::new(Mutex::new(Connections::default()));
     let tracker = TaskTracker::new();
     loop {
@@ -67,66 +111,112 @@ pub async fn serve(
             },
             () = stopped(&mut stop) => break,
         };
-        let Some(permit) = make_room(name, &permits, &connections).await else {
-            drop(stream);
+        let Some(permit) = make_room(&permits, &connections, limits.evict_idle_after).await else {
+            refuse(name, stream, &refusals, &tracker);
             continue;
         };
         let _ = stream.set_nodelay(true);
         let close = Arc::new(Notify::new());
+        let activity = Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            used: AtomicBool::new(false),
+            idle_since: Mutex::new(Instant::now()),
+        });
         let id = {
             let mut connections = connections.lock().unwrap_or_else(|p| p.into_inner());
             let id = connections.next_id;
             connections.next_id += 1;
-            connections.open.insert(id, close.clone());
+            connections.open.insert(id, Connection { close: close.clone(), activity: activity.clone() });
             id
         };
         let (router, stop, connections) = (router.clone(), stop.clone(), connections.clone());
         tracker.spawn(async move {
-            serve_connection(stream, router, limits, close, stop).await;
+            serve_connection(stream, router, limits, close, activity, stop).await;
             connections.lock().unwrap_or_else(|p| p.into_inner()).open.remove(&id);
             drop(permit);
         });
     }
-    // Ask every connection to finish; idle ones close at once.
-    for close in connections.lock().unwrap_or_else(|p| p.into_inner()).open.values() {
-        close.notify_one();
+    // Refuse new connections at once rather than leave them unread in the backlog until exit.
+    drop(listener);
+    for connection in connections.lock().unwrap_or_else(|p| p.into_inner()).open.values() {
+        connection.close.notify_one();
     }
     tracker.close();
     tracker.wait().await;
 }
 
-/// A connection slot: free at once, or freed by closing the oldest connection within
-/// [`limits::EVICTION_WAIT_MS`]; `None` when neither happened.
+/// A connection slot: free at once, or freed by closing the oldest connection idle for longer
+/// than `evict_idle_after`; `None` when neither happened within [`limits::EVICTION_WAIT_MS`].
 async fn make_room(
-    name: &'static str,
     permits: &Arc<Semaphore>,
     connections: &Mutex<Connections>,
+    evict_idle_after: Option<Duration>,
 ) -> Option<OwnedSemaphorePermit> {
     if let Ok(permit) = permits.clone().try_acquire_owned() {
         return Some(permit);
     }
-    let oldest = connections.lock().unwrap_or_else(|p| p.into_inner()).open.pop_first();
-    if let Some((_, close)) = oldest {
-        close.notify_one();
-    }
+    let idle_enough = evict_idle_after?;
+    let evicted = {
+        let mut connections = connections.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest_idle = connections.open.iter().find(|(_, c)| c.activity.evictable(idle_enough)).map(|(id, _)| *id);
+        oldest_idle.and_then(|id| connections.open.remove(&id))
+    }?;
+    evicted.close.notify_one();
     let wait = Duration::from_millis(limits::EVICTION_WAIT_MS);
     match tokio::time::timeout(wait, permits.clone().acquire_owned()).await {
         Ok(Ok(permit)) => Some(permit),
-        _ => {
-            tracing::warn!(listener = name, "connection limit reached and no connection closed in time; refused one");
-            None
-        }
+        _ => None,
     }
 }
 
+/// Answers a connection that found no slot with `503` and closes it, reading (and dropping)
+/// what the client sends for a moment so the close is not a reset that would hide the answer.
+/// At most [`limits::MAX_REFUSING_CONNECTIONS`] at once; beyond that the connection is closed.
+fn refuse(name: &'static str, mut stream: TcpStream, refusals: &Arc<Semaphore>, tracker: &TaskTracker) {
+    let Ok(slot) = refusals.clone().try_acquire_owned() else {
+        tracing::warn!(listener = name, "connection limit reached; closed a connection unanswered");
+        return;
+    };
+    tracing::warn!(listener = name, "connection limit reached; refused a connection with 503");
+    tracker.spawn(async move {
+        let body = r#"{"error":"unavailable","message":"too many connections to this node; use another one or retry","outcome":"failed"}"#;
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let linger = Duration::from_millis(limits::REFUSAL_LINGER_MS);
+        let _ = tokio::time::timeout(linger, async {
+            stream.write_all(response.as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        drop(slot);
+    });
+}
+
 async fn serve_connection(
-    stream: tokio::net::TcpStream,
+    stream: TcpStream,
     router: Router,
     limits: ListenerLimits,
     close: Arc<Notify>,
+    activity: Arc<Activity>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let service = TowerToHyperService::new(router);
+    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let (router, activity) = (router.clone(), activity.clone());
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.used.store(true, Ordering::Release);
+        async move {
+            let response = router.oneshot(request.map(axum::body::Body::new)).await;
+            *activity.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+            Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
+        }
+    });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
     let connection = builder.serve_connection(TokioIo::new(stream), service);

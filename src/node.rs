@@ -93,14 +93,17 @@ pub struct Node {
     snapshots: SnapshotStore,
     peers: PeerClients,
     bootstrap: BootstrapRecord,
-    /// False until the node has decided to resume or bootstrap: peers get 503 for Raft RPCs.
-    serving_raft: AtomicBool,
+    /// False until the node has decided to resume or bootstrap (and, bootstrapping, has been
+    /// recorded by every founder): peers get 503 for Raft RPCs, and this node sends none.
+    serving_raft: Arc<AtomicBool>,
     /// Set when shutdown begins: new client requests get a definite 503 `shutting_down` with
     /// `Connection: close`, so clients move to another node before this one closes its sockets.
     draining: AtomicBool,
     shutting_down: AtomicBool,
     /// The log index of the membership that removed this node, while it is removed.
     removed_at: std::sync::Mutex<Option<u64>>,
+    /// Administration requests run one at a time on the leader (see `admin.rs`).
+    admin_lock: tokio::sync::Mutex<()>,
     /// Slots for client requests doing work (see [`limits::MAX_CONCURRENT_CLIENT_REQUESTS`]).
     admission: Arc<tokio::sync::Semaphore>,
     /// How fresh this node's state is known to be, from the leader's last answer (see
@@ -158,7 +161,8 @@ impl Node {
         let kv = state_machine.reader();
         let snapshots = state_machine.snapshots();
         let peers = PeerClients::new(bootstrap.clone());
-        let network = PeerNetwork::new(peers.clone());
+        let serving_raft = Arc::new(AtomicBool::new(false));
+        let network = PeerNetwork::new(peers.clone(), serving_raft.clone());
         let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
             .await
             .map_err(|e| format!("cannot start raft: {e}"))?;
@@ -175,10 +179,11 @@ impl Node {
             snapshots,
             peers,
             bootstrap,
-            serving_raft: AtomicBool::new(false),
+            serving_raft,
             draining: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             removed_at: std::sync::Mutex::new(removed_at),
+            admin_lock: tokio::sync::Mutex::new(()),
             admission: Arc::new(tokio::sync::Semaphore::new(limits::MAX_CONCURRENT_CLIENT_REQUESTS)),
             freshness: std::sync::Mutex::new(None),
             bounded_read_at: std::sync::Mutex::new(None),
@@ -229,6 +234,10 @@ impl Node {
 
     pub(crate) fn bootstrap_record(&self) -> &BootstrapRecord {
         &self.bootstrap
+    }
+
+    pub(crate) fn admin_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.admin_lock
     }
 
     pub(crate) fn removal_state(&self) -> &std::sync::Mutex<Option<u64>> {

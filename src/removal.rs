@@ -98,7 +98,10 @@ impl Node {
             // are the same committed membership, so they agree anyway.
             (reply.committed_membership_index, !reply.asker_in_committed_membership)
         })?;
-        let newer = newest.committed_membership_index > own_index || !own_includes;
+        // Newer than this node's own membership; or, when its own already leaves it out (it
+        // saw its removal, or it is a learner still replaying an older history), at least as new.
+        let index = newest.committed_membership_index;
+        let newer = index > own_index || (!own_includes && index >= own_index);
         (newer && newest.committed_membership_index > 0 && !newest.asker_in_committed_membership)
             .then_some(newest.committed_membership_index)
     }

@@ -30,10 +30,12 @@ pub async fn serve_until(config: ServeConfig, stop: impl Future<Output = ()>) ->
     let client_limits = ListenerLimits {
         max_connections: client_connection_cap(config.max_client_connections),
         header_timeout: Duration::from_millis(limits::CLIENT_HEADER_TIMEOUT_MS),
+        evict_idle_after: Some(Duration::from_millis(limits::EVICTION_MIN_IDLE_MS)),
     };
     let peer_limits = ListenerLimits {
         max_connections: limits::MAX_PEER_CONNECTIONS,
         header_timeout: Duration::from_millis(limits::PEER_HEADER_TIMEOUT_MS),
+        evict_idle_after: None,
     };
     let node = Node::open(config).await?;
 

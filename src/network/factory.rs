@@ -1,6 +1,9 @@
 //! openraft's view of the network: [`PeerNetwork`] hands out one [`RaftConnection`] per peer.
 
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -40,11 +43,13 @@ use crate::types::Vote;
 /// The network factory given to openraft.
 pub struct PeerNetwork {
     clients: PeerClients,
+    /// Shared with the node: until it serves Raft, it sends no Raft RPC either.
+    serving: Arc<AtomicBool>,
 }
 
 impl PeerNetwork {
-    pub fn new(clients: PeerClients) -> Self {
-        Self { clients }
+    pub fn new(clients: PeerClients, serving: Arc<AtomicBool>) -> Self {
+        Self { clients, serving }
     }
 }
 
@@ -52,16 +57,28 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = RaftConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Self::Network {
-        RaftConnection { peer: self.clients.get(target, &node.peer_addr) }
+        RaftConnection { peer: self.clients.get(target, &node.peer_addr), serving: self.serving.clone() }
     }
 }
 
 /// Raft RPCs to one peer.
 pub struct RaftConnection {
     peer: PeerClient,
+    serving: Arc<AtomicBool>,
 }
 
 impl RaftConnection {
+    /// A node that does not serve Raft yet sends nothing either: openraft's `initialize` starts
+    /// an election at once, whatever `elect` says, and a founder must not campaign before every
+    /// founder has recorded it (see `bootstrap.rs`). A node resuming sits out its lease wait.
+    fn check_serving(&self) -> Result<(), Unreachable<TypeConfig>> {
+        if self.serving.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Unreachable::from_string("this node does not serve Raft yet"))
+        }
+    }
+
     async fn raft_call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         path: &str,
@@ -79,6 +96,7 @@ impl RaftConnection {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
+        self.check_serving().map_err(RPCError::Unreachable)?;
         match self.peer.send(path, body.into(), timeout).await {
             // An answer that could not be recorded is not used (see `note_answered`).
             Ok(response) => match self.peer.note_answered().await {
@@ -89,7 +107,7 @@ impl RaftConnection {
                 )))),
             },
             // Unreachable makes openraft back off instead of hammering a dead or booting peer.
-            Err(error @ (CallError::NotSent(..) | CallError::NotReady(_))) => {
+            Err(error @ (CallError::NotSent(..) | CallError::NotReady(_) | CallError::Busy(_))) => {
                 Err(RPCError::Unreachable(Unreachable::from_string(error)))
             }
             Err(error @ CallError::NoAnswer(..)) => Err(RPCError::Network(NetworkError::from_string(error))),
@@ -137,6 +155,7 @@ impl RaftNetworkV2<TypeConfig> for RaftConnection {
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        self.check_serving().map_err(StreamingError::Unreachable)?;
         // The body is the vote's frame, then the snapshot file read from disk piece by piece.
         let header = super::snapshot_header(&vote)
             .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("encode vote: {e}"))))?;
@@ -158,7 +177,7 @@ impl RaftNetworkV2<TypeConfig> for RaftConnection {
         };
         tokio::select! {
             result = call => result.map_err(|error| match error {
-                error @ (CallError::NotSent(..) | CallError::NotReady(_)) => {
+                error @ (CallError::NotSent(..) | CallError::NotReady(_) | CallError::Busy(_)) => {
                     StreamingError::Unreachable(Unreachable::from_string(error))
                 }
                 error @ CallError::NoAnswer(..) => StreamingError::Network(NetworkError::from_string(error)),

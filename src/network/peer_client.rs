@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::decode;
 use super::encode;
 use crate::limits::CLIENT_POOL_IDLE_TIMEOUT_MS;
+use crate::limits::FORWARD_SLOT_WAIT_MS;
 use crate::limits::MAX_FORWARDS_IN_FLIGHT_PER_PEER;
 use crate::limits::PEER_CONNECT_TIMEOUT_MS;
 use crate::store::BootstrapRecord;
@@ -28,6 +29,9 @@ pub enum CallError {
     /// Sent, but no valid answer arrived in time: the peer may have acted on it.
     #[error("peer {0} did not answer: {1}")]
     NoAnswer(NodeId, String),
+    /// Not sent: this node already forwards as many requests to the peer as it may.
+    #[error("too many requests already forwarded to peer {0}")]
+    Busy(NodeId),
 }
 
 impl CallError {
@@ -66,20 +70,20 @@ impl PeerClient {
         self.send(path, body.into(), timeout).await
     }
 
-    /// [`Self::call`] for a request forwarded to the leader: waits for one of this peer's
-    /// forwarding slots first (within `timeout` too).
+    /// [`Self::call`] for a request forwarded to the leader: first waits (at most
+    /// [`FORWARD_SLOT_WAIT_MS`]) for one of this peer's forwarding slots, then sends with the
+    /// whole `timeout` ahead of it.
     pub async fn forward<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         path: &str,
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let started = std::time::Instant::now();
-        let slot = tokio::time::timeout(timeout, self.forwards.clone().acquire_owned()).await;
-        let Ok(Ok(_slot)) = slot else {
-            return Err(CallError::NotSent(self.target, "too many requests forwarded to it already".into()));
+        let wait = Duration::from_millis(FORWARD_SLOT_WAIT_MS);
+        let Ok(Ok(_slot)) = tokio::time::timeout(wait, self.forwards.clone().acquire_owned()).await else {
+            return Err(CallError::Busy(self.target));
         };
-        self.call(path, request, timeout.saturating_sub(started.elapsed())).await
+        self.call(path, request, timeout).await
     }
 
     /// POSTs `body` (which may be a stream, e.g. a snapshot) and decodes the postcard reply.

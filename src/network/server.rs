@@ -209,7 +209,10 @@ async fn snapshot(State(node): State<Arc<Node>>, body: Body) -> Response {
             };
             Rejection::new(status, format!("snapshot file: {error}"))
         })?;
-        node.raft().install_full_snapshot(vote, snapshot).await.map_err(fatal)
+        let response = node.raft().install_full_snapshot(vote, snapshot).await.map_err(fatal)?;
+        // A snapshot from the leader is contact with it, like an append (removal detection).
+        node.note_leader_contact();
+        Ok::<_, Rejection>(response)
     };
     answer(run.await)
 }

@@ -9,7 +9,6 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::sync::Weak;
 
@@ -24,6 +23,7 @@ use rocksdb::IteratorMode;
 use rocksdb::WriteBatch;
 use rocksdb::WriteOptions;
 use rocksdb::DB;
+use tokio::sync::mpsc;
 
 use super::cf;
 use super::codec::decode;
@@ -48,8 +48,10 @@ use crate::types::Vote;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    /// Completion callbacks waiting for the next WAL sync, in append order.
-    flush_queue: mpsc::SyncSender<PendingFlush>,
+    /// Completion callbacks waiting for the next WAL sync, in append order. Bounded, and
+    /// awaited when full: a slow disk then slows openraft's appends instead of blocking a
+    /// runtime thread (or growing memory).
+    flush_queue: mpsc::Sender<PendingFlush>,
 }
 
 /// One append waiting for the next WAL sync.
@@ -57,7 +59,7 @@ type PendingFlush = IOFlushed<TypeConfig>;
 
 impl LogStore {
     pub(crate) fn new(db: Arc<DB>, faults: FaultOptions) -> io::Result<Self> {
-        let (flush_queue, pending) = mpsc::sync_channel(FLUSH_QUEUE_CAPACITY);
+        let (flush_queue, pending) = mpsc::channel(FLUSH_QUEUE_CAPACITY);
         // Weak: the thread must not keep RocksDB open after the stores are dropped. A database
         // still open at process exit races RocksDB's static destructors (SIGABRT).
         let flusher_db = Arc::downgrade(&db);
@@ -80,8 +82,8 @@ impl LogStore {
 }
 
 /// Group commit: one WAL sync per batch of queued appends; callbacks complete in order.
-fn run_flusher(db: Weak<DB>, pending: mpsc::Receiver<PendingFlush>, faults: FaultOptions) {
-    while let Ok(first) = pending.recv() {
+fn run_flusher(db: Weak<DB>, mut pending: mpsc::Receiver<PendingFlush>, faults: FaultOptions) {
+    while let Some(first) = pending.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < FLUSH_QUEUE_CAPACITY {
             match pending.try_recv() {
@@ -163,10 +165,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if index != entry.index() {
                 return Err(corrupt(format!("log entry {} stored under index {index}", entry.index())));
             }
-            if let Some(previous) = entries.last().map(|e: &Entry| e.index()) {
-                if previous + 1 != index {
-                    return Err(corrupt(format!("hole in the Raft log between {previous} and {index}")));
-                }
+            // The batch follows `start - 1` on the receiver: it must begin exactly at `start`.
+            let expected = entries.last().map_or(start, |e: &Entry| e.index() + 1);
+            if index != expected {
+                return Err(corrupt(format!("log entry {expected} missing (found {index}) while replicating")));
             }
             batch_bytes += bytes.len();
             entries.push(entry);
@@ -235,7 +237,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Unsynced write: readable on return, as the contract requires; durable once the
         // fsync thread has synced the WAL, and only then is the callback completed.
         self.db.write(batch).map_err(io_error)?;
-        self.flush_queue.send(callback).map_err(|_| io::Error::other("the fsync thread has stopped"))
+        self.flush_queue.send(callback).await.map_err(|_| io::Error::other("the fsync thread has stopped"))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

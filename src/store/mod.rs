@@ -147,10 +147,10 @@ impl BootstrapRecord {
         self.put_synced(&[KEY_BOOTSTRAPPED])
     }
 
-    /// Durably marks this data directory as bootstrapped with its founding peers not all told
-    /// yet: until [`Self::clear_announce_pending`], the node must not serve Raft.
-    pub fn mark_bootstrapped_announce_pending(&self) -> io::Result<()> {
-        self.put_synced(&[KEY_BOOTSTRAPPED, KEY_ANNOUNCE_PENDING])
+    /// Durably marks that this node is about to hold Raft state with its founding peers not
+    /// all told yet: until [`Self::clear_announce_pending`], it must not serve Raft.
+    pub fn mark_announce_pending(&self) -> io::Result<()> {
+        self.put_synced(&[KEY_ANNOUNCE_PENDING])
     }
 
     pub fn is_announce_pending(&self) -> io::Result<bool> {
