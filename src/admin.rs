@@ -5,7 +5,6 @@
 //! re-adding a live voter's id as a learner, promoting a learner that has not caught up, and
 //! removing a voter when the remaining voters would not include a healthy majority.
 
-use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -51,7 +50,10 @@ impl Node {
     /// each decides from the membership it reads first (a learner re-joining with an empty log
     /// must not be promoted between the check and the reset).
     pub async fn admin_as_leader(&self, command: AdminCommand) -> Result<(), Error> {
-        let _one_at_a_time = self.admin_lock().lock().await;
+        let wait = Duration::from_millis(limits::ADMIN_LOCK_WAIT_MS);
+        let Ok(_one_at_a_time) = tokio::time::timeout(wait, self.admin_lock().lock()).await else {
+            return Err(Error::Unavailable("another administration request is in progress; retry".into()));
+        };
         let metrics = self.metrics();
         if metrics.current_leader != Some(self.id()) {
             return Err(Error::NoLeader { last_known_leader: metrics.current_leader });
@@ -75,27 +77,29 @@ impl Node {
                     )));
                 }
                 if let Some(known) = membership.get_node(&id) {
-                    if known.peer_addr != peer_addr {
-                        // A learner back at another address (openraft's add does not replace
-                        // a known node): record the new one.
-                        let nodes = BTreeMap::from([(id, Member { peer_addr })]);
-                        let timeout = self.config().write_timeout();
-                        let set = self.raft().change_membership(ChangeMembers::SetNodes(nodes), false);
-                        map_change(tokio::time::timeout(timeout, set).await)?;
+                    if known.peer_addr == peer_addr {
+                        if fresh {
+                            // A learner that lost its data: without this the leader finds the log
+                            // behind what it acknowledged and stops (a learner never votes and its
+                            // log never counts for commit, so starting over is safe).
+                            self.raft()
+                                .trigger()
+                                .allow_next_revert(&id, true)
+                                .await
+                                .map_err(|fatal| Error::Unavailable(fatal.to_string()))?
+                                .map_err(|refused| Error::Unavailable(refused.to_string()))?;
+                            tracing::info!(learner = id, "learner rejoins with an empty log: replicating from scratch");
+                        }
+                        return Ok(());
                     }
-                    if fresh {
-                        // A learner that lost its data: without this the leader finds the log
-                        // behind what it acknowledged and stops (a learner never votes and its
-                        // log never counts for commit, so starting over is safe).
-                        self.raft()
-                            .trigger()
-                            .allow_next_revert(&id, true)
-                            .await
-                            .map_err(|fatal| Error::Unavailable(fatal.to_string()))?
-                            .map_err(|refused| Error::Unavailable(refused.to_string()))?;
-                        tracing::info!(learner = id, "learner rejoins with an empty log: replicating from scratch");
-                    }
-                    return Ok(());
+                    // A learner back at another address. openraft neither replaces a known node
+                    // on add nor moves an open replication stream to a new address, so remove it
+                    // and add it again: the new stream starts from nothing and probes.
+                    let timeout = self.config().write_timeout();
+                    let removed =
+                        self.raft().change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false);
+                    map_change(tokio::time::timeout(timeout, removed).await)?;
+                    tracing::info!(learner = id, "learner rejoins at a new address: removed, adding it again");
                 }
                 let timeout = self.config().write_timeout();
                 let added = tokio::time::timeout(timeout, self.raft().add_learner(id, Member { peer_addr }, false));

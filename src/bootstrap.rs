@@ -121,7 +121,7 @@ impl Node {
             has_seen_asker,
             asker_registered,
             members,
-            committed_membership_index: committed.log_id().as_ref().map_or(0, |log_id| log_id.index()),
+            committed_membership: *committed.log_id(),
             asker_in_committed_membership: committed.membership().get_node(&asker).is_some(),
         })
     }
@@ -253,8 +253,12 @@ impl Node {
     /// empty log looks like one that went backwards (openraft stops the leader for that).
     async fn join_cluster(&self) -> Result<(), String> {
         self.ask_to_be_added(true).await?;
+        let io = |e: std::io::Error| format!("data dir: {e}");
+        // A bootstrap cut short before `initialize` may have left the marker: a joined node
+        // announces nothing.
+        self.bootstrap_record().clear_announce_pending().map_err(io)?;
         self.start_serving_raft();
-        self.bootstrap_record().mark_bootstrapped().map_err(|e| format!("data dir: {e}"))
+        self.bootstrap_record().mark_bootstrapped().map_err(io)
     }
 
     /// A node with its data, restarted with `--join` after it was removed, asks to be added

@@ -181,13 +181,14 @@ pub const BODY_READ_TIMEOUT_MS: u64 = 30_000;
 /// At the client connection cap, a connection idle at least this long may be closed to make
 /// room: longer than quorumkv's own clients keep pooled connections, so none of them is caught
 /// sending a request into a connection being closed.
-pub const EVICTION_MIN_IDLE_MS: u64 = CLIENT_POOL_IDLE_TIMEOUT_MS;
+pub const EVICTION_MIN_IDLE_MS: u64 = CLIENT_POOL_IDLE_TIMEOUT_MS + 10_000;
 /// ...and a connection that never carried a request may be closed once idle this long.
 pub const EVICTION_UNUSED_IDLE_MS: u64 = 5_000;
 /// At the connection cap, how long accepting waits for an evicted connection to close.
 pub const EVICTION_WAIT_MS: u64 = 1_000;
-/// Connections past the cap answered `503` at once (each briefly holds a descriptor beyond the
-/// cap, so they are bounded too); more are closed unanswered.
+/// Connections past the cap answered `503` at once per listener (each briefly holds a
+/// descriptor beyond the cap, so they are bounded, and reserved for); more are closed
+/// unanswered.
 pub const MAX_REFUSING_CONNECTIONS: usize = 128;
 /// How long a refused connection is kept open to read what the client sends, so that closing
 /// it does not reset the connection before the client has read the `503`.
@@ -211,6 +212,10 @@ pub const HEALTH_CONFIRM_HEARTBEATS: u64 = 5;
 /// gives up, and asks for promotion this many times once caught up.
 pub const JOIN_ATTEMPTS: u32 = 60;
 pub const PROMOTE_ATTEMPTS: u32 = 600;
+/// An administration request waits at most this long for the one before it on the leader to
+/// finish, then gets a definite 503 (it never started): short, so a queued request never
+/// outlasts the forwarder's timeout and turns into an unknown outcome.
+pub const ADMIN_LOCK_WAIT_MS: u64 = 500;
 /// Largest JSON body of a cluster administration request.
 pub const MAX_ADMIN_BODY_BYTES: usize = 4 * 1024;
 
@@ -246,6 +251,7 @@ const _: () = assert!(SHUTDOWN_REFUSE_PERIOD_MS > CLIENT_BACKOFF_MAX_MS);
 const _: () = assert!(CLIENT_POOL_IDLE_TIMEOUT_MS < CLIENT_HEADER_TIMEOUT_MS);
 const _: () = assert!(CLIENT_POOL_IDLE_TIMEOUT_MS < PEER_HEADER_TIMEOUT_MS);
 const _: () = assert!(MIN_CLIENT_CONNECTIONS <= DEFAULT_MAX_CLIENT_CONNECTIONS);
+const _: () = assert!(EVICTION_MIN_IDLE_MS < CLIENT_HEADER_TIMEOUT_MS);
 const _: () = assert!(MAX_APPEND_BATCH_BYTES < MAX_PEER_MESSAGE_BYTES);
 const _: () = assert!(MAX_VALUE_BYTES_CEILING + MAX_KEY_BYTES_CEILING < MAX_PEER_MESSAGE_BYTES);
 

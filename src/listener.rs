@@ -77,6 +77,51 @@ impl Activity {
     }
 }
 
+/// A request in progress on a connection, from its arrival until its response body is sent
+/// (or dropped): the connection is not idle meanwhile.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn begin(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.used.store(true, Ordering::Release);
+        Busy(activity)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request [`Busy`] until it is finished with.
+struct BodyWhileBusy {
+    body: axum::body::Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for BodyWhileBusy {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// The open connections of a listener, oldest first.
 #[derive(Default)]
 struct Connections {
@@ -207,14 +252,13 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-        let (router, activity) = (router.clone(), activity.clone());
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        activity.used.store(true, Ordering::Release);
+        let router = router.clone();
+        let busy = Busy::begin(activity.clone());
         async move {
             let response = router.oneshot(request.map(axum::body::Body::new)).await;
-            *activity.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-            activity.in_flight.fetch_sub(1, Ordering::AcqRel);
-            Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
+            let response = response.unwrap_or_else(|never| match never {});
+            // Busy until the whole response body is sent (a backup streams for minutes).
+            Ok::<_, Infallible>(response.map(|body| axum::body::Body::new(BodyWhileBusy { body, _busy: busy })))
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -22,6 +22,7 @@ use crate::limits;
 use crate::network::CallError;
 use crate::network::ProbeReply;
 use crate::node::Node;
+use crate::types::LogId;
 use crate::types::NodeId;
 
 impl Node {
@@ -43,7 +44,8 @@ impl Node {
         let quiet = Duration::from_millis(limits::REMOVAL_CHECK_AFTER_MS);
         while !self.is_shutting_down() {
             tokio::time::sleep(Duration::from_millis(limits::REMOVAL_WATCH_INTERVAL_MS)).await;
-            let (own_index, own_includes, is_leader) = self.own_membership();
+            let (own, own_includes, is_leader) = self.own_membership();
+            let own_index = own.map_or(0, |log_id| log_id.index());
             if let Some(removed_at) = self.removed_at() {
                 if own_includes && own_index > removed_at {
                     self.note_member_again(own_index).await;
@@ -62,20 +64,19 @@ impl Node {
         }
     }
 
-    /// This node's own membership: its log index, whether it lists this node, and whether this
+    /// This node's own membership: its log id, whether it lists this node, and whether this
     /// node is the leader.
-    fn own_membership(&self) -> (u64, bool, bool) {
+    fn own_membership(&self) -> (Option<LogId>, bool, bool) {
         let metrics = self.metrics();
         let membership = &metrics.membership_config;
-        let index = membership.log_id().as_ref().map_or(0, |log_id| log_id.index());
         let is_leader = metrics.state == openraft::ServerState::Leader;
-        (index, membership.membership().get_node(&self.id()).is_some(), is_leader)
+        (*membership.log_id(), membership.membership().get_node(&self.id()).is_some(), is_leader)
     }
 
     /// Asks every member this node knows of (and the founders) for their committed membership.
     /// Returns the log index of one that is newer than this node's own and leaves it out.
     pub(crate) async fn removal_evidence(&self) -> Option<u64> {
-        let (own_index, own_includes, _) = self.own_membership();
+        let (own, own_includes, _) = self.own_membership();
         // Not part of any cluster yet (a joining node before the leader's first append).
         self.metrics().membership_config.membership().nodes().next()?;
         let mut peers: BTreeMap<NodeId, String> = self.config().initial_members().unwrap_or_default();
@@ -93,17 +94,18 @@ impl Node {
                 answer.ok().and_then(Result::ok)
             }
         });
-        let newest = futures::future::join_all(calls).await.into_iter().flatten().max_by_key(|reply| {
-            // Of two answers at the same index, prefer the one that leaves this node out: both
-            // are the same committed membership, so they agree anyway.
-            (reply.committed_membership_index, !reply.asker_in_committed_membership)
-        })?;
+        // Log ids, not indexes: an uncommitted membership of a deposed leader at the same index
+        // is older than a committed one of a later term.
+        let newest = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .max_by_key(|reply| (reply.committed_membership, !reply.asker_in_committed_membership))?;
+        let committed = newest.committed_membership?;
         // Newer than this node's own membership; or, when its own already leaves it out (it
         // saw its removal, or it is a learner still replaying an older history), at least as new.
-        let index = newest.committed_membership_index;
-        let newer = index > own_index || (!own_includes && index >= own_index);
-        (newer && newest.committed_membership_index > 0 && !newest.asker_in_committed_membership)
-            .then_some(newest.committed_membership_index)
+        let newer = Some(committed) > own || (!own_includes && Some(committed) >= own);
+        (newer && !newest.asker_in_committed_membership).then_some(committed.index())
     }
 
     /// Stops serving clients and campaigning, remembers it, and tells the operator what to do.

@@ -61,8 +61,8 @@ pub struct ProbeReply {
     pub asker_registered: bool,
     /// The answering node's current members (id, peer address), so the asker asks them too.
     pub members: Vec<(NodeId, String)>,
-    /// The log index of the answering node's last committed membership (0: none)...
-    pub committed_membership_index: u64,
+    /// The log id of the answering node's last committed membership (None: none)...
+    pub committed_membership: Option<crate::types::LogId>,
     /// ...and whether the asker is in it: a committed membership newer than the asker's own
     /// that leaves it out means the asker was removed (see `removal.rs`).
     pub asker_in_committed_membership: bool,

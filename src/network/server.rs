@@ -210,8 +210,11 @@ async fn snapshot(State(node): State<Arc<Node>>, body: Body) -> Response {
             Rejection::new(status, format!("snapshot file: {error}"))
         })?;
         let response = node.raft().install_full_snapshot(vote, snapshot).await.map_err(fatal)?;
-        // A snapshot from the leader is contact with it, like an append (removal detection).
-        node.note_leader_contact();
+        // A snapshot this node took from the leader is contact with it, like an append (removal
+        // detection); one refused for a stale vote is not.
+        if response.vote == vote {
+            node.note_leader_contact();
+        }
         Ok::<_, Rejection>(response)
     };
     answer(run.await)

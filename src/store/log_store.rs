@@ -166,9 +166,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 return Err(corrupt(format!("log entry {} stored under index {index}", entry.index())));
             }
             // The batch follows `start - 1` on the receiver: it must begin exactly at `start`.
-            let expected = entries.last().map_or(start, |e: &Entry| e.index() + 1);
-            if index != expected {
-                return Err(corrupt(format!("log entry {expected} missing (found {index}) while replicating")));
+            // A purge may just have taken `start` (a stream of a leader that stepped down and
+            // installed a snapshot): send nothing, openraft treats that as a heartbeat.
+            if entries.is_empty() && index != start {
+                let purged: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
+                if purged.is_some_and(|purged| purged.index() >= start) {
+                    return Ok(entries);
+                }
+                return Err(corrupt(format!("log entry {start} missing (found {index}) while replicating")));
+            }
+            if let Some(previous) = entries.last().map(|e: &Entry| e.index()) {
+                if previous + 1 != index {
+                    return Err(corrupt(format!("hole in the Raft log between {previous} and {index}")));
+                }
             }
             batch_bytes += bytes.len();
             entries.push(entry);
