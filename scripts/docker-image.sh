@@ -4,8 +4,8 @@
 #   scripts/docker-image.sh            # -> image quorumkv:dev
 #
 # 1. The base image the Dockerfile names (debian:bookworm-slim) is made locally when missing:
-#    debootstrap of Debian bookworm (minbase) from Debian's package mirror, trimmed, then
-#    `docker import`. A machine that can pull images already has it and skips this.
+#    debootstrap of Debian bookworm (minbase) from the Debian mirror this machine's apt already
+#    uses (its sources under /etc/apt, or DEBIAN_MIRROR), trimmed, then `docker import`. A machine that can pull images already has it and skips this.
 # 2. The quorumkv binary is built on the host (the same dev profile the tests use, so RocksDB
 #    is not compiled again), stripped, and copied into the Dockerfile's `prebuilt` stage.
 # Users with a registry build the full multi-stage image instead: `docker build -t quorumkv .`
@@ -14,12 +14,41 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 image="${QUORUMKV_IMAGE:-quorumkv:dev}"
 base_image="debian:bookworm-slim"
-mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+# The mirror of Debian's bookworm archive named in this machine's apt sources: the deb822
+# `.sources` files (a `URIs:` field whose stanza's `Suites:` list bookworm) or one-line
+# `deb URI bookworm ...` entries. No host is written here: the machine's configuration says
+# which mirror (or proxy) it may reach.
+apt_bookworm_mirror() {
+    local file
+    for file in /etc/apt/sources.list.d/*.sources; do
+        [[ -r "$file" ]] || continue
+        awk 'BEGIN { RS = ""; FS = "\n" }
+            {
+                uris = ""; suites = ""; deb = 0
+                for (i = 1; i <= NF; i++) {
+                    if ($i ~ /^Types:.*(^|[ \t])deb([ \t]|$)/) deb = 1
+                    if ($i ~ /^URIs:/) { uris = $i; sub(/^URIs:[ \t]*/, "", uris) }
+                    if ($i ~ /^Suites:/) { suites = " " $i " "; sub(/^Suites:/, "", suites) }
+                }
+                if (deb && suites ~ /[ \t]bookworm[ \t]/ && uris != "") { split(uris, u, /[ \t]+/); print u[1]; exit }
+            }' "$file"
+    done
+    for file in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [[ -r "$file" ]] || continue
+        awk '$1 == "deb" { i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ } if ($(i + 1) == "bookworm") { print $i; exit } }' "$file"
+    done
+}
+mirror="${DEBIAN_MIRROR:-$(apt_bookworm_mirror | head -n 1)}"
 
 if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
 
 if ! docker image inspect "$base_image" >/dev/null 2>&1; then
-    echo "building base image $base_image with debootstrap (no registry here)"
+    if [[ -z "$mirror" ]]; then
+        echo "error: no Debian bookworm mirror in this machine's apt sources; set DEBIAN_MIRROR" >&2
+        exit 1
+    fi
+    echo "building base image $base_image with debootstrap from $mirror (no registry here)"
     if ! command -v debootstrap >/dev/null; then
         "${sudo[@]}" apt-get update -qq
         "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
