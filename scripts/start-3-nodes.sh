@@ -61,7 +61,7 @@ while [[ -z "$leader" ]]; do
             exit 1
         fi
     done
-    leader=$(curl -sf "127.0.0.1:8081/v1/cluster" 2>/dev/null | grep -o '"leader_id":[0-9]*' | cut -d: -f2 || true)
+    leader=$("$binary" --endpoints 127.0.0.1:8081 cluster leader 2>/dev/null || true)
     [[ -n "$leader" ]] || sleep 0.2
 done
 

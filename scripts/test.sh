@@ -26,8 +26,8 @@ if ((${#missing[@]} > 0)); then
 fi
 
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked -- --test-threads=2
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked -- --test-threads=2
 
 # The benchmark tool, briefly, against 3-node and 1-node clusters of quorumkv and etcd (from
 # Debian's packages): proves `quorumkv bench` and scripts/bench-vs-etcd.sh work, times nothing.

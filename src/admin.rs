@@ -12,38 +12,26 @@ use openraft::error::ChangeMembershipError;
 use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
 use openraft::ChangeMembers;
-use serde::Deserialize;
-use serde::Serialize;
 
 use crate::error::Error;
 use crate::leader::Effect;
 use crate::limits;
 use crate::node::matched_index;
 use crate::node::Node;
+use crate::protocol;
 use crate::types::Member;
 use crate::types::NodeId;
 
-/// A cluster administration request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AdminCommand {
-    /// Add a node as a non-voting learner that receives the log (and snapshots). `fresh`: the
-    /// node has no Raft state (a new or wiped data dir); if it is already a learner, the
-    /// leader replicates to it from scratch instead of from where its old log reached.
-    AddLearner { id: NodeId, peer_addr: String, fresh: bool },
-    /// Make a caught-up learner a voter.
-    Promote { id: NodeId },
-    /// Remove a voter or learner from the cluster.
-    Remove { id: NodeId },
-    /// Hand leadership to the given voter.
-    TransferLeader { to: NodeId },
-}
+pub use crate::protocol::AdminCommand;
 
 impl Node {
     /// Runs an administration request from any node: on the leader, or forwarded to it.
     pub async fn admin(&self, command: AdminCommand) -> Result<(), Error> {
         let timeout = self.config().write_timeout() + Duration::from_secs(1);
-        self.via_leader("/internal/admin", &command, timeout, Effect::Changes, || self.admin_as_leader(command.clone()))
-            .await
+        self.via_leader::<protocol::Admin, _, _>(&command, timeout, Effect::Changes, || {
+            self.admin_as_leader(command.clone())
+        })
+        .await
     }
 
     /// Runs an administration request on this node, which must be the leader. One at a time:
@@ -54,7 +42,7 @@ impl Node {
         let Ok(_one_at_a_time) = tokio::time::timeout(wait, self.admin_lock().lock()).await else {
             return Err(Error::Unavailable("another administration request is in progress; retry".into()));
         };
-        let metrics = self.metrics();
+        let metrics = self.raft_metrics();
         if metrics.current_leader != Some(self.id()) {
             return Err(Error::NoLeader { last_known_leader: metrics.current_leader });
         }
@@ -112,12 +100,7 @@ impl Node {
                 if voters.contains(&id) {
                     return Ok(());
                 }
-                let lag = lag_of(id);
-                if lag > limits::MAX_PROMOTION_LAG_ENTRIES {
-                    return Err(Error::Conflict(format!(
-                        "node {id} is {lag} entries behind; promote it once caught up"
-                    )));
-                }
+                check_promotion_lag(id, lag_of(id))?;
                 // Caught up is not enough: a learner that just died still shows a small lag.
                 if !self.answering_now(&[id], 1).await.contains(&id) {
                     return Err(Error::Conflict(format!(
@@ -132,24 +115,12 @@ impl Node {
                 }
                 if voters.contains(&id) {
                     let remaining: Vec<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
-                    if remaining.is_empty() {
-                        return Err(Error::Conflict(format!("node {id} is the last voter")));
-                    }
-                    let quorum = remaining.len() / 2 + 1;
                     // A voter that died a moment ago still shows no lag: count only those that
                     // answer the leader now, and are caught up.
-                    let answering = self.answering_now(&remaining, quorum).await;
-                    let healthy = remaining
-                        .iter()
-                        .filter(|v| answering.contains(v) && lag_of(**v) <= limits::MAX_HEALTHY_LAG_ENTRIES)
-                        .count();
-                    if healthy < quorum {
-                        return Err(Error::Conflict(format!(
-                            "removing node {id} would leave {healthy} healthy of {} voters, fewer than the \
-                             quorum of {quorum}",
-                            remaining.len()
-                        )));
-                    }
+                    let answering = self.answering_now(&remaining, quorum_of(remaining.len())).await;
+                    check_voter_removal(id, &remaining, |voter| {
+                        answering.contains(&voter) && lag_of(voter) <= limits::MAX_HEALTHY_LAG_ENTRIES
+                    })?;
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 } else {
                     ChangeMembers::RemoveNodes(BTreeSet::from([id]))
@@ -181,7 +152,7 @@ impl Node {
         let enough_answer =
             move |metrics: &openraft::RaftMetrics<crate::types::TypeConfig>| answering(metrics).len() >= enough;
         let _ = self.raft().wait(Some(wait)).metrics(enough_answer, "enough members answer").await;
-        answering(&self.metrics())
+        answering(&self.raft_metrics())
     }
 
     /// With `--join` and auto-promotion: asks for promotion until the leader finds this
@@ -191,7 +162,7 @@ impl Node {
             if self.is_shutting_down() {
                 return;
             }
-            let metrics = self.metrics();
+            let metrics = self.raft_metrics();
             let membership = metrics.membership_config.membership();
             // A removed node's own (stale) membership may still list it as a voter.
             if membership.voter_ids().any(|v| v == self.id()) && !self.is_removed() {
@@ -245,6 +216,37 @@ type ChangeResult = Result<
 >;
 
 /// Translates a membership change's outcome at the boundary.
+/// The size of a majority of `voters` voters.
+fn quorum_of(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
+/// Removing voter `id` must leave a voter, and a quorum of the `remaining` voters healthy
+/// (answering the leader now and caught up): else every write would stall on the removal.
+fn check_voter_removal(id: NodeId, remaining: &[NodeId], healthy: impl Fn(NodeId) -> bool) -> Result<(), Error> {
+    if remaining.is_empty() {
+        return Err(Error::Conflict(format!("node {id} is the last voter")));
+    }
+    let quorum = quorum_of(remaining.len());
+    let healthy = remaining.iter().filter(|voter| healthy(**voter)).count();
+    if healthy < quorum {
+        return Err(Error::Conflict(format!(
+            "removing node {id} would leave {healthy} healthy of {} voters, fewer than the quorum of {quorum}",
+            remaining.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A learner `lag` entries behind the leader is promoted only once nearly caught up: a voter
+/// far behind would count towards the quorum without being able to acknowledge anything.
+fn check_promotion_lag(id: NodeId, lag: u64) -> Result<(), Error> {
+    if lag > limits::MAX_PROMOTION_LAG_ENTRIES {
+        return Err(Error::Conflict(format!("node {id} is {lag} entries behind; promote it once caught up")));
+    }
+    Ok(())
+}
+
 fn map_change(result: ChangeResult) -> Result<(), Error> {
     match result {
         Err(_) => Err(Error::OutcomeUnknown("the membership change was not committed in time".into())),
@@ -262,5 +264,36 @@ fn map_change(result: ChangeResult) -> Result<(), Error> {
         }
         Ok(Err(RaftError::APIError(other))) => Err(Error::Internal(other.to_string())),
         Ok(Err(RaftError::Fatal(fatal))) => Err(Error::OutcomeUnknown(format!("raft stopped: {fatal}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a removal is refused unless a quorum of the voters left is healthy, counted among
+    /// the voters left only (never the one removed), and the last voter is never removed.
+    #[test]
+    fn a_removal_needs_a_healthy_quorum_of_the_voters_left() {
+        let all_healthy = |_: NodeId| true;
+        assert!(check_voter_removal(3, &[1, 2], all_healthy).is_ok());
+        // {1,2,3} minus 3 with 2 dead: 1 of 2 healthy, quorum 2.
+        assert!(matches!(check_voter_removal(3, &[1, 2], |v| v == 1), Err(Error::Conflict(_))));
+        // Five voters minus one: 3 of 4 healthy suffice (quorum 3); 2 do not.
+        assert!(check_voter_removal(5, &[1, 2, 3, 4], |v| v != 4).is_ok());
+        assert!(check_voter_removal(5, &[1, 2, 3, 4], |v| v <= 2).is_err());
+        assert!(
+            matches!(check_voter_removal(1, &[], all_healthy), Err(Error::Conflict(m)) if m.contains("last voter"))
+        );
+        assert_eq!((quorum_of(1), quorum_of(2), quorum_of(3), quorum_of(4), quorum_of(5)), (1, 2, 2, 3, 3));
+    }
+
+    /// Goal: promotion waits until the learner is within the named lag, and not one entry more.
+    #[test]
+    fn promotion_waits_until_the_learner_is_caught_up() {
+        assert!(check_promotion_lag(4, 0).is_ok());
+        assert!(check_promotion_lag(4, limits::MAX_PROMOTION_LAG_ENTRIES).is_ok());
+        let refused = check_promotion_lag(4, limits::MAX_PROMOTION_LAG_ENTRIES + 1);
+        assert!(matches!(refused, Err(Error::Conflict(m)) if m.contains("entries behind")));
     }
 }

@@ -217,7 +217,7 @@ struct Tally {
 /// Runs the benchmark against `endpoints` (comma-separated `host:port` or URLs).
 pub async fn run(options: BenchOptions, endpoints: &str) -> Result<Report, String> {
     options.validate()?;
-    let endpoints = crate::client::parse_endpoints(endpoints)
+    let endpoints = quorumkv_api::client::parse_endpoints(endpoints)
         .map_err(|e| e.to_string())?
         .iter()
         .map(|url| url.as_str().trim_end_matches('/').to_string())
@@ -296,7 +296,7 @@ async fn progress_line(shared: Arc<Shared>, started: Instant) {
 }
 
 /// What one request did.
-enum Outcome {
+enum RequestResult {
     Ok,
     Error(String),
 }
@@ -359,8 +359,8 @@ async fn worker(shared: Arc<Shared>, index: usize) -> Result<Tally, String> {
         let micros = (started.elapsed().as_micros() as u64).clamp(1, HISTOGRAM_MAX_MICROS);
         shared.finished.fetch_add(1, Ordering::Relaxed);
         match outcome {
-            Outcome::Ok => tally.histogram.record(micros).map_err(|e| e.to_string())?,
-            Outcome::Error(kind) => {
+            RequestResult::Ok => tally.histogram.record(micros).map_err(|e| e.to_string())?,
+            RequestResult::Error(kind) => {
                 shared.failed.fetch_add(1, Ordering::Relaxed);
                 *tally.errors.entry(kind).or_insert(0) += 1;
             }
@@ -373,7 +373,7 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn transport_error(error: reqwest::Error) -> Outcome {
+fn transport_error(error: reqwest::Error) -> RequestResult {
     let kind = if error.is_timeout() {
         "timeout"
     } else if error.is_connect() {
@@ -381,14 +381,14 @@ fn transport_error(error: reqwest::Error) -> Outcome {
     } else {
         "transport"
     };
-    Outcome::Error(kind.to_string())
+    RequestResult::Error(kind.to_string())
 }
 
-fn status_error(status: reqwest::StatusCode) -> Outcome {
-    Outcome::Error(format!("http_{}", status.as_u16()))
+fn status_error(status: reqwest::StatusCode) -> RequestResult {
+    RequestResult::Error(format!("http_{}", status.as_u16()))
 }
 
-async fn put(http: &reqwest::Client, endpoint: &str, options: &BenchOptions, key: &str, value: &[u8]) -> Outcome {
+async fn put(http: &reqwest::Client, endpoint: &str, options: &BenchOptions, key: &str, value: &[u8]) -> RequestResult {
     let request = match options.target {
         Target::Quorumkv => http.put(format!("{endpoint}/v1/kv/{key}")).body(Bytes::copy_from_slice(value)),
         Target::Etcd => http
@@ -402,7 +402,7 @@ async fn put(http: &reqwest::Client, endpoint: &str, options: &BenchOptions, key
     }
 }
 
-async fn get(http: &reqwest::Client, endpoint: &str, options: &BenchOptions, key: &str) -> Outcome {
+async fn get(http: &reqwest::Client, endpoint: &str, options: &BenchOptions, key: &str) -> RequestResult {
     let request = match options.target {
         Target::Quorumkv => http.get(format!("{endpoint}/v1/kv/{key}?consistency={}", options.consistency)),
         Target::Etcd => {
@@ -419,9 +419,9 @@ async fn get(http: &reqwest::Client, endpoint: &str, options: &BenchOptions, key
     }
 }
 
-async fn drain(response: reqwest::Response) -> Outcome {
+async fn drain(response: reqwest::Response) -> RequestResult {
     match response.bytes().await {
-        Ok(_) => Outcome::Ok,
+        Ok(_) => RequestResult::Ok,
         Err(error) => transport_error(error),
     }
 }
@@ -458,7 +458,7 @@ async fn cas(
     key: &str,
     expected: u64,
     value: &[u8],
-) -> (Outcome, Option<u64>) {
+) -> (RequestResult, Option<u64>) {
     match options.target {
         Target::Quorumkv => {
             let condition = if expected == 0 {
@@ -477,7 +477,7 @@ async fn cas(
                         .and_then(|v| v.trim_matches('"').parse().ok());
                     (drain(response).await, revision)
                 }
-                Ok(response) if response.status() == 412 => (Outcome::Error("cas_conflict".into()), None),
+                Ok(response) if response.status() == 412 => (RequestResult::Error("cas_conflict".into()), None),
                 Ok(response) => (status_error(response.status()), None),
                 Err(error) => (transport_error(error), None),
             }
@@ -498,9 +498,9 @@ async fn cas(
                 Ok(response) if response.status().is_success() => match response.json::<serde_json::Value>().await {
                     Ok(answer) if answer["succeeded"] == true => {
                         let revision = answer["header"]["revision"].as_str().and_then(|r| r.parse().ok());
-                        (Outcome::Ok, revision)
+                        (RequestResult::Ok, revision)
                     }
-                    Ok(_) => (Outcome::Error("cas_conflict".into()), None),
+                    Ok(_) => (RequestResult::Error("cas_conflict".into()), None),
                     Err(error) => (transport_error(error), None),
                 },
                 Ok(response) => (status_error(response.status()), None),

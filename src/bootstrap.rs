@@ -28,14 +28,15 @@ use std::time::Instant;
 
 use openraft::error::InitializeError;
 use openraft::error::RaftError;
-use serde::de::DeserializeOwned;
 
 use crate::config::InitialClusterState;
 use crate::error::Error;
 use crate::limits;
 use crate::network::CallError;
-use crate::network::ProbeReply;
 use crate::node::Node;
+use crate::protocol;
+use crate::protocol::ProbeReply;
+use crate::protocol::Rpc;
 use crate::types::Member;
 use crate::types::NodeId;
 
@@ -109,7 +110,7 @@ impl Node {
         let has_seen_asker = self.bootstrap_record().has_seen_peer(asker).map_err(internal)?;
         // Refused (and asked again) while a snapshot install overlaps the read.
         let asker_registered = self.kv_reader().client_addrs().map_err(crate::node::read_error)?.contains_key(&asker);
-        let metrics = self.metrics();
+        let metrics = self.raft_metrics();
         let members = metrics
             .membership_config
             .membership()
@@ -136,12 +137,10 @@ impl Node {
     /// fails with the way back. Returns once every peer asked has said no.
     async fn refuse_if_seen_before(&self, founders: &BTreeMap<NodeId, String>) -> Result<(), String> {
         let mut wiped_evidence = None;
-        self.ask_each_until_answered(
+        self.ask_each_until_answered::<protocol::Probe, _>(
             "say whether they have seen this node",
             founders,
-            "/internal/probe",
             |peer, reply| {
-                let reply: ProbeReply = reply;
                 if reply.has_seen_asker || reply.asker_registered {
                     wiped_evidence = Some(peer);
                     return ControlFlow::Break(());
@@ -164,7 +163,7 @@ impl Node {
     /// Tells every founding peer, and waits until each has durably recorded, that this node
     /// now holds Raft state.
     async fn announce(&self, founders: &BTreeMap<NodeId, String>) -> Result<(), String> {
-        self.ask_each_until_answered("record this node", founders, "/internal/announce", |_, reply| {
+        self.ask_each_until_answered::<protocol::Announce, _>("record this node", founders, |_, reply| {
             let () = reply;
             ControlFlow::Continue(Vec::new())
         })
@@ -175,13 +174,15 @@ impl Node {
     /// returns) until each has answered, asking again those that did not every
     /// [`limits::BOOTSTRAP_RETRY_MS`]. Gives up after [`limits::BOOTSTRAP_WAIT_MS`].
     /// `on_answer` returns the further peers to ask, or `Break` to stop asking at once.
-    async fn ask_each_until_answered<Reply: DeserializeOwned>(
+    async fn ask_each_until_answered<R, Reply>(
         &self,
         what: &str,
         peers: &BTreeMap<NodeId, String>,
-        path: &str,
         mut on_answer: impl FnMut(NodeId, Reply) -> ControlFlow<(), Vec<(NodeId, String)>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), String>
+    where
+        R: Rpc<Request = NodeId, Reply = Result<Reply, Error>>,
+    {
         let mut to_ask: BTreeMap<NodeId, String> =
             peers.iter().filter(|(id, _)| **id != self.id()).map(|(id, a)| (*id, a.clone())).collect();
         let mut answered: BTreeSet<NodeId> = BTreeSet::new();
@@ -197,7 +198,7 @@ impl Node {
                 let peer = self.peer_client_at(*id, addr);
                 async move {
                     let timeout = Duration::from_millis(limits::BOOTSTRAP_PROBE_TIMEOUT_MS);
-                    let answer: Result<Result<Reply, Error>, CallError> = peer.call(path, &self.id(), timeout).await;
+                    let answer: Result<Result<Reply, Error>, CallError> = peer.call::<R>(&self.id(), timeout).await;
                     let answer = match answer {
                         Ok(Ok(reply)) => Ok(reply),
                         Ok(Err(error)) => Err(error.to_string()),

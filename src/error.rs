@@ -9,6 +9,8 @@
 use serde::Deserialize;
 use serde::Serialize;
 
+pub use quorumkv_api::Outcome;
+
 use crate::types::NodeId;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -55,16 +57,6 @@ pub enum Error {
     RequestTimeout { limit_ms: u64 },
     #[error("too many requests in flight on this node; retry shortly or use another node")]
     Overloaded,
-}
-
-/// Whether a failed request could have taken effect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    /// It certainly did not take effect; retrying is safe.
-    Failed,
-    /// It may have taken effect; only an idempotent request may be retried blindly.
-    Unknown,
 }
 
 impl Error {

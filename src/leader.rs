@@ -12,13 +12,11 @@ use std::future::Future;
 use std::time::Duration;
 use std::time::Instant;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
 use crate::error::Error;
 use crate::limits;
 use crate::network::CallError;
 use crate::node::Node;
+use crate::protocol::Rpc;
 use crate::types::NodeId;
 
 /// Whether a request may be sent again after it was sent but no answer came back.
@@ -49,24 +47,22 @@ impl<T> Attempt<T> {
 }
 
 impl Node {
-    /// Runs a request on the leader: `local` when this node leads, else `request` forwarded to
-    /// `path` on the leader's peer port (answered with `Result<T, Error>`), within `timeout`.
+    /// Runs a request on the leader: `local` when this node leads, else `request` forwarded as
+    /// the [`Rpc`] `R` to the leader's peer port (answered with `Result<T, Error>`), within `timeout`.
     ///
     /// Waits for an election at most `--leader-wait-ms` in all. After "not the leader" from the
     /// node it believed led (a leader that just stepped down, or one elected but not yet sure
     /// of it) it goes to the node named in the answer, else tries again after a short pause,
     /// so a request never sits out a whole leader wait once a leader exists.
-    pub(crate) async fn via_leader<Req, T, Local>(
+    pub(crate) async fn via_leader<R, T, Local>(
         &self,
-        path: &'static str,
-        request: &Req,
+        request: &R::Request,
         timeout: Duration,
         effect: Effect,
         local: impl Fn() -> Local,
     ) -> Result<T, Error>
     where
-        Req: Serialize + Sync,
-        T: DeserializeOwned,
+        R: Rpc<Reply = Result<T, Error>>,
         Local: Future<Output = Result<T, Error>>,
     {
         let deadline = Instant::now() + self.config().leader_wait();
@@ -82,7 +78,7 @@ impl Node {
             let attempt = if leader == self.id() {
                 Attempt::from_result(local().await)
             } else {
-                self.forward(leader, path, request, timeout, effect).await
+                self.forward::<R, T>(leader, request, timeout, effect).await
             };
             match attempt {
                 Attempt::Finished(result) => return result,
@@ -111,11 +107,10 @@ impl Node {
         Err(Error::NoLeader { last_known_leader: self.current_leader().or(last_known_leader) })
     }
 
-    async fn forward<Req: Serialize, T: DeserializeOwned>(
+    async fn forward<R: Rpc<Reply = Result<T, Error>>, T>(
         &self,
         leader: NodeId,
-        path: &'static str,
-        request: &Req,
+        request: &R::Request,
         timeout: Duration,
         effect: Effect,
     ) -> Attempt<T> {
@@ -124,16 +119,16 @@ impl Node {
             // The leader left the membership we know: wait for the next one.
             Err(_) => return Attempt::Unreachable,
         };
-        let answer: Result<Result<T, Error>, CallError> = peer.forward(path, request, timeout).await;
+        let answer: Result<Result<T, Error>, CallError> = peer.forward::<R>(request, timeout).await;
         match answer {
             Ok(result) => Attempt::from_result(result),
-            // Not sent, and retrying would only queue again behind the same requests.
-            Err(CallError::Busy(_)) => Attempt::Finished(Err(Error::Overloaded)),
-            Err(error) if error.is_definite() || effect == Effect::None => {
-                tracing::debug!(%error, "forwarding to the leader failed; trying again");
-                Attempt::Unreachable
-            }
-            Err(error) => Attempt::Finished(Err(Error::OutcomeUnknown(error.to_string()))),
+            Err(error) => match after_failed_forward(&error, effect) {
+                Some(error) => Attempt::Finished(Err(error)),
+                None => {
+                    tracing::debug!(%error, "forwarding to the leader failed; trying again");
+                    Attempt::Unreachable
+                }
+            },
         }
     }
 
@@ -159,5 +154,48 @@ impl Node {
             .wait(Some(remaining))
             .metrics(|m| m.current_leader.is_some_and(|l| l != old), "the leader changed")
             .await;
+    }
+}
+
+/// The retry rule for a forward that got no answer from the leader: `None` when it may be
+/// sent again (to whichever node leads by then), else the error the client gets.
+fn after_failed_forward(error: &CallError, effect: Effect) -> Option<Error> {
+    match error {
+        // Not sent, and retrying would only queue again behind the same requests.
+        CallError::Busy(_) => Some(Error::Overloaded),
+        // Not run, and sending it again would be refused again (e.g. another protocol version).
+        CallError::Refused(..) => Some(Error::Unavailable(error.to_string())),
+        // Certainly not run: the leader was unreachable or not serving yet.
+        CallError::NotSent(..) | CallError::NotReady(_) => None,
+        // It may have run: a read point changes nothing, a write's outcome is unknown.
+        CallError::NoAnswer(..) => match effect {
+            Effect::None => None,
+            Effect::Changes => Some(Error::OutcomeUnknown(error.to_string())),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: only a request that certainly did not run, or changes nothing, is sent again; a
+    /// write sent without an answer is reported as unknown, never retried.
+    #[test]
+    fn a_forward_is_retried_only_when_it_certainly_did_not_run() {
+        let not_sent = CallError::NotSent(2, "connection refused".into());
+        let not_ready = CallError::NotReady(2);
+        let no_answer = CallError::NoAnswer(2, "timed out".into());
+        for effect in [Effect::None, Effect::Changes] {
+            assert!(after_failed_forward(&not_sent, effect).is_none());
+            assert!(after_failed_forward(&not_ready, effect).is_none());
+            assert_eq!(after_failed_forward(&CallError::Busy(2), effect), Some(Error::Overloaded));
+            let refused = CallError::Refused(2, "HTTP 400: peer protocol version 2".into());
+            assert!(matches!(after_failed_forward(&refused, effect), Some(Error::Unavailable(_))));
+        }
+        assert!(after_failed_forward(&no_answer, Effect::None).is_none());
+        let unknown = after_failed_forward(&no_answer, Effect::Changes).expect("not retried");
+        assert!(matches!(unknown, Error::OutcomeUnknown(_)));
+        assert_eq!(unknown.outcome(), crate::error::Outcome::Unknown);
     }
 }

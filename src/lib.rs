@@ -1,6 +1,9 @@
 //! quorumkv: a shared-nothing replicated key-value store. Every node runs Raft (openraft)
 //! over its own RocksDB and serves the same HTTP API.
 //!
+//! This crate is the server. The HTTP API's bodies, parameters and client live in
+//! `quorumkv-api` (`crates/api`), which the server, the CLI and the tests share.
+//!
 //! # Layout
 //!
 //! | module | role |
@@ -17,11 +20,11 @@
 //! | [`admin`] | membership and leadership changes on the leader, with safety refusals |
 //! | [`staleness`] | bounded-staleness reads, measured against the cluster's real commit point |
 //! | [`backup`] | consistent JSON-lines backups streamed from a node |
-//! | [`network`] | peer HTTP on `--peer-addr`: Raft RPCs (postcard) and forwarding to the leader |
+//! | [`protocol`] | the peer wire format: every message, its path, its version byte, pinned bytes |
+//! | [`network`] | peer HTTP on `--peer-addr`: carries `protocol`'s Raft RPCs and forwarded requests |
 //! | [`store`] | RocksDB: Raft log and metadata (group commit), state machine, snapshots |
 //! | [`server`] | start-up, signals, graceful shutdown |
 //! | [`listener`] | accepting connections within limits: a cap per listener, header deadlines |
-//! | [`client`] | the CLI's HTTP client: endpoint failover, safe retries |
 //! | [`bench`] | `quorumkv bench`: load generator for quorumkv and etcd's gateway |
 //! | [`logging`] | tracing output with the node id on every line |
 //! | [`metrics`] | Prometheus metrics served on `GET /metrics` |
@@ -49,7 +52,6 @@ pub mod api;
 pub mod backup;
 pub mod bench;
 pub mod bootstrap;
-pub mod client;
 pub mod config;
 pub mod error;
 pub mod leader;
@@ -59,6 +61,7 @@ pub mod logging;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod protocol;
 pub mod removal;
 pub mod server;
 pub mod staleness;

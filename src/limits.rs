@@ -3,14 +3,12 @@
 //! Configurable limits have their defaults here and their bounds checked by
 //! [`crate::config::ServeConfig::validate`]; the rest are fixed.
 
-/// Default largest key, in bytes. Keys are path segments and index entries; etcd and Consul
-/// users keep them short, and a bound keeps one request from bloating every replica's index.
-pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+/// Default largest key and value, in bytes: part of the API contract (`quorumkv_api::limits`).
+pub use quorumkv_api::limits::DEFAULT_MAX_KEY_BYTES;
+pub use quorumkv_api::limits::DEFAULT_MAX_VALUE_BYTES;
 /// No configuration may raise the key limit past this: keys travel in URLs.
 pub const MAX_KEY_BYTES_CEILING: usize = 8 * 1024;
 
-/// Default largest value: 1 MiB, like etcd's request limit (1.5 MiB) and above Consul's 512 KB.
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// The value limit may be raised up to this; every value is copied into the log of every
 /// replica and sent in one AppendEntries, so large values cost heartbeats their latency.
 pub const MAX_VALUE_BYTES_CEILING: usize = 16 * 1024 * 1024;
@@ -174,7 +172,7 @@ pub const CLIENT_HEADER_TIMEOUT_MS: u64 = 60_000;
 pub const PEER_HEADER_TIMEOUT_MS: u64 = 60_000;
 /// How long pooled HTTP connections of quorumkv's own clients (peers, CLI) stay idle before
 /// they are dropped: below the servers' header timeouts, so a request never races a close.
-pub const CLIENT_POOL_IDLE_TIMEOUT_MS: u64 = 30_000;
+pub use quorumkv_api::limits::CLIENT_POOL_IDLE_TIMEOUT_MS;
 /// A client request's whole body must arrive within this (a value of 16 MiB at 1 MiB/s), or
 /// it gets `408`: a client trickling its body holds a connection for at most this long.
 pub const BODY_READ_TIMEOUT_MS: u64 = 30_000;
@@ -232,14 +230,9 @@ pub const FRESHNESS_KEEPALIVE_MS: u64 = 30_000;
 /// Largest `max_lag_ms` a bounded-staleness read may ask for: one hour.
 pub const MAX_STALENESS_BOUND_MS: u64 = 3_600_000;
 
-/// Client (CLI) retries of a request that certainly did not take effect (refused connection,
-/// 503). Writes whose outcome is unknown are never retried.
-pub const CLIENT_MAX_ATTEMPTS: u32 = 6;
-/// Client back-off between attempts, doubling from the first value up to the cap.
-pub const CLIENT_BACKOFF_FIRST_MS: u64 = 100;
-pub const CLIENT_BACKOFF_MAX_MS: u64 = 1_000;
-/// Client request timeout: above the server's write timeout so the server's 504 arrives first.
-pub const CLIENT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+// The client's limits (`quorumkv_api::limits`), checked here against the server's.
+use quorumkv_api::limits::CLIENT_BACKOFF_MAX_MS;
+use quorumkv_api::limits::CLIENT_REQUEST_TIMEOUT_MS;
 
 const _: () = assert!(DEFAULT_MAX_KEY_BYTES <= MAX_KEY_BYTES_CEILING);
 const _: () = assert!(DEFAULT_MAX_VALUE_BYTES <= MAX_VALUE_BYTES_CEILING);

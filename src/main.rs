@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use bytes::Bytes;
 use clap::Parser;
 use clap::Subcommand;
-use quorumkv::client::Answer;
-use quorumkv::client::Client;
-use quorumkv::client::ClientError;
-use quorumkv::client::Retry;
 use quorumkv::config::ServeConfig;
+use quorumkv_api::client::Answer;
+use quorumkv_api::client::Client;
+use quorumkv_api::client::ClientError;
+use quorumkv_api::client::Retry;
 use reqwest::header::HeaderMap;
 use reqwest::header::HeaderValue;
 use reqwest::Method;
@@ -103,6 +103,9 @@ enum Command {
 enum ClusterCommand {
     /// Show members, leader, term and indexes as seen by the first reachable endpoint.
     Status,
+    /// Print the id of the leader the first reachable endpoint knows; exit 1 when it knows none
+    /// (an election in progress, or no quorum). For scripts: `leader=$(quorumkv cluster leader)`.
+    Leader,
     /// List members (id, addresses, voter or learner).
     Members,
     /// Add a node as a learner (it then needs `quorumkv serve --join`, or already runs).
@@ -234,6 +237,25 @@ async fn run_client(endpoints: &str, command: Command) -> ExitCode {
             }
             Command::Cluster { command: ClusterCommand::TransferLeader { id } } => {
                 admin(&client, Method::POST, &["leader"], Some(serde_json::json!({ "id": id }))).await
+            }
+            Command::Cluster { command: ClusterCommand::Leader } => {
+                let segments = vec!["v1".to_string(), "cluster".to_string()];
+                let answer =
+                    client.request(Method::GET, &segments, &[], HeaderMap::new(), None, Retry::Idempotent).await?;
+                if !answer.status.is_success() {
+                    return print_answer(answer, false);
+                }
+                let status: quorumkv_api::ClusterStatus = serde_json::from_slice(&answer.body)
+                    .map_err(|e| ClientError::Failed(format!("unreadable cluster status: {e}")))?;
+                match status.leader_id {
+                    Some(leader) => {
+                        println!("{leader}");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    None => {
+                        Err(ClientError::Failed(format!("node {} knows no leader (term {})", status.id, status.term)))
+                    }
+                }
             }
             Command::Cluster { command: ClusterCommand::Status } => {
                 let segments = vec!["v1".to_string(), "cluster".to_string()];

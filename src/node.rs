@@ -20,8 +20,6 @@ use openraft::raft::linearizable_read::Linearizer;
 use openraft::raft::linearizable_read::ReadLogId;
 use openraft::RaftMetrics;
 use openraft::ServerState;
-use serde::Deserialize;
-use serde::Serialize;
 
 use crate::config::ServeConfig;
 use crate::error::Error;
@@ -32,7 +30,9 @@ use crate::metrics::RaftGauges;
 use crate::network::PeerClient;
 use crate::network::PeerClients;
 use crate::network::PeerNetwork;
-use crate::network::ReadPolicy;
+use crate::protocol;
+use crate::protocol::ForwardedWrite;
+use crate::protocol::ReadPolicy;
 use crate::store;
 use crate::store::BootstrapRecord;
 use crate::store::IncomingSnapshot;
@@ -45,6 +45,9 @@ use crate::types::CommandResult;
 use crate::types::NodeId;
 use crate::types::Raft;
 use crate::types::TypeConfig;
+pub use quorumkv_api::ClusterStatus;
+pub use quorumkv_api::MemberStatus;
+pub use quorumkv_api::RaftRole;
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,15 +62,7 @@ pub enum Consistency {
     Stale { max_lag: Option<Duration> },
 }
 
-/// When a write is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Ack {
-    /// Once a quorum of voters has it durable (semi-synchronous; the default).
-    Quorum,
-    /// Once every voter has it durable (synchronous). A voter that is down makes the write
-    /// time out with an unknown outcome (it is committed by the quorum, not acknowledged).
-    All,
-}
+pub use crate::protocol::Ack;
 
 /// The leader's view of how far `peer`'s log is durable (0 when unknown), the leader's own
 /// log included. Only a leader has replication metrics; elsewhere this is always 0.
@@ -113,41 +108,19 @@ pub struct Node {
     bounded_read_at: std::sync::Mutex<Option<Instant>>,
     /// When this node last accepted an AppendEntries from a leader (removal detection).
     last_leader_contact: std::sync::Mutex<Option<Instant>>,
-    telemetry: Metrics,
+    prometheus_metrics: Metrics,
 }
 
-/// What `GET /v1/cluster` reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClusterStatus {
-    pub id: NodeId,
-    pub leader_id: Option<NodeId>,
-    pub term: u64,
-    pub state: String,
-    pub members: Vec<MemberStatus>,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    pub last_log_index: u64,
-    /// Last log index covered by this node's current snapshot (0: none yet).
-    pub snapshot_index: u64,
-    /// Log entries up to this index have been purged here (they live on only in snapshots).
-    pub purged_index: u64,
-    /// This node learned that it was removed from the cluster: it serves no client requests.
-    pub removed: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct MemberStatus {
-    pub id: NodeId,
-    /// `None` until the member has registered it (shortly after it first joins).
-    pub client_addr: Option<String>,
-    pub peer_addr: String,
-    pub voter: bool,
-    /// Leader's view only (null elsewhere): the last log index this member has durable.
-    pub matched_index: Option<u64>,
-    /// Leader's view only: how many entries this member is behind the leader's log.
-    pub lag_entries: Option<u64>,
-    /// Leader's view only: milliseconds since this member last acknowledged the leader.
-    pub last_ack_ms_ago: Option<u64>,
+/// A node's part in Raft as the API names it: mapped explicitly, so that a rename in openraft
+/// cannot change the API.
+fn raft_role(state: openraft::ServerState) -> RaftRole {
+    match state {
+        openraft::ServerState::Leader => RaftRole::Leader,
+        openraft::ServerState::Follower => RaftRole::Follower,
+        openraft::ServerState::Candidate => RaftRole::Candidate,
+        openraft::ServerState::Learner => RaftRole::Learner,
+        openraft::ServerState::Shutdown => RaftRole::Shutdown,
+    }
 }
 
 impl Node {
@@ -188,7 +161,7 @@ impl Node {
             freshness: std::sync::Mutex::new(None),
             bounded_read_at: std::sync::Mutex::new(None),
             last_leader_contact: std::sync::Mutex::new(None),
-            telemetry: Metrics::new(),
+            prometheus_metrics: Metrics::new(),
         }))
     }
 
@@ -258,7 +231,7 @@ impl Node {
     }
 
     /// A copy of openraft's metrics, for status and decisions off the request path.
-    pub(crate) fn metrics(&self) -> RaftMetrics<TypeConfig> {
+    pub(crate) fn raft_metrics(&self) -> RaftMetrics<TypeConfig> {
         self.raft.metrics().borrow_watched().clone()
     }
 
@@ -302,8 +275,8 @@ impl Node {
     /// Runs a write from any node: on the leader directly, else forwarded to it.
     pub async fn write(&self, command: Command, ack: Ack) -> Result<CommandResult, Error> {
         let timeout = self.config.write_timeout() + Duration::from_secs(1);
-        let request = (&command, ack);
-        self.via_leader("/internal/write", &request, timeout, Effect::Changes, || {
+        let request = ForwardedWrite { command: command.clone(), ack };
+        self.via_leader::<protocol::ForwardWrite, _, _>(&request, timeout, Effect::Changes, || {
             self.write_as_leader(command.clone(), ack)
         })
         .await
@@ -379,7 +352,9 @@ impl Node {
         };
         let timeout = self.config.read_timeout();
         let (leader, read_log_id) = self
-            .via_leader("/internal/read-index", &policy, timeout, Effect::None, || self.read_index_as_leader(policy))
+            .via_leader::<protocol::ReadIndex, _, _>(&policy, timeout, Effect::None, || {
+                self.read_index_as_leader(policy)
+            })
             .await?;
         let linearizer = Linearizer::new(leader, read_log_id, None);
         match linearizer.try_await_ready(&self.raft, Some(timeout)).await {
@@ -458,7 +433,7 @@ impl Node {
     }
 
     fn status_with(&self, client_addrs: &BTreeMap<NodeId, String>) -> ClusterStatus {
-        let metrics = self.metrics();
+        let metrics = self.raft_metrics();
         let membership = metrics.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let last_log_index = metrics.last_log_index.unwrap_or(0);
@@ -496,7 +471,7 @@ impl Node {
             id: self.id,
             leader_id: metrics.current_leader,
             term: metrics.current_term,
-            state: format!("{:?}", metrics.state),
+            state: raft_role(metrics.state),
             members,
             commit_index,
             applied_index,
@@ -511,8 +486,9 @@ impl Node {
         self.kv.clone()
     }
 
-    pub fn telemetry(&self) -> &Metrics {
-        &self.telemetry
+    /// The counters and histograms served on `GET /metrics` (Raft's own state: [`Self::raft_metrics`]).
+    pub fn prometheus_metrics(&self) -> &Metrics {
+        &self.prometheus_metrics
     }
 
     /// The Prometheus text exposition of this node's metrics.
@@ -531,7 +507,7 @@ impl Node {
                 .filter_map(|m| m.lag_entries.map(|lag| (m.id, lag)))
                 .collect(),
         };
-        self.telemetry.render(&gauges, &self.kv.storage_sizes()).map_err(|e| Error::Internal(e.to_string()))
+        self.prometheus_metrics.render(&gauges, &self.kv.storage_sizes()).map_err(|e| Error::Internal(e.to_string()))
     }
 
     /// Counts leader changes, snapshots and purges as openraft reports them, until shutdown.
@@ -543,13 +519,13 @@ impl Node {
         while receiver.changed().await.is_ok() {
             let now = watched(&receiver.borrow_watched());
             if now.0.is_some() && now.0 != seen.0 {
-                self.telemetry.count_leader_change();
+                self.prometheus_metrics.count_leader_change();
             }
             if now.1 != seen.1 {
-                self.telemetry.count_snapshot();
+                self.prometheus_metrics.count_snapshot();
             }
             if now.2 != seen.2 {
-                self.telemetry.count_purge();
+                self.prometheus_metrics.count_purge();
             }
             seen = now;
         }
@@ -561,7 +537,7 @@ impl Node {
         if !self.is_serving_raft() || self.is_draining() || self.is_removed() {
             return false;
         }
-        let metrics = self.metrics();
+        let metrics = self.raft_metrics();
         let committed = metrics.local_committed.as_ref().map(|l| l.index());
         let applied = metrics.last_applied.as_ref().map(|l| l.index());
         metrics.current_leader.is_some() && applied >= committed
@@ -570,7 +546,7 @@ impl Node {
     /// Graceful step-down: a leader hands leadership to its most up-to-date voter and waits
     /// (bounded) for the handover, so clients see no election timeout.
     pub async fn transfer_leadership_away(&self) {
-        let metrics = self.metrics();
+        let metrics = self.raft_metrics();
         if metrics.current_leader != Some(self.id) || metrics.state != ServerState::Leader {
             return;
         }

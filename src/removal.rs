@@ -20,8 +20,9 @@ use std::time::Instant;
 use crate::error::Error;
 use crate::limits;
 use crate::network::CallError;
-use crate::network::ProbeReply;
 use crate::node::Node;
+use crate::protocol;
+use crate::protocol::ProbeReply;
 use crate::types::LogId;
 use crate::types::NodeId;
 
@@ -67,7 +68,7 @@ impl Node {
     /// This node's own membership: its log id, whether it lists this node, and whether this
     /// node is the leader.
     fn own_membership(&self) -> (Option<LogId>, bool, bool) {
-        let metrics = self.metrics();
+        let metrics = self.raft_metrics();
         let membership = &metrics.membership_config;
         let is_leader = metrics.state == openraft::ServerState::Leader;
         (*membership.log_id(), membership.membership().get_node(&self.id()).is_some(), is_leader)
@@ -78,9 +79,9 @@ impl Node {
     pub(crate) async fn removal_evidence(&self) -> Option<u64> {
         let (own, own_includes, _) = self.own_membership();
         // Not part of any cluster yet (a joining node before the leader's first append).
-        self.metrics().membership_config.membership().nodes().next()?;
+        self.raft_metrics().membership_config.membership().nodes().next()?;
         let mut peers: BTreeMap<NodeId, String> = self.config().initial_members().unwrap_or_default();
-        let metrics = self.metrics();
+        let metrics = self.raft_metrics();
         for (id, member) in metrics.membership_config.membership().nodes() {
             peers.insert(*id, member.peer_addr.clone());
         }
@@ -90,7 +91,7 @@ impl Node {
             async move {
                 let timeout = Duration::from_millis(limits::BOOTSTRAP_PROBE_TIMEOUT_MS);
                 let answer: Result<Result<ProbeReply, Error>, CallError> =
-                    peer.call("/internal/probe", &self.id(), timeout).await;
+                    peer.call::<protocol::Probe>(&self.id(), timeout).await;
                 answer.ok().and_then(Result::ok)
             }
         });

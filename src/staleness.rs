@@ -26,8 +26,10 @@ use openraft::ServerState;
 use crate::error::Error;
 use crate::limits;
 use crate::network::CallError;
-use crate::network::FreshnessReply;
 use crate::node::Node;
+use crate::protocol;
+use crate::protocol::FreshnessReply;
+use crate::types::LogId;
 
 /// How fresh this node's state is known to be.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +45,7 @@ impl Node {
     /// moment within the last `max_lag`; else `503 too_stale`.
     pub(crate) async fn check_staleness(&self, max_lag: Duration) -> Result<(), Error> {
         let max_lag_ms = max_lag.as_millis() as u64;
-        if self.metrics().state == ServerState::Leader {
+        if self.raft_metrics().state == ServerState::Leader {
             return self.check_staleness_as_leader(max_lag);
         }
         *self.bounded_read_state().lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
@@ -85,13 +87,8 @@ impl Node {
         let max_lag_ms = max_lag.as_millis() as u64;
         match self.freshness_as_leader() {
             Ok(reply) => {
-                let lag_ms = reply.quorum_age_us / 1_000;
-                let applied = self.metrics().last_applied.as_ref().map_or(0, |l| l.index());
-                if lag_ms <= max_lag_ms && applied >= reply.committed_index {
-                    Ok(())
-                } else {
-                    Err(Error::TooStale { lag_ms: Some(lag_ms), max_lag_ms })
-                }
+                let applied = self.raft_metrics().last_applied.as_ref().map_or(0, |l| l.index());
+                leader_within_bound(reply, applied, max_lag_ms)
             }
             Err(_) => Err(Error::TooStale { lag_ms: None, max_lag_ms }),
         }
@@ -99,24 +96,12 @@ impl Node {
 
     /// On the leader: its committed index and the age of its last confirmation by a quorum.
     pub fn freshness_as_leader(&self) -> Result<FreshnessReply, Error> {
-        let metrics = self.metrics();
+        let metrics = self.raft_metrics();
         if metrics.state != ServerState::Leader {
             return Err(Error::NoLeader { last_known_leader: metrics.current_leader });
         }
-        let Some(confirmed) = metrics.last_quorum_acked else {
-            return Err(Error::Unavailable("leadership not yet confirmed by a quorum".into()));
-        };
-        // Until an entry of its own term is committed, a new leader's commit index may lag
-        // writes its predecessor acknowledged.
-        let committed = metrics.local_committed.as_ref();
-        let own_term = committed.is_some_and(|log_id| log_id.leader_id.term == metrics.current_term);
-        if !own_term {
-            return Err(Error::Unavailable("this leader has not committed an entry of its term yet".into()));
-        }
-        Ok(FreshnessReply {
-            committed_index: committed.map_or(0, |log_id| log_id.index()),
-            quorum_age_us: openraft::Instant::elapsed(&*confirmed).as_micros() as u64,
-        })
+        let quorum_age = metrics.last_quorum_acked.map(|confirmed| openraft::Instant::elapsed(&*confirmed));
+        leader_freshness(quorum_age, metrics.local_committed.as_ref(), metrics.current_term)
     }
 
     fn freshness(&self) -> Option<Freshness> {
@@ -130,7 +115,7 @@ impl Node {
         let sent = Instant::now();
         let timeout = Duration::from_millis(limits::FRESHNESS_TIMEOUT_MS);
         let answer: Result<Result<FreshnessReply, Error>, CallError> =
-            peer.call("/internal/freshness", &(), timeout).await;
+            peer.call::<protocol::Freshness>(&(), timeout).await;
         let Ok(Ok(reply)) = answer else { return };
         let Some(as_of) = sent.checked_sub(Duration::from_micros(reply.quorum_age_us)) else { return };
         let mut freshness = self.freshness_state().lock().unwrap_or_else(|p| p.into_inner());
@@ -152,5 +137,67 @@ impl Node {
                 self.refresh_freshness().await;
             }
         }
+    }
+}
+
+/// A leader's freshness: the age of its last confirmation by a quorum (`None`: never
+/// confirmed) and its committed log id, which counts only once it is of the leader's own
+/// `term`: until then its commit index may lag writes its predecessor acknowledged.
+fn leader_freshness(
+    quorum_age: Option<Duration>,
+    committed: Option<&LogId>,
+    term: u64,
+) -> Result<FreshnessReply, Error> {
+    let Some(quorum_age) = quorum_age else {
+        return Err(Error::Unavailable("leadership not yet confirmed by a quorum".into()));
+    };
+    let Some(committed) = committed.filter(|log_id| log_id.leader_id.term == term) else {
+        return Err(Error::Unavailable("this leader has not committed an entry of its term yet".into()));
+    };
+    Ok(FreshnessReply { committed_index: committed.index(), quorum_age_us: quorum_age.as_micros() as u64 })
+}
+
+/// A leader serves a bounded read when its last quorum confirmation is within the bound and
+/// it has applied everything it had committed then.
+fn leader_within_bound(reply: FreshnessReply, applied_index: u64, max_lag_ms: u64) -> Result<(), Error> {
+    let lag_ms = reply.quorum_age_us / 1_000;
+    if lag_ms <= max_lag_ms && applied_index >= reply.committed_index {
+        Ok(())
+    } else {
+        Err(Error::TooStale { lag_ms: Some(lag_ms), max_lag_ms })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(<openraft::type_config::alias::LeaderIdOf<crate::types::TypeConfig> as openraft::vote::RaftLeaderIdExt>::new_committed(term, 1), index)
+    }
+
+    /// Goal: a leader vouches for its freshness only once a quorum confirmed it and it
+    /// committed an entry of its own term.
+    #[test]
+    fn a_leader_is_fresh_only_once_confirmed_and_committed_in_its_term() {
+        let age = Some(Duration::from_millis(3));
+        assert!(matches!(leader_freshness(None, Some(&log_id(2, 9)), 2), Err(Error::Unavailable(_))));
+        assert!(matches!(leader_freshness(age, Some(&log_id(1, 9)), 2), Err(Error::Unavailable(_))));
+        assert!(matches!(leader_freshness(age, None, 2), Err(Error::Unavailable(_))));
+        let reply = leader_freshness(age, Some(&log_id(2, 9)), 2).expect("fresh");
+        assert_eq!(reply, FreshnessReply { committed_index: 9, quorum_age_us: 3_000 });
+    }
+
+    /// Goal: the bound is inclusive, in milliseconds, and holds only with everything applied.
+    #[test]
+    fn a_leaders_bounded_read_needs_a_recent_quorum_and_everything_applied() {
+        let reply = |age_ms: u64| FreshnessReply { committed_index: 10, quorum_age_us: age_ms * 1_000 + 999 };
+        assert!(leader_within_bound(reply(500), 10, 500).is_ok());
+        assert!(leader_within_bound(reply(499), 11, 500).is_ok());
+        assert!(matches!(
+            leader_within_bound(reply(501), 10, 500),
+            Err(Error::TooStale { lag_ms: Some(501), max_lag_ms: 500 })
+        ));
+        assert!(matches!(leader_within_bound(reply(0), 9, 500), Err(Error::TooStale { .. })));
     }
 }

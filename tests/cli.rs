@@ -45,3 +45,50 @@ async fn a_definite_failure_exits_1() {
     let (code, stderr) = cli_put(stand_in(StatusCode::INTERNAL_SERVER_ERROR, "failed").await).await;
     assert_eq!(code, Some(1), "{stderr}");
 }
+
+/// A stand-in answering `GET /v1/cluster` with the server's own status type, leader `leader_id`.
+async fn stand_in_status(leader_id: Option<u64>) -> String {
+    let status = quorumkv_api::ClusterStatus {
+        id: 2,
+        leader_id,
+        term: 7,
+        state: quorumkv_api::RaftRole::Follower,
+        members: Vec::new(),
+        commit_index: 10,
+        applied_index: 10,
+        last_log_index: 10,
+        snapshot_index: 0,
+        purged_index: 0,
+        removed: false,
+    };
+    let body = serde_json::to_string(&status).expect("encode");
+    let router = Router::new().route("/v1/cluster", axum::routing::get(move || async move { body }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+    addr
+}
+
+async fn cli_leader(endpoint: String) -> (Option<i32>, String, String) {
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_quorumkv"))
+            .args(["cluster", "leader", "--endpoints", &endpoint])
+            .output()
+            .expect("run the CLI")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output.status.code(), stdout, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// Goal: `cluster leader` prints only the leader's id (what scripts read), and exits 1 with
+/// a reason when the node knows no leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_leader_prints_the_id_or_exits_1() {
+    let (code, stdout, stderr) = cli_leader(stand_in_status(Some(3)).await).await;
+    assert_eq!((code, stdout.as_str()), (Some(0), "3\n"), "{stderr}");
+    let (code, stdout, stderr) = cli_leader(stand_in_status(None).await).await;
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.is_empty() && stderr.contains("knows no leader"), "{stderr}");
+}

@@ -1,6 +1,6 @@
 //! A rolling restart under steady client load completes with zero failed client requests.
 //!
-//! Method: clients write and read continuously through `quorumkv::client::Client` (the CLI's
+//! Method: clients write and read continuously through `quorumkv_api::client::Client` (the CLI's
 //! client: it moves to another endpoint on a refused connection and retries 503s, and never
 //! retries a write whose outcome is unknown). Each node in turn, followers first and the
 //! leader last (after handing leadership away), gets SIGTERM, is restarted, and must be ready
@@ -16,8 +16,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::eventually;
 use common::Cluster;
-use quorumkv::client::Client;
-use quorumkv::client::Retry;
+use quorumkv_api::client::Client;
+use quorumkv_api::client::Retry;
 use reqwest::header::HeaderMap;
 use reqwest::Method;
 use serde_json::json;

@@ -10,134 +10,98 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::json;
+use quorumkv_api::AddLearnerRequest;
+use quorumkv_api::ClusterStatus;
+use quorumkv_api::Health;
+use quorumkv_api::MemberStatus;
+use quorumkv_api::NodeRef;
+use quorumkv_api::Ready;
 
-use super::error_response;
-use crate::admin::AdminCommand;
 use crate::error::Error;
 use crate::limits;
 use crate::node::Node;
+use crate::protocol::AdminCommand;
 use crate::types::NodeId;
 
-pub(super) async fn status(State(node): State<Arc<Node>>) -> Response {
-    match node.status() {
-        Ok(status) => Json(status).into_response(),
-        Err(error) => error_response(error),
-    }
+pub(super) async fn status(State(node): State<Arc<Node>>) -> Result<Json<ClusterStatus>, Error> {
+    Ok(Json(node.status()?))
 }
 
 /// `GET /v1/backup`: a consistent backup as JSON lines, streamed.
-pub(super) async fn backup(State(node): State<Arc<Node>>) -> Response {
-    match node.backup().await {
-        Ok(receiver) => {
-            let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-                receiver.recv().await.map(|chunk| (chunk, receiver))
-            });
-            ([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response()
-        }
-        Err(error) => error_response(error),
-    }
+pub(super) async fn backup(State(node): State<Arc<Node>>) -> Result<Response, Error> {
+    let receiver = node.backup().await?;
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|chunk| (chunk, receiver))
+    });
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response())
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    match node.render_metrics() {
-        Ok(text) => {
-            let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-            ([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response()
-        }
-        Err(error) => error_response(error),
-    }
+pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, Error> {
+    let text = node.render_metrics()?;
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
 /// Liveness: the process serves HTTP.
-pub(super) async fn health() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+pub(super) async fn health() -> Json<Health> {
+    Json(Health { status: "ok".into() })
 }
 
 /// Readiness: a leader is known and this node has applied everything it knows committed.
-pub(super) async fn ready(State(node): State<Arc<Node>>) -> Response {
-    if node.is_ready() {
-        Json(json!({"ready": true})).into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false}))).into_response()
-    }
+pub(super) async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, Json<Ready>) {
+    let ready = node.is_ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(Ready { ready }))
 }
 
 /// `GET /v1/cluster/members`.
-pub(super) async fn members(State(node): State<Arc<Node>>) -> Response {
-    match node.status() {
-        Ok(status) => Json(status.members).into_response(),
-        Err(error) => error_response(error),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AddLearner {
-    id: NodeId,
-    peer_addr: String,
-    /// Sent by a node joining with an empty data dir (see `AdminCommand::AddLearner`).
-    #[serde(default)]
-    fresh: bool,
-}
-
-#[derive(Deserialize)]
-pub(super) struct NodeRef {
-    id: NodeId,
+pub(super) async fn members(State(node): State<Arc<Node>>) -> Result<Json<Vec<MemberStatus>>, Error> {
+    Ok(Json(node.status()?.members))
 }
 
 /// `POST /v1/cluster/learners {"id", "peer_addr"}`.
-pub(super) async fn add_learner(State(node): State<Arc<Node>>, body: Body) -> Response {
-    let run = async {
-        let request: AddLearner = parse_json(body).await?;
-        if request.id == 0 || !request.peer_addr.contains(':') {
-            return Err(Error::InvalidParameter("id must be at least 1 and peer_addr host:port".into()));
-        }
-        let AddLearner { id, peer_addr, fresh } = request;
-        let _slot = node.admit().await?;
-        node.admin(AdminCommand::AddLearner { id, peer_addr, fresh }).await
-    };
-    admin_response(&node, run.await)
+pub(super) async fn add_learner(State(node): State<Arc<Node>>, body: Body) -> Result<Json<ClusterStatus>, Error> {
+    let request: AddLearnerRequest = parse_json(body).await?;
+    if request.id == 0 || !request.peer_addr.contains(':') {
+        return Err(Error::InvalidParameter("id must be at least 1 and peer_addr host:port".into()));
+    }
+    let AddLearnerRequest { id, peer_addr, fresh } = request;
+    let _slot = node.admit().await?;
+    node.admin(AdminCommand::AddLearner { id, peer_addr, fresh }).await?;
+    Ok(changed(&node))
 }
 
 /// `POST /v1/cluster/voters {"id"}`: promote a caught-up learner.
-pub(super) async fn promote(State(node): State<Arc<Node>>, body: Body) -> Response {
-    let run = async {
-        let request: NodeRef = parse_json(body).await?;
-        let _slot = node.admit().await?;
-        node.admin(AdminCommand::Promote { id: request.id }).await
-    };
-    admin_response(&node, run.await)
+pub(super) async fn promote(State(node): State<Arc<Node>>, body: Body) -> Result<Json<ClusterStatus>, Error> {
+    let NodeRef { id } = parse_json(body).await?;
+    let _slot = node.admit().await?;
+    node.admin(AdminCommand::Promote { id }).await?;
+    Ok(changed(&node))
 }
 
 /// `DELETE /v1/cluster/members/{id}`.
-pub(super) async fn remove(State(node): State<Arc<Node>>, id: Result<Path<NodeId>, PathRejection>) -> Response {
-    let run = async {
-        let Path(id) = id.map_err(|rejection| Error::InvalidParameter(rejection.body_text()))?;
-        let _slot = node.admit().await?;
-        node.admin(AdminCommand::Remove { id }).await
-    };
-    admin_response(&node, run.await)
+pub(super) async fn remove(
+    State(node): State<Arc<Node>>,
+    id: Result<Path<NodeId>, PathRejection>,
+) -> Result<Json<ClusterStatus>, Error> {
+    let Path(id) = id.map_err(|rejection| Error::InvalidParameter(rejection.body_text()))?;
+    let _slot = node.admit().await?;
+    node.admin(AdminCommand::Remove { id }).await?;
+    Ok(changed(&node))
 }
 
 /// `POST /v1/cluster/leader {"id"}`: transfer leadership.
-pub(super) async fn transfer_leader(State(node): State<Arc<Node>>, body: Body) -> Response {
-    let run = async {
-        let request: NodeRef = parse_json(body).await?;
-        let _slot = node.admit().await?;
-        node.admin(AdminCommand::TransferLeader { to: request.id }).await
-    };
-    admin_response(&node, run.await)
+pub(super) async fn transfer_leader(State(node): State<Arc<Node>>, body: Body) -> Result<Json<ClusterStatus>, Error> {
+    let NodeRef { id } = parse_json(body).await?;
+    let _slot = node.admit().await?;
+    node.admin(AdminCommand::TransferLeader { to: id }).await?;
+    Ok(changed(&node))
 }
 
 /// A change that committed answers 200 with the status, whatever reading the status meets.
-fn admin_response(node: &Node, result: Result<(), Error>) -> Response {
-    match result {
-        Ok(()) => Json(node.status_after_change()).into_response(),
-        Err(error) => error_response(error),
-    }
+fn changed(node: &Node) -> Json<ClusterStatus> {
+    Json(node.status_after_change())
 }
 
 async fn parse_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, Error> {

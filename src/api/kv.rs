@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::rejection::QueryRejection;
 use axum::extract::Path;
-use axum::extract::Query;
 use axum::extract::State;
 use axum::http::header;
 use axum::http::HeaderMap;
@@ -17,151 +15,125 @@ use axum::response::Response;
 use axum::Json;
 use base64::Engine;
 use bytes::Bytes;
-use serde_json::json;
+use quorumkv_api::AckParam;
+use quorumkv_api::ConsistencyParam;
+use quorumkv_api::DeleteReply;
+use quorumkv_api::Item;
+use quorumkv_api::ListParams;
+use quorumkv_api::Page;
+use quorumkv_api::PutReply;
+use quorumkv_api::ReadParams;
+use quorumkv_api::WriteParams;
 
-use super::error_response;
+use super::Params;
 use crate::error::Error;
 use crate::limits;
-use crate::node::Ack;
 use crate::node::Consistency;
 use crate::node::Node;
+use crate::protocol::Ack;
 use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::Precondition;
 
-type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
 type KeyPath = Result<Path<String>, PathRejection>;
 
-pub(super) async fn empty_key() -> Response {
-    error_response(Error::InvalidKey("the key is empty".into()))
+pub(super) async fn empty_key() -> Error {
+    Error::InvalidKey("the key is empty".into())
 }
 
-pub(super) async fn get(State(node): State<Arc<Node>>, key: KeyPath, query: QueryPairs) -> Response {
-    let run = async {
-        let key = parse_key(&node, key)?;
-        let params = parse_query(query, &["consistency", "max_lag_ms"])?;
-        let consistency = parse_consistency(&params)?;
-        let _slot = node.admit().await?;
-        node.get(&key, consistency).await?.ok_or(Error::KeyNotFound)
-    };
-    match run.await {
-        Ok(stored) => {
-            let mut response = (stored.value).into_response();
-            let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-            headers.insert(header::ETAG, etag(stored.mod_revision));
-            response
-        }
-        Err(error) => error_response(error),
-    }
+pub(super) async fn get(
+    State(node): State<Arc<Node>>,
+    key: KeyPath,
+    Params(params): Params<ReadParams>,
+) -> Result<Response, Error> {
+    let key = parse_key(&node, key)?;
+    let consistency = parse_consistency(params.consistency, params.max_lag_ms)?;
+    let _slot = node.admit().await?;
+    let stored = node.get(&key, consistency).await?.ok_or(Error::KeyNotFound)?;
+    let mut response = stored.value.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::ETAG, etag(stored.mod_revision));
+    Ok(response)
 }
 
 pub(super) async fn put(
     State(node): State<Arc<Node>>,
     key: KeyPath,
-    query: QueryPairs,
+    params: Result<Params<WriteParams>, Error>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let run = async {
-        // The body is read first, whatever else is wrong: answering before the client has
-        // sent it makes the server close the connection under a writing client, which then
-        // sees a broken pipe instead of the 4xx.
-        let value = read_value(&node, &headers, body).await;
-        let key = parse_key(&node, key)?;
-        let ack = parse_ack(&parse_query(query, &["ack"])?)?;
-        let precondition = parse_precondition(&headers)?;
-        let value = value?;
-        let _slot = node.admit().await?;
-        node.write(Command::Put { key, value, precondition }, ack).await
-    };
-    match run.await {
-        Ok(CommandResult::Put { revision }) => {
-            let mut response = Json(json!({ "revision": revision })).into_response();
+) -> Result<Response, Error> {
+    // The body is read first, whatever else is wrong: answering before the client has
+    // sent it makes the server close the connection under a writing client, which then
+    // sees a broken pipe instead of the 4xx.
+    let value = read_value(&node, &headers, body).await;
+    let key = parse_key(&node, key)?;
+    let Params(params) = params?;
+    let ack = ack(params.ack);
+    let precondition = parse_precondition(&headers)?;
+    let value = value?;
+    let _slot = node.admit().await?;
+    match node.write(Command::Put { key, value, precondition }, ack).await? {
+        CommandResult::Put { revision } => {
+            let mut response = Json(PutReply { revision }).into_response();
             response.headers_mut().insert(header::ETAG, etag(revision));
-            response
+            Ok(response)
         }
-        Ok(other) => write_result_error(other),
-        Err(error) => error_response(error),
+        other => Err(write_result_error(other)),
     }
 }
 
 pub(super) async fn delete(
     State(node): State<Arc<Node>>,
     key: KeyPath,
-    query: QueryPairs,
+    Params(params): Params<WriteParams>,
     headers: HeaderMap,
-) -> Response {
-    let run = async {
-        let key = parse_key(&node, key)?;
-        let ack = parse_ack(&parse_query(query, &["ack"])?)?;
-        let precondition = parse_precondition(&headers)?;
-        let _slot = node.admit().await?;
-        node.write(Command::Delete { key, precondition }, ack).await
-    };
-    match run.await {
-        Ok(CommandResult::Delete { revision, deleted }) => {
-            Json(json!({ "revision": revision, "deleted": deleted })).into_response()
-        }
-        Ok(other) => write_result_error(other),
-        Err(error) => error_response(error),
+) -> Result<Json<DeleteReply>, Error> {
+    let key = parse_key(&node, key)?;
+    let ack = ack(params.ack);
+    let precondition = parse_precondition(&headers)?;
+    let _slot = node.admit().await?;
+    match node.write(Command::Delete { key, precondition }, ack).await? {
+        CommandResult::Delete { revision, deleted } => Ok(Json(DeleteReply { revision, deleted })),
+        other => Err(write_result_error(other)),
     }
 }
 
-pub(super) async fn list(State(node): State<Arc<Node>>, query: QueryPairs) -> Response {
-    let run = async {
-        let params = parse_query(query, &["prefix", "start", "limit", "consistency", "max_lag_ms"])?;
-        let consistency = parse_consistency(&params)?;
-        let prefix = param(&params, "prefix").unwrap_or("");
-        let start = param(&params, "start").unwrap_or("");
-        let limit = match param(&params, "limit") {
-            None => limits::DEFAULT_LIST_LIMIT,
-            Some(text) => match text.parse::<usize>() {
-                Ok(limit) if (1..=limits::MAX_LIST_LIMIT).contains(&limit) => limit,
-                _ => {
-                    return Err(Error::InvalidParameter(format!(
-                        "limit must be between 1 and {}",
-                        limits::MAX_LIST_LIMIT
-                    )))
-                }
-            },
-        };
-        let _slot = node.admit().await?;
-        node.list(prefix, start, limit, consistency).await
-    };
-    match run.await {
-        Ok((page, next_start)) => {
-            let items: Vec<serde_json::Value> = page
-                .into_iter()
-                .map(|(key, stored)| {
-                    let mut item = json!({
-                        "key": key,
-                        "revision": stored.mod_revision,
-                        "create_revision": stored.create_revision,
-                    });
-                    match std::str::from_utf8(&stored.value) {
-                        Ok(text) => item["value"] = json!(text),
-                        Err(_) => {
-                            item["value_base64"] =
-                                json!(base64::engine::general_purpose::STANDARD.encode(&stored.value))
-                        }
-                    }
-                    item
-                })
-                .collect();
-            Json(json!({ "items": items, "next_start": next_start })).into_response()
+pub(super) async fn list(
+    State(node): State<Arc<Node>>,
+    Params(params): Params<ListParams>,
+) -> Result<Json<Page>, Error> {
+    let consistency = parse_consistency(params.consistency, params.max_lag_ms)?;
+    let limit = match params.limit {
+        None => limits::DEFAULT_LIST_LIMIT,
+        Some(limit) if (1..=limits::MAX_LIST_LIMIT).contains(&limit) => limit,
+        Some(_) => {
+            return Err(Error::InvalidParameter(format!("limit must be between 1 and {}", limits::MAX_LIST_LIMIT)))
         }
-        Err(error) => error_response(error),
-    }
+    };
+    let prefix = params.prefix.unwrap_or_default();
+    let start = params.start.unwrap_or_default();
+    let _slot = node.admit().await?;
+    let (page, next_start) = node.list(&prefix, &start, limit, consistency).await?;
+    let items = page
+        .into_iter()
+        .map(|(key, stored)| {
+            let (value, value_base64) = match String::from_utf8(stored.value.to_vec()) {
+                Ok(text) => (Some(text), None),
+                Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(&stored.value))),
+            };
+            Item { key, revision: stored.mod_revision, create_revision: stored.create_revision, value, value_base64 }
+        })
+        .collect();
+    Ok(Json(Page { items, next_start }))
 }
 
 /// The results a write can have other than success, as errors.
-fn write_result_error(result: CommandResult) -> Response {
+fn write_result_error(result: CommandResult) -> Error {
     match result {
-        CommandResult::PreconditionFailed { current_revision } => {
-            error_response(Error::PreconditionFailed { current_revision })
-        }
-        other => error_response(Error::Internal(format!("unexpected write result {other:?}"))),
+        CommandResult::PreconditionFailed { current_revision } => Error::PreconditionFailed { current_revision },
+        other => Error::Internal(format!("unexpected write result {other:?}")),
     }
 }
 
@@ -184,56 +156,32 @@ fn parse_key(node: &Node, key: KeyPath) -> Result<String, Error> {
     Ok(key)
 }
 
-fn parse_query(query: QueryPairs, allowed: &[&str]) -> Result<Vec<(String, String)>, Error> {
-    let Query(params) = query.map_err(|rejection| Error::InvalidParameter(rejection.body_text()))?;
-    for (name, _) in &params {
-        if !allowed.contains(&name.as_str()) {
-            return Err(Error::InvalidParameter(format!("unknown query parameter {name:?}")));
-        }
-    }
-    Ok(params)
-}
-
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-}
-
-/// `consistency=linearizable|lease|stale`, and with `stale` an optional `max_lag_ms`.
-fn parse_consistency(params: &[(String, String)]) -> Result<Consistency, Error> {
-    let max_lag = match param(params, "max_lag_ms") {
+/// `consistency=linearizable|lease|stale` (default linearizable), and with `stale` an
+/// optional `max_lag_ms` within [`limits::MAX_STALENESS_BOUND_MS`].
+fn parse_consistency(consistency: Option<ConsistencyParam>, max_lag_ms: Option<u64>) -> Result<Consistency, Error> {
+    let max_lag = match max_lag_ms {
         None => None,
-        Some(text) => match text.parse::<u64>() {
-            Ok(ms) if (1..=limits::MAX_STALENESS_BOUND_MS).contains(&ms) => Some(Duration::from_millis(ms)),
-            _ => {
-                return Err(Error::InvalidParameter(format!(
-                    "max_lag_ms must be between 1 and {}",
-                    limits::MAX_STALENESS_BOUND_MS
-                )))
-            }
-        },
-    };
-    let consistency = match param(params, "consistency") {
-        None | Some("linearizable") => Consistency::Linearizable,
-        Some("lease") => Consistency::Lease,
-        Some("stale") => Consistency::Stale { max_lag },
-        Some(other) => {
+        Some(ms) if (1..=limits::MAX_STALENESS_BOUND_MS).contains(&ms) => Some(Duration::from_millis(ms)),
+        Some(_) => {
             return Err(Error::InvalidParameter(format!(
-                "consistency must be linearizable, lease or stale, not {other:?}"
+                "max_lag_ms must be between 1 and {}",
+                limits::MAX_STALENESS_BOUND_MS
             )))
         }
     };
-    if max_lag.is_some() && !matches!(consistency, Consistency::Stale { .. }) {
-        return Err(Error::InvalidParameter("max_lag_ms goes with consistency=stale".into()));
+    match (consistency, max_lag) {
+        (None | Some(ConsistencyParam::Linearizable), None) => Ok(Consistency::Linearizable),
+        (Some(ConsistencyParam::Lease), None) => Ok(Consistency::Lease),
+        (Some(ConsistencyParam::Stale), max_lag) => Ok(Consistency::Stale { max_lag }),
+        (_, Some(_)) => Err(Error::InvalidParameter("max_lag_ms goes with consistency=stale".into())),
     }
-    Ok(consistency)
 }
 
 /// `ack=quorum` (default, semi-synchronous) or `ack=all` (synchronous).
-fn parse_ack(params: &[(String, String)]) -> Result<Ack, Error> {
-    match param(params, "ack") {
-        None | Some("quorum") => Ok(Ack::Quorum),
-        Some("all") => Ok(Ack::All),
-        Some(other) => Err(Error::InvalidParameter(format!("ack must be quorum or all, not {other:?}"))),
+fn ack(ack: Option<AckParam>) -> Ack {
+    match ack {
+        None | Some(AckParam::Quorum) => Ack::Quorum,
+        Some(AckParam::All) => Ack::All,
     }
 }
 
@@ -291,5 +239,87 @@ async fn read_value(node: &Node, headers: &HeaderMap, body: Body) -> Result<Byte
             }
             Ok(bytes)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(name.clone(), HeaderValue::from_str(value).expect("header value"));
+        }
+        map
+    }
+
+    /// Goal: each conditional header form maps to its precondition; anything else is a 400
+    /// (`invalid_header`), never an unconditional write.
+    #[test]
+    fn conditional_headers_map_to_preconditions_or_are_refused() {
+        assert_eq!(parse_precondition(&HeaderMap::new()), Ok(Precondition::None));
+        assert_eq!(parse_precondition(&headers(&[(header::IF_MATCH, "\"42\"")])), Ok(Precondition::ModRevision(42)));
+        assert_eq!(parse_precondition(&headers(&[(header::IF_MATCH, " 7 ")])), Ok(Precondition::ModRevision(7)));
+        assert_eq!(parse_precondition(&headers(&[(header::IF_MATCH, "*")])), Ok(Precondition::Exists));
+        assert_eq!(parse_precondition(&headers(&[(header::IF_NONE_MATCH, "*")])), Ok(Precondition::Absent));
+        for bad in [
+            headers(&[(header::IF_MATCH, "\"-1\"")]),
+            headers(&[(header::IF_MATCH, "W/\"3\"")]),
+            headers(&[(header::IF_MATCH, "\"18446744073709551616\"")]),
+            headers(&[(header::IF_NONE_MATCH, "\"3\"")]),
+            headers(&[(header::IF_MATCH, "1"), (header::IF_MATCH, "2")]),
+            headers(&[(header::IF_MATCH, "*"), (header::IF_NONE_MATCH, "*")]),
+        ] {
+            assert!(matches!(parse_precondition(&bad), Err(Error::InvalidHeader(_))), "{bad:?}");
+        }
+    }
+
+    /// Goal: consistency defaults to linearizable; a staleness bound goes only with `stale`
+    /// and within its limit; parameters are decoded into the API's types, unknown ones refused.
+    #[test]
+    fn consistency_and_staleness_bounds_are_checked() {
+        use ConsistencyParam::*;
+        assert_eq!(parse_consistency(None, None), Ok(Consistency::Linearizable));
+        assert_eq!(parse_consistency(Some(Lease), None), Ok(Consistency::Lease));
+        assert_eq!(parse_consistency(Some(Stale), None), Ok(Consistency::Stale { max_lag: None }));
+        assert_eq!(
+            parse_consistency(Some(Stale), Some(250)),
+            Ok(Consistency::Stale { max_lag: Some(Duration::from_millis(250)) })
+        );
+        for (consistency, max_lag_ms) in [
+            (None, Some(250)),
+            (Some(Linearizable), Some(10)),
+            (Some(Lease), Some(10)),
+            (Some(Stale), Some(0)),
+            (Some(Stale), Some(limits::MAX_STALENESS_BOUND_MS + 1)),
+        ] {
+            let parsed = parse_consistency(consistency, max_lag_ms);
+            assert!(matches!(parsed, Err(Error::InvalidParameter(_))), "{consistency:?} {max_lag_ms:?}");
+        }
+        assert_eq!((ack(None), ack(Some(AckParam::All))), (Ack::Quorum, Ack::All));
+    }
+
+    /// Goal: the query extractor refuses unknown, misspelt and malformed parameters with 400.
+    #[tokio::test]
+    async fn query_parameters_are_typed_and_unknown_ones_refused() {
+        use axum::extract::FromRequestParts;
+        async fn params<T: serde::de::DeserializeOwned>(query: &str) -> Result<T, Error> {
+            let request = axum::http::Request::get(format!("/v1/kv/k?{query}")).body(()).expect("request");
+            let (mut parts, ()) = request.into_parts();
+            Params::<T>::from_request_parts(&mut parts, &()).await.map(|Params(params)| params)
+        }
+        let read: ReadParams = params("consistency=stale&max_lag_ms=5").await.expect("valid");
+        assert_eq!((read.consistency, read.max_lag_ms), (Some(ConsistencyParam::Stale), Some(5)));
+        assert_eq!(params::<WriteParams>("ack=all").await.expect("valid").ack, Some(AckParam::All));
+        for bad in ["ttl=5", "ack=one", "ack=all&ack=quorum"] {
+            let refused = params::<WriteParams>(bad).await;
+            assert!(matches!(refused, Err(Error::InvalidParameter(_))), "{bad}: {refused:?}");
+        }
+        for bad in ["consistency=eventual", "max_lag_ms=soon", "max_lag_ms=-1", "limit=5"] {
+            let refused = params::<ReadParams>(bad).await;
+            assert!(matches!(refused, Err(Error::InvalidParameter(_))), "{bad}: {refused:?}");
+        }
+        assert!(params::<ListParams>("prefix=a/&limit=x").await.is_err());
     }
 }

@@ -14,7 +14,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Json;
 use axum::Router;
-use serde_json::json;
+use quorumkv_api::ErrorBody;
 
 use crate::error::Error;
 use crate::node::Node;
@@ -61,7 +61,7 @@ async fn record_request(
     let method = request.method().to_string();
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    node.telemetry().observe_request(&route, &method, response.status().as_u16(), started.elapsed());
+    node.prometheus_metrics().observe_request(&route, &method, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -91,23 +91,53 @@ async fn refuse_while_draining_or_removed(
     response
 }
 
-/// The error half of the one table: status from [`Error::status`], a JSON body
-/// `{"error", "message", "outcome"}` plus any details, and `Retry-After` when retrying helps.
+/// The error half of the one table: status from [`Error::status`], the API's
+/// [`ErrorBody`] (`{"error", "message", "outcome"}` plus any details), and `Retry-After` when
+/// retrying helps.
 pub fn error_response(error: Error) -> Response {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut body = json!({
-        "error": error.code(),
-        "message": error.to_string(),
-        "outcome": error.outcome(),
-    });
-    match &error {
-        Error::PreconditionFailed { current_revision } => body["current_revision"] = json!(current_revision),
-        Error::NoLeader { last_known_leader } => body["last_known_leader"] = json!(last_known_leader),
-        _ => {}
-    }
+    let body = ErrorBody {
+        error: error.code().to_string(),
+        message: error.to_string(),
+        outcome: error.outcome(),
+        current_revision: match &error {
+            Error::PreconditionFailed { current_revision } => Some(*current_revision),
+            _ => None,
+        },
+        last_known_leader: match &error {
+            Error::NoLeader { last_known_leader } => Some(*last_known_leader),
+            _ => None,
+        },
+    };
     let mut response = (status, Json(body)).into_response();
     if let Some(seconds) = error.retry_after_seconds() {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
+}
+
+/// Handlers return `Result<_, Error>`: the error becomes its answer through the one table.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        error_response(self)
+    }
+}
+
+/// A query string decoded into the API's parameter type `T`, whose unknown fields are refused:
+/// a misspelt or unsupported parameter is a `400 invalid_parameter`, never silently ignored.
+pub(crate) struct Params<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Error> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(params)| Params(params))
+            .map_err(|rejection| Error::InvalidParameter(rejection.body_text()))
+    }
 }

@@ -22,8 +22,6 @@ use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::io::AsyncSeekExt;
 
 use super::CallError;
@@ -33,6 +31,8 @@ use crate::limits::PEER_RPC_TIMEOUT_MS;
 use crate::limits::PEER_RPC_TIMEOUT_MS_PER_MIB;
 use crate::limits::SNAPSHOT_CHUNK_BYTES;
 use crate::limits::SNAPSHOT_TRANSFER_TIMEOUT_MS;
+use crate::protocol;
+use crate::protocol::Rpc;
 use crate::types::Member;
 use crate::types::NodeId;
 use crate::types::Snapshot;
@@ -79,25 +79,19 @@ impl RaftConnection {
         }
     }
 
-    async fn raft_call<Req: Serialize, Resp: DeserializeOwned>(
+    async fn raft_call<R: Rpc>(
         &self,
-        path: &str,
-        request: &Req,
+        request: &R::Request,
         timeout: Duration,
-    ) -> Result<Resp, RPCError<TypeConfig>> {
-        let body = super::encode(request).map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
-        self.raft_send(path, body, timeout).await
+    ) -> Result<R::Reply, RPCError<TypeConfig>> {
+        let body = protocol::encode(request).map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
+        self.raft_send::<R>(body, timeout).await
     }
 
     /// [`Self::raft_call`] with the request already encoded.
-    async fn raft_send<Resp: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<Resp, RPCError<TypeConfig>> {
+    async fn raft_send<R: Rpc>(&self, body: Vec<u8>, timeout: Duration) -> Result<R::Reply, RPCError<TypeConfig>> {
         self.check_serving().map_err(RPCError::Unreachable)?;
-        match self.peer.send(path, body.into(), timeout).await {
+        match self.peer.send(R::PATH, body.into(), timeout).await {
             // An answer that could not be recorded is not used (see `note_answered`).
             Ok(response) => match self.peer.note_answered().await {
                 Ok(()) => Ok(response),
@@ -110,7 +104,9 @@ impl RaftConnection {
             Err(error @ (CallError::NotSent(..) | CallError::NotReady(_) | CallError::Busy(_))) => {
                 Err(RPCError::Unreachable(Unreachable::from_string(error)))
             }
-            Err(error @ CallError::NoAnswer(..)) => Err(RPCError::Network(NetworkError::from_string(error))),
+            Err(error @ (CallError::NoAnswer(..) | CallError::Refused(..))) => {
+                Err(RPCError::Network(NetworkError::from_string(error)))
+            }
         }
     }
 }
@@ -125,11 +121,11 @@ impl RaftNetworkV2<TypeConfig> for RaftConnection {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         // openraft's hard TTL for appends is one heartbeat interval; a large batch plus the
         // follower's fsync can take longer, and a deadline it can never meet stalls replication.
-        let body = super::encode(&request).map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
+        let body = protocol::encode(&request).map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
         let mib = (body.len() as u64).div_ceil(1024 * 1024);
         let timeout =
             option.hard_ttl().max(Duration::from_millis(PEER_RPC_TIMEOUT_MS + mib * PEER_RPC_TIMEOUT_MS_PER_MIB));
-        self.raft_send("/raft/append", body, timeout).await
+        self.raft_send::<protocol::Append>(body, timeout).await
     }
 
     async fn vote(
@@ -137,7 +133,7 @@ impl RaftNetworkV2<TypeConfig> for RaftConnection {
         request: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.raft_call("/raft/vote", &request, option.hard_ttl()).await
+        self.raft_call::<protocol::RequestVote>(&request, option.hard_ttl()).await
     }
 
     async fn pre_vote(
@@ -145,7 +141,7 @@ impl RaftNetworkV2<TypeConfig> for RaftConnection {
         request: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.raft_call("/raft/pre-vote", &request, option.hard_ttl()).await
+        self.raft_call::<protocol::PreVote>(&request, option.hard_ttl()).await
     }
 
     async fn full_snapshot(
@@ -157,7 +153,7 @@ impl RaftNetworkV2<TypeConfig> for RaftConnection {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         self.check_serving().map_err(StreamingError::Unreachable)?;
         // The body is the vote's frame, then the snapshot file read from disk piece by piece.
-        let header = super::snapshot_header(&vote)
+        let header = protocol::snapshot_header(&vote)
             .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("encode vote: {e}"))))?;
         let file_error =
             |e: std::io::Error| StreamingError::Network(NetworkError::from_string(format!("snapshot file: {e}")));
@@ -169,7 +165,8 @@ impl RaftNetworkV2<TypeConfig> for RaftConnection {
             reqwest::Body::wrap_stream(futures::stream::once(async { Ok(bytes::Bytes::from(header)) }).chain(chunks));
         let timeout = option.hard_ttl().max(Duration::from_millis(SNAPSHOT_TRANSFER_TIMEOUT_MS));
         let call = async {
-            let response = self.peer.send("/raft/snapshot", body, timeout).await?;
+            let response: protocol::InstallSnapshotReply =
+                self.peer.send(protocol::InstallSnapshot::PATH, body, timeout).await?;
             self.peer.note_answered().await.map_err(|error| {
                 CallError::NotSent(self.peer.target(), format!("answered, but recording it failed: {error}"))
             })?;
@@ -180,7 +177,9 @@ impl RaftNetworkV2<TypeConfig> for RaftConnection {
                 error @ (CallError::NotSent(..) | CallError::NotReady(_) | CallError::Busy(_)) => {
                     StreamingError::Unreachable(Unreachable::from_string(error))
                 }
-                error @ CallError::NoAnswer(..) => StreamingError::Network(NetworkError::from_string(error)),
+                error @ (CallError::NoAnswer(..) | CallError::Refused(..)) => {
+                    StreamingError::Network(NetworkError::from_string(error))
+                }
             }),
             closed = cancel => Err(StreamingError::Closed(closed)),
         }
@@ -191,6 +190,6 @@ impl RaftNetworkV2<TypeConfig> for RaftConnection {
         request: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.raft_call("/raft/transfer-leader", &request, option.hard_ttl()).await
+        self.raft_call::<protocol::TransferLeader>(&request, option.hard_ttl()).await
     }
 }

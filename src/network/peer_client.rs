@@ -6,14 +6,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
-use super::decode;
-use super::encode;
 use crate::limits::CLIENT_POOL_IDLE_TIMEOUT_MS;
 use crate::limits::FORWARD_SLOT_WAIT_MS;
 use crate::limits::MAX_FORWARDS_IN_FLIGHT_PER_PEER;
 use crate::limits::PEER_CONNECT_TIMEOUT_MS;
+use crate::protocol::decode;
+use crate::protocol::encode;
+use crate::protocol::Rpc;
 use crate::store::BootstrapRecord;
 use crate::types::NodeId;
 
@@ -26,19 +26,16 @@ pub enum CallError {
     /// The peer is up but not serving Raft yet (still bootstrapping) or shutting down.
     #[error("peer {0} not ready")]
     NotReady(NodeId),
+    /// The peer refused the request before acting on it (a 4xx: a message it cannot read,
+    /// one of another protocol version, a body over its limit).
+    #[error("peer {0} refused the request: {1}")]
+    Refused(NodeId, String),
     /// Sent, but no valid answer arrived in time: the peer may have acted on it.
     #[error("peer {0} did not answer: {1}")]
     NoAnswer(NodeId, String),
     /// Not sent: this node already forwards as many requests to the peer as it may.
     #[error("too many requests already forwarded to peer {0}")]
     Busy(NodeId),
-}
-
-impl CallError {
-    /// True when the peer certainly did not act on the request.
-    pub fn is_definite(&self) -> bool {
-        !matches!(self, CallError::NoAnswer(..))
-    }
 }
 
 /// A connection pool to one peer. Cheap to clone.
@@ -59,34 +56,25 @@ impl PeerClient {
         self.target
     }
 
-    /// POSTs a postcard-encoded request and decodes the postcard reply.
-    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        path: &str,
-        request: &Req,
-        timeout: Duration,
-    ) -> Result<Resp, CallError> {
+    /// Sends one [`Rpc`] and reads its reply.
+    pub async fn call<R: Rpc>(&self, request: &R::Request, timeout: Duration) -> Result<R::Reply, CallError> {
         let body = encode(request).map_err(|e| CallError::NotSent(self.target, format!("encode: {e}")))?;
-        self.send(path, body.into(), timeout).await
+        self.send(R::PATH, body.into(), timeout).await
     }
 
     /// [`Self::call`] for a request forwarded to the leader: first waits (at most
     /// [`FORWARD_SLOT_WAIT_MS`]) for one of this peer's forwarding slots, then sends with the
     /// whole `timeout` ahead of it.
-    pub async fn forward<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        path: &str,
-        request: &Req,
-        timeout: Duration,
-    ) -> Result<Resp, CallError> {
+    pub async fn forward<R: Rpc>(&self, request: &R::Request, timeout: Duration) -> Result<R::Reply, CallError> {
         let wait = Duration::from_millis(FORWARD_SLOT_WAIT_MS);
         let Ok(Ok(_slot)) = tokio::time::timeout(wait, self.forwards.clone().acquire_owned()).await else {
             return Err(CallError::Busy(self.target));
         };
-        self.call(path, request, timeout).await
+        self.call::<R>(request, timeout).await
     }
 
-    /// POSTs `body` (which may be a stream, e.g. a snapshot) and decodes the postcard reply.
+    /// POSTs `body` (already encoded, or a stream such as a snapshot) to `path` and decodes the
+    /// reply (see [`crate::protocol`]).
     pub async fn send<Resp: DeserializeOwned>(
         &self,
         path: &str,
@@ -106,6 +94,10 @@ impl PeerClient {
             return Err(CallError::NotReady(self.target));
         }
         let bytes = response.bytes().await.map_err(|e| CallError::NoAnswer(self.target, e.to_string()))?;
+        if status.is_client_error() {
+            let text = String::from_utf8_lossy(&bytes);
+            return Err(CallError::Refused(self.target, format!("HTTP {status}: {text}")));
+        }
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes);
             return Err(CallError::NoAnswer(self.target, format!("HTTP {status}: {text}")));

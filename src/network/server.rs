@@ -19,17 +19,18 @@ use openraft::raft::VoteRequest;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::decode;
-use super::encode;
-use super::ReadPolicy;
-use crate::admin::AdminCommand;
 use crate::limits::MAX_CONCURRENT_FORWARDED_REQUESTS;
 use crate::limits::MAX_PEER_MESSAGE_BYTES;
 use crate::limits::MAX_SNAPSHOT_HEADER_BYTES;
 use crate::limits::SNAPSHOT_IDLE_TIMEOUT_MS;
-use crate::node::Ack;
 use crate::node::Node;
-use crate::types::Command;
+use crate::protocol;
+use crate::protocol::decode;
+use crate::protocol::encode;
+use crate::protocol::AdminCommand;
+use crate::protocol::ForwardedWrite;
+use crate::protocol::ReadPolicy;
+use crate::protocol::Rpc;
 use crate::types::NodeId;
 use crate::types::TypeConfig;
 use crate::types::Vote;
@@ -38,19 +39,19 @@ use crate::types::Vote;
 pub fn peer_router(node: Arc<Node>) -> Router {
     // Forwarded client requests share one bound; Raft RPCs never wait behind them.
     let forwarded = Router::new()
-        .route("/internal/write", post(forwarded_write))
-        .route("/internal/read-index", post(read_index))
-        .route("/internal/admin", post(forwarded_admin))
-        .route("/internal/freshness", post(freshness))
+        .route(protocol::ForwardWrite::PATH, post(forwarded_write))
+        .route(protocol::ReadIndex::PATH, post(read_index))
+        .route(protocol::Admin::PATH, post(forwarded_admin))
+        .route(protocol::Freshness::PATH, post(freshness))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_FORWARDED_REQUESTS));
     Router::new()
-        .route("/raft/append", post(append))
-        .route("/raft/vote", post(vote))
-        .route("/raft/pre-vote", post(pre_vote))
-        .route("/raft/snapshot", post(snapshot))
-        .route("/raft/transfer-leader", post(transfer_leader))
-        .route("/internal/probe", post(probe))
-        .route("/internal/announce", post(announce))
+        .route(protocol::Append::PATH, post(append))
+        .route(protocol::RequestVote::PATH, post(vote))
+        .route(protocol::PreVote::PATH, post(pre_vote))
+        .route(protocol::InstallSnapshot::PATH, post(snapshot))
+        .route(protocol::TransferLeader::PATH, post(transfer_leader))
+        .route(protocol::Probe::PATH, post(probe))
+        .route(protocol::Announce::PATH, post(announce))
         .merge(forwarded)
         .layer(DefaultBodyLimit::max(MAX_PEER_MESSAGE_BYTES))
         .with_state(node)
@@ -231,11 +232,11 @@ async fn transfer_leader(State(node): State<Arc<Node>>, body: Bytes) -> Response
 }
 
 async fn forwarded_write(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    let (command, ack): (Command, Ack) = match parse(&body) {
+    let request: ForwardedWrite = match parse(&body) {
         Ok(request) => request,
         Err(rejection) => return rejection.into_response(),
     };
-    reply(&node.write_as_leader(command, ack).await)
+    reply(&node.write_as_leader(request.command, request.ack).await)
 }
 
 async fn forwarded_admin(State(node): State<Arc<Node>>, body: Bytes) -> Response {

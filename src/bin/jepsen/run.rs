@@ -602,7 +602,7 @@ struct Client {
 }
 
 /// What an HTTP exchange came to.
-enum Outcome {
+enum Exchange {
     Answered(u16, reqwest::header::HeaderMap, String),
     /// Refused before anything was sent: certainly not applied.
     NotSent(String),
@@ -645,18 +645,18 @@ impl Client {
         }
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Outcome {
+    async fn send(&self, request: reqwest::RequestBuilder) -> Exchange {
         match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let headers = response.headers().clone();
                 match response.text().await {
-                    Ok(body) => Outcome::Answered(status, headers, body),
-                    Err(error) => Outcome::Lost(error.to_string()),
+                    Ok(body) => Exchange::Answered(status, headers, body),
+                    Err(error) => Exchange::Lost(error.to_string()),
                 }
             }
-            Err(error) if error.is_connect() => Outcome::NotSent(error.to_string()),
-            Err(error) => Outcome::Lost(error.to_string()),
+            Err(error) if error.is_connect() => Exchange::NotSent(error.to_string()),
+            Err(error) => Exchange::Lost(error.to_string()),
         }
     }
 
@@ -701,22 +701,22 @@ impl Client {
             format!("{}/v1/kv/{key}?consistency={}", self.endpoint, self.read_consistency)
         };
         let result = match self.send(self.http.get(url)).await {
-            Outcome::Answered(200, headers, body) => {
+            Exchange::Answered(200, headers, body) => {
                 op.status = Status::Ok;
                 op.value_read = Some(body.clone());
                 let etag = headers.get("etag").and_then(|v| v.to_str().ok()).map(str::to_string);
                 etag.map(|etag| (body, etag))
             }
-            Outcome::Answered(404, _, _) => {
+            Exchange::Answered(404, _, _) => {
                 op.status = Status::Ok;
                 None
             }
-            Outcome::Answered(status, _, body) => {
+            Exchange::Answered(status, _, body) => {
                 op.status = Status::Fail;
                 op.error = Some(format!("{status} {body}"));
                 None
             }
-            Outcome::NotSent(error) | Outcome::Lost(error) => {
+            Exchange::NotSent(error) | Exchange::Lost(error) => {
                 op.status = Status::Fail;
                 op.error = Some(error);
                 None
@@ -745,21 +745,21 @@ impl Client {
 
     async fn finish_write(&self, mut op: Operation, request: reqwest::RequestBuilder) {
         match self.send(request).await {
-            Outcome::Answered(200, _, _) => op.status = Status::Ok,
+            Exchange::Answered(200, _, _) => op.status = Status::Ok,
             // 504 and 500 may have been applied; everything else was refused.
-            Outcome::Answered(status @ (500 | 504), _, body) => {
+            Exchange::Answered(status @ (500 | 504), _, body) => {
                 op.status = Status::Info;
                 op.error = Some(format!("{status} {body}"));
             }
-            Outcome::Answered(status, _, body) => {
+            Exchange::Answered(status, _, body) => {
                 op.status = Status::Fail;
                 op.error = Some(format!("{status} {body}"));
             }
-            Outcome::NotSent(error) => {
+            Exchange::NotSent(error) => {
                 op.status = Status::Fail;
                 op.error = Some(error);
             }
-            Outcome::Lost(error) => {
+            Exchange::Lost(error) => {
                 op.status = Status::Info;
                 op.error = Some(error);
             }
@@ -795,7 +795,7 @@ impl Client {
                 return Err("final set read did not complete".into());
             }
             let url = format!("{}/v1/kv?prefix=set/&limit=1000&start={start}", self.endpoint);
-            let Outcome::Answered(200, _, body) = self.send(self.http.get(url)).await else {
+            let Exchange::Answered(200, _, body) = self.send(self.http.get(url)).await else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };

@@ -1,5 +1,6 @@
-//! The HTTP client used by the CLI: tries the given endpoints, prefers the leader for writes,
-//! and retries only what certainly did not take effect.
+//! The HTTP client of the CLI, `quorumkv bench`'s set-up and the tests: tries the given
+//! endpoints, prefers the leader for writes, and retries only what certainly did not take
+//! effect, judged from the error body's `outcome`.
 
 use std::time::Duration;
 
@@ -10,6 +11,9 @@ use reqwest::StatusCode;
 use reqwest::Url;
 
 use crate::limits;
+use crate::ClusterStatus;
+use crate::ErrorBody;
+use crate::Outcome;
 
 /// Why a request failed, split by whether it may have taken effect.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +78,7 @@ impl Client {
         let endpoints = parse_endpoints(endpoints)?;
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(1_000))
+            .connect_timeout(Duration::from_millis(limits::CLIENT_CONNECT_TIMEOUT_MS))
             .timeout(Duration::from_millis(limits::CLIENT_REQUEST_TIMEOUT_MS))
             .pool_idle_timeout(Duration::from_millis(limits::CLIENT_POOL_IDLE_TIMEOUT_MS))
             .build()
@@ -91,13 +95,10 @@ impl Client {
     pub async fn prefer_leader(&mut self) {
         for endpoint in self.endpoints.clone() {
             let Ok(url) = endpoint.join("/v1/cluster") else { continue };
-            let Ok(response) = self.http.get(url).timeout(Duration::from_millis(1_000)).send().await else { continue };
-            let Ok(status) = response.json::<serde_json::Value>().await else { continue };
-            let leader = status["leader_id"].as_u64();
-            let address = status["members"].as_array().and_then(|members| {
-                members.iter().find(|m| m["id"].as_u64() == leader).and_then(|m| m["client_addr"].as_str())
-            });
-            if let Some(Ok(url)) = address.map(|a| Url::parse(&format!("http://{a}"))) {
+            let timeout = Duration::from_millis(limits::CLIENT_LEADER_LOOKUP_TIMEOUT_MS);
+            let Ok(response) = self.http.get(url).timeout(timeout).send().await else { continue };
+            let Ok(status) = response.json::<ClusterStatus>().await else { continue };
+            if let Some(Ok(url)) = status.leader_client_addr().map(|a| Url::parse(&format!("http://{a}"))) {
                 self.endpoints.retain(|e| e.host_str() != url.host_str() || e.port() != url.port());
                 self.endpoints.insert(0, url);
                 self.current.store(0, std::sync::atomic::Ordering::Relaxed);
@@ -116,7 +117,13 @@ impl Client {
             if let Ok(mut path) = url.path_segments_mut() {
                 path.clear().extend(segments);
             }
-            let mut response = match self.http.get(url).timeout(Duration::from_secs(3600)).send().await {
+            let mut response = match self
+                .http
+                .get(url)
+                .timeout(Duration::from_millis(limits::CLIENT_DOWNLOAD_TIMEOUT_MS))
+                .send()
+                .await
+            {
                 Ok(response) if response.status().is_success() => response,
                 Ok(response) => {
                     last_error = format!("{endpoint}: {}", response.status());
@@ -151,8 +158,7 @@ impl Client {
         retry: Retry,
     ) -> Result<Answer, ClientError> {
         use std::sync::atomic::Ordering;
-        let max_backoff = Duration::from_millis(limits::CLIENT_BACKOFF_MAX_MS);
-        let mut backoff = Duration::from_millis(limits::CLIENT_BACKOFF_FIRST_MS);
+        let mut backoff = Backoff::new();
         let mut last_error = String::from("no attempt made");
         let request = Request { method, segments, query, headers, body, retry };
         for attempt in 0..limits::CLIENT_MAX_ATTEMPTS {
@@ -170,8 +176,7 @@ impl Client {
             let next = (index + 1) % self.endpoints.len();
             let _ = self.current.compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
             if (attempt + 1) as usize % self.endpoints.len() == 0 {
-                tokio::time::sleep(hint.unwrap_or(backoff).min(max_backoff)).await;
-                backoff = (backoff * 2).min(max_backoff);
+                tokio::time::sleep(backoff.next_pause(hint)).await;
             }
         }
         Err(ClientError::Failed(format!("gave up after {} attempts: {last_error}", limits::CLIENT_MAX_ATTEMPTS)))
@@ -231,13 +236,29 @@ impl Client {
 /// so in `outcome` ("unknown" or "failed"), whatever the status (a 500 may be either); only an
 /// answer without one (a proxy's page, say) is judged by its status: 504 is unknown.
 fn answer_outcome_unknown(status: StatusCode, body: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct ErrorBody {
-        outcome: String,
-    }
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(error) => error.outcome != "failed",
+        Ok(error) => error.outcome == Outcome::Unknown,
         Err(_) => status == StatusCode::GATEWAY_TIMEOUT,
+    }
+}
+
+/// The pause after a whole round of endpoints failed: the server's `Retry-After` when it
+/// gave one, else doubling from [`limits::CLIENT_BACKOFF_FIRST_MS`]; never above
+/// [`limits::CLIENT_BACKOFF_MAX_MS`].
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { next: Duration::from_millis(limits::CLIENT_BACKOFF_FIRST_MS) }
+    }
+
+    fn next_pause(&mut self, hint: Option<Duration>) -> Duration {
+        let max = Duration::from_millis(limits::CLIENT_BACKOFF_MAX_MS);
+        let pause = hint.unwrap_or(self.next).min(max);
+        self.next = (self.next * 2).min(max);
+        pause
     }
 }
 
@@ -260,6 +281,21 @@ enum Attempt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Goal: back-off doubles up to its cap, and a server's `Retry-After` is followed but capped.
+    #[test]
+    fn back_off_doubles_to_its_cap_and_follows_retry_after() {
+        let mut backoff = Backoff::new();
+        let pauses: Vec<u64> = (0..6).map(|_| backoff.next_pause(None).as_millis() as u64).collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1_000, 1_000]);
+        let mut backoff = Backoff::new();
+        assert_eq!(backoff.next_pause(Some(Duration::from_millis(300))), Duration::from_millis(300));
+        assert_eq!(
+            backoff.next_pause(Some(Duration::from_secs(5))),
+            Duration::from_millis(limits::CLIENT_BACKOFF_MAX_MS)
+        );
+        assert_eq!(backoff.next_pause(None), Duration::from_millis(400), "a hint does not reset the doubling");
+    }
 
     /// Goal: the outcome comes from the body when the server states it, else from the status.
     #[test]

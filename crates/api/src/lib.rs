@@ -1,0 +1,277 @@
+//! quorumkv's HTTP API contract, in one place: every request parameter and response body the
+//! client port speaks, the error body, and a [`client::Client`] built on them.
+//!
+//! The server serializes these types and the CLI, `quorumkv bench`, the tests and the Jepsen
+//! runner deserialize them, so a field renamed here is renamed for all of them. The crate
+//! depends only on serde and reqwest (and tokio for the client's back-off), so a program that
+//! talks to quorumkv does not build RocksDB.
+//!
+//! | path | request | answer (200) |
+//! |---|---|---|
+//! | `GET /v1/kv/{key}` | [`ReadParams`] | the value's bytes; `ETag: "<revision>"` |
+//! | `PUT /v1/kv/{key}` | [`WriteParams`]; `If-Match`, `If-None-Match`; the value as body | [`PutReply`] |
+//! | `DELETE /v1/kv/{key}` | [`WriteParams`]; `If-Match` | [`DeleteReply`] |
+//! | `GET /v1/kv` | [`ListParams`] | [`Page`] |
+//! | `GET /v1/cluster` | | [`ClusterStatus`] |
+//! | `GET /v1/cluster/members` | | `[`[`MemberStatus`]`]` |
+//! | `POST /v1/cluster/learners` | [`AddLearnerRequest`] | [`ClusterStatus`] |
+//! | `POST /v1/cluster/voters`, `POST /v1/cluster/leader` | [`NodeRef`] | [`ClusterStatus`] |
+//! | `DELETE /v1/cluster/members/{id}` | | [`ClusterStatus`] |
+//! | `GET /health`, `GET /ready` | | [`Health`], [`Ready`] |
+//!
+//! Every error answer is an [`ErrorBody`]; its `outcome` says whether the request may have
+//! taken effect, and the client decides retries from it.
+
+pub mod client;
+pub mod limits;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// A node's identity in the cluster.
+pub type NodeId = u64;
+
+/// Query of `GET /v1/kv/{key}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadParams {
+    /// Default: linearizable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<ConsistencyParam>,
+    /// Bounded staleness (with `consistency=stale` only): refuse data older than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag_ms: Option<u64>,
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsistencyParam {
+    /// Confirmed with a quorum (ReadIndex): never stale.
+    Linearizable,
+    /// The leader's lease: no quorum round while it holds; relies on bounded clock drift.
+    Lease,
+    /// This node's applied state, optionally bounded by `max_lag_ms`.
+    Stale,
+}
+
+/// Query of `PUT` and `DELETE /v1/kv/{key}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteParams {
+    /// Default: quorum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<AckParam>,
+}
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckParam {
+    /// Once a quorum of voters has it durable.
+    Quorum,
+    /// Once every voter has it durable.
+    All,
+}
+
+/// Query of `GET /v1/kv` (a page of keys in order).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The first key of the page (a previous page's `next_start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<ConsistencyParam>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag_ms: Option<u64>,
+}
+
+/// `PUT /v1/kv/{key}`: the key's new modification revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutReply {
+    pub revision: u64,
+}
+
+/// `DELETE /v1/kv/{key}`: the revision of the delete, and whether the key existed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteReply {
+    pub revision: u64,
+    pub deleted: bool,
+}
+
+/// `GET /v1/kv`: one page of keys in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    pub items: Vec<Item>,
+    /// The `start` of the next page; `null` on the last one.
+    pub next_start: Option<String>,
+}
+
+/// One key of a [`Page`]: its value as text when it is UTF-8, else as base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    pub key: String,
+    pub revision: u64,
+    pub create_revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+}
+
+/// Whether a failed request could have taken effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// It certainly did not take effect; retrying is safe.
+    Failed,
+    /// It may have taken effect; only an idempotent request may be retried blindly.
+    Unknown,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable machine-readable code (`key_not_found`, `no_leader`, ...; see the README).
+    pub error: String,
+    /// For people.
+    pub message: String,
+    pub outcome: Outcome,
+    /// With `precondition_failed`: the key's revision now (`null`: the key is absent).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub current_revision: Option<Option<u64>>,
+    /// With `no_leader`: the leader this node knew last (`null`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub last_known_leader: Option<Option<NodeId>>,
+}
+
+/// A field that is present, even as `null`, is `Some`: tells "absent" from "null".
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// `GET /v1/cluster`: one node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub id: NodeId,
+    /// `null` while no leader is known (an election, or no quorum).
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub state: RaftRole,
+    pub members: Vec<MemberStatus>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+    /// Last log index covered by this node's current snapshot (0: none yet).
+    pub snapshot_index: u64,
+    /// Log entries up to this index have been purged here (they live on only in snapshots).
+    pub purged_index: u64,
+    /// This node learned that it was removed from the cluster: it serves no client requests.
+    pub removed: bool,
+}
+
+impl ClusterStatus {
+    /// The client address of the leader, when this node knows both.
+    pub fn leader_client_addr(&self) -> Option<&str> {
+        let leader = self.leader_id?;
+        self.members.iter().find(|member| member.id == leader)?.client_addr.as_deref()
+    }
+}
+
+/// A node's part in Raft.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftRole {
+    Leader,
+    Follower,
+    Candidate,
+    /// Receives the log but does not vote; also a node not yet (or no longer) in a cluster.
+    Learner,
+    Shutdown,
+}
+
+/// One member in [`ClusterStatus`]; the three replication fields are the leader's view only
+/// (`null` on other nodes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    /// `null` until the member has registered it (shortly after it first joins).
+    pub client_addr: Option<String>,
+    pub peer_addr: String,
+    pub voter: bool,
+    /// The last log index this member has durable (the leader's own fsync included).
+    pub matched_index: Option<u64>,
+    /// How many entries this member is behind the leader's log.
+    pub lag_entries: Option<u64>,
+    /// Milliseconds since this member last acknowledged the leader.
+    pub last_ack_ms_ago: Option<u64>,
+}
+
+/// `POST /v1/cluster/learners`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddLearnerRequest {
+    pub id: NodeId,
+    /// `host:port` of the node's peer listener.
+    pub peer_addr: String,
+    /// Sent by a node joining with an empty data dir: replicate to it from scratch.
+    #[serde(default)]
+    pub fresh: bool,
+}
+
+/// `POST /v1/cluster/voters` (promote) and `POST /v1/cluster/leader` (transfer leadership).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRef {
+    pub id: NodeId,
+}
+
+/// `GET /health`: the process serves HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+}
+
+/// `GET /ready` (200 when ready, 503 when not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ready {
+    pub ready: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: the error body tells a `null` detail from an absent one, both ways.
+    #[test]
+    fn error_details_keep_null_apart_from_absent() {
+        let absent_key = r#"{"error":"precondition_failed","message":"m","outcome":"failed","current_revision":null}"#;
+        let body: ErrorBody = serde_json::from_str(absent_key).expect("decode");
+        assert_eq!(body.current_revision, Some(None));
+        assert_eq!(serde_json::to_string(&body).expect("encode"), absent_key);
+        let plain: ErrorBody =
+            serde_json::from_str(r#"{"error":"internal","message":"m","outcome":"unknown"}"#).expect("decode");
+        assert_eq!((plain.current_revision, plain.outcome), (None, Outcome::Unknown));
+        assert!(!serde_json::to_string(&plain).expect("encode").contains("current_revision"));
+    }
+
+    /// Goal: parameters are spelled as the README says, and unknown ones are refused.
+    #[test]
+    fn parameters_are_spelled_as_documented() {
+        let read = ReadParams { consistency: Some(ConsistencyParam::Stale), max_lag_ms: Some(250) };
+        assert_eq!(
+            serde_json::to_value(read).expect("encode"),
+            serde_json::json!({"consistency": "stale", "max_lag_ms": 250})
+        );
+        assert!(serde_json::from_str::<WriteParams>(r#"{"ack":"all","ttl":5}"#).is_err());
+        assert_eq!(serde_json::from_str::<WriteParams>(r#"{"ack":"all"}"#).expect("decode").ack, Some(AckParam::All));
+    }
+}

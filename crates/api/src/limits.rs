@@ -1,0 +1,29 @@
+//! The limits of the client, and the server's default limits a client can count on unless the
+//! operator changed them (`--max-key-bytes`, `--max-value-bytes`).
+
+/// The server's default largest key, in bytes. Keys are path segments and index entries; etcd
+/// and Consul users keep them short, and a bound keeps one request from bloating every
+/// replica's index.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+
+/// The server's default largest value: 1 MiB, like etcd's request limit (1.5 MiB) and above
+/// Consul's 512 KB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Client retries of a request that certainly did not take effect (refused connection, 503).
+/// Writes whose outcome is unknown are never retried.
+pub const CLIENT_MAX_ATTEMPTS: u32 = 6;
+/// Client back-off between rounds of endpoints, doubling from the first value up to the cap.
+pub const CLIENT_BACKOFF_FIRST_MS: u64 = 100;
+pub const CLIENT_BACKOFF_MAX_MS: u64 = 1_000;
+/// Client request timeout: above the server's write timeout so the server's 504 arrives first.
+pub const CLIENT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// How long the client waits to connect to one endpoint before trying the next.
+pub const CLIENT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// The client drops a pooled connection idle this long, before the server's header timeout
+/// would close it under a request.
+pub const CLIENT_POOL_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// A backup download may take this long in all (it streams the whole store).
+pub const CLIENT_DOWNLOAD_TIMEOUT_MS: u64 = 3_600_000;
+/// Asking an endpoint who leads (before a write) gives up after this long.
+pub const CLIENT_LEADER_LOOKUP_TIMEOUT_MS: u64 = 1_000;
