@@ -5,5 +5,5 @@
 # The netns cluster (the default) needs root. Exit status 0 only for a valid verdict.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet --bins
+cargo build --quiet --workspace --bins
 exec target/debug/quorumkv-jepsen "$@"

@@ -22,7 +22,7 @@ use crate::types::NodeId;
 /// Whether a request may be sent again after it was sent but no answer came back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Effect {
-    /// It changes nothing (a read point): any failure may be retried.
+    /// It changes nothing (a read point): a request sent without an answer may be retried.
     None,
     /// It may change state (a write, a membership change): only a certain "did not run" may.
     Changes,

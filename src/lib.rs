@@ -1,8 +1,14 @@
 //! quorumkv: a shared-nothing replicated key-value store. Every node runs Raft (openraft)
 //! over its own RocksDB and serves the same HTTP API.
 //!
-//! This crate is the server. The HTTP API's bodies, parameters and client live in
-//! `quorumkv-api` (`crates/api`), which the server, the CLI and the tests share.
+//! This crate is the server. The workspace around it (DESIGN.md §15):
+//!
+//! | member | role |
+//! |---|---|
+//! | `crates/api` (`quorumkv-api`) | the HTTP contract: parameters, bodies, the error body, the client |
+//! | `.` (`quorumkv`) | this library (the server) and the `quorumkv` binary: serve, the CLI, bench |
+//! | `tools/bench` (`quorumkv-bench`) | `quorumkv bench`: load generator for quorumkv and etcd's gateway |
+//! | `tools/jepsen` (`quorumkv-jepsen`) | Jepsen-style fault runs and the linearizability checker |
 //!
 //! # Layout
 //!
@@ -25,11 +31,10 @@
 //! | [`store`] | RocksDB: Raft log and metadata (group commit), state machine, snapshots |
 //! | [`server`] | start-up, signals, graceful shutdown |
 //! | [`listener`] | accepting connections within limits: a cap per listener, header deadlines |
-//! | [`bench`] | `quorumkv bench`: load generator for quorumkv and etcd's gateway |
 //! | [`logging`] | tracing output with the node id on every line |
 //! | [`metrics`] | Prometheus metrics served on `GET /metrics` |
 //!
-//! # Request path
+//! # Request path (peer paths without their `/p1` version prefix)
 //!
 //! ```text
 //! write:  HTTP PUT ─▶ api::kv::put ─▶ Node::write ──(follower)──▶ peer /internal/write ─┐
@@ -50,7 +55,6 @@
 pub mod admin;
 pub mod api;
 pub mod backup;
-pub mod bench;
 pub mod bootstrap;
 pub mod config;
 pub mod error;

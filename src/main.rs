@@ -89,7 +89,7 @@ enum Command {
     /// Write every key of a backup FILE into the cluster (unconditional, idempotent PUTs).
     Restore { file: std::path::PathBuf },
     /// Measure throughput and latency (of quorumkv, or of etcd with `--target etcd`).
-    Bench(Box<quorumkv::bench::BenchOptions>),
+    Bench(Box<quorumkv_bench::BenchOptions>),
     /// Exit 0 when the first endpoint answers `/health` (for container health checks).
     Health,
     /// Cluster commands.
@@ -147,7 +147,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Bench(options) => match runtime.block_on(quorumkv::bench::run(*options, &cli.endpoints)) {
+        Command::Bench(options) => match runtime.block_on(quorumkv_bench::run(*options, &cli.endpoints)) {
             Ok(report) => {
                 report.print();
                 ExitCode::SUCCESS

@@ -3,10 +3,13 @@
 //!
 //! # Encoding
 //!
-//! Each request and reply body is one byte, [`PROTOCOL_VERSION`], then the message in postcard
-//! (varints, raw byte strings), with nothing after it. A body of another version, or with bytes
-//! left over, is refused (`400`) before anything runs, so two builds that disagree about the
-//! format fail loudly instead of misreading each other.
+//! Every path starts with `/p<version>/` and every request and reply body with one byte,
+//! [`PROTOCOL_VERSION`], then the message in postcard (varints, raw byte strings), with nothing
+//! after it. A node of another version answers `404` (its paths differ), and a body of another
+//! version or with bytes left over is refused (`400`), both before anything runs: two builds
+//! that disagree about the format fail loudly instead of misreading each other. (Postcard alone
+//! cannot tell: a body of one version can decode as a different message of another.) Builds
+//! before version 1 used the same paths without the prefix, so they too answer `404`.
 //!
 //! # Rules for changing it
 //!
@@ -24,7 +27,7 @@
 //! # Messages
 //!
 //! Each [`Rpc`] ties a path to its request and reply types, so a caller and the handler cannot
-//! disagree about either.
+//! disagree about either. Paths below without their `/p1` prefix.
 //!
 //! | rpc | path | request → reply |
 //! |---|---|---|
@@ -86,31 +89,31 @@ macro_rules! rpc {
 }
 
 rpc!(/// Raft log replication and heartbeats.
-    Append, "/raft/append", AppendEntriesRequest<TypeConfig> => AppendEntriesResponse<TypeConfig>);
+    Append, "/p1/raft/append", AppendEntriesRequest<TypeConfig> => AppendEntriesResponse<TypeConfig>);
 rpc!(/// A candidate asks for a vote.
-    RequestVote, "/raft/vote", VoteRequest<TypeConfig> => VoteResponse<TypeConfig>);
+    RequestVote, "/p1/raft/vote", VoteRequest<TypeConfig> => VoteResponse<TypeConfig>);
 rpc!(/// A would-be candidate asks whether it could win, before raising its term.
-    PreVote, "/raft/pre-vote", VoteRequest<TypeConfig> => VoteResponse<TypeConfig>);
+    PreVote, "/p1/raft/pre-vote", VoteRequest<TypeConfig> => VoteResponse<TypeConfig>);
 rpc!(/// The leader hands leadership to this node.
-    TransferLeader, "/raft/transfer-leader", TransferLeaderRequest<TypeConfig> => TransferLeaderResponse<TypeConfig>);
+    TransferLeader, "/p1/raft/transfer-leader", TransferLeaderRequest<TypeConfig> => TransferLeaderResponse<TypeConfig>);
 rpc!(/// A client's write, run on the leader.
-    ForwardWrite, "/internal/write", ForwardedWrite => Result<CommandResult, Error>);
+    ForwardWrite, "/p1/internal/write", ForwardedWrite => Result<CommandResult, Error>);
 rpc!(/// The leader confirms it leads and names the log id a linearizable read waits for.
-    ReadIndex, "/internal/read-index", ReadPolicy => Result<(NodeId, ReadLogId<TypeConfig>), Error>);
+    ReadIndex, "/p1/internal/read-index", ReadPolicy => Result<(NodeId, ReadLogId<TypeConfig>), Error>);
 rpc!(/// How fresh the leader's quorum-confirmed commit point is (bounded-staleness reads).
-    Freshness, "/internal/freshness", () => Result<FreshnessReply, Error>);
+    Freshness, "/p1/internal/freshness", () => Result<FreshnessReply, Error>);
 rpc!(/// A membership or leadership change, run on the leader.
-    Admin, "/internal/admin", AdminCommand => Result<(), Error>);
+    Admin, "/p1/internal/admin", AdminCommand => Result<(), Error>);
 rpc!(/// "Have you seen me hold Raft state?", asked by a node whose data dir is empty.
-    Probe, "/internal/probe", NodeId => Result<ProbeReply, Error>);
+    Probe, "/p1/internal/probe", NodeId => Result<ProbeReply, Error>);
 rpc!(/// "Record that I now hold Raft state", sent (and recorded durably) before bootstrapping.
-    Announce, "/internal/announce", NodeId => Result<(), Error>);
+    Announce, "/p1/internal/announce", NodeId => Result<(), Error>);
 
 /// A streamed snapshot: the body is [`snapshot_header`] then the snapshot file's bytes.
 pub enum InstallSnapshot {}
 
 impl InstallSnapshot {
-    pub const PATH: &'static str = "/raft/snapshot";
+    pub const PATH: &'static str = "/p1/raft/snapshot";
 }
 
 /// The reply to [`InstallSnapshot`].
@@ -342,13 +345,13 @@ mod tests {
         pinned::<NodeId>(3, "0103");
         pinned::<Result<ProbeReply, Error>>(
             Ok(ProbeReply {
-                has_seen_asker: false,
-                asker_registered: true,
+                has_seen_asker: true,
+                asker_registered: false,
                 members: vec![(1, "10.0.0.1:9080".into()), (2, "10.0.0.2:9080".into())],
                 committed_membership: Some(log_id(3, 1, 17)),
                 asker_in_committed_membership: true,
             }),
-            "0100000102010d31302e302e302e313a39303830020d31302e302e302e323a393038300103011101",
+            "0100010002010d31302e302e302e313a39303830020d31302e302e302e323a393038300103011101",
         );
         pinned::<Result<(), Error>>(Ok(()), "0100");
     }
@@ -362,9 +365,9 @@ mod tests {
                 vote,
                 prev_log_id: Some(log_id(5, 1, 9)),
                 entries: vec![Entry::new_blank(log_id(5, 1, 10)), Entry::new_normal(log_id(5, 1, 11), put)],
-                leader_commit: Some(log_id(5, 1, 9)),
+                leader_commit: Some(log_id(4, 2, 8)),
             },
-            "01050101010501090205010a0005010b0100016b01760001050109",
+            "01050101010501090205010a0005010b0100016b01760001040208",
         );
         pinned_bytes(AppendEntriesResponse::<TypeConfig>::Success, "0100");
         pinned_bytes(AppendEntriesResponse::<TypeConfig>::PartialSuccess(Some(log_id(5, 1, 10))), "01010105010a");
@@ -381,6 +384,40 @@ mod tests {
         pinned_bytes(InstallSnapshotReply::new(vote), "01050101");
         let header = snapshot_header(&vote).expect("encode");
         assert_eq!(hex(&header), "0400000001050101", "the snapshot header's bytes changed");
+    }
+
+    /// Goal: a membership entry (and the `Member` it carries) is pinned like any other entry.
+    #[test]
+    fn membership_entries_are_pinned() {
+        let voters = std::collections::BTreeSet::from([1, 2]);
+        let nodes = std::collections::BTreeMap::from([
+            (1, crate::types::Member { peer_addr: "10.0.0.1:9080".into() }),
+            (2, crate::types::Member { peer_addr: "10.0.0.2:9080".into() }),
+            (3, crate::types::Member { peer_addr: "10.0.0.3:9080".into() }),
+        ]);
+        let membership = openraft::Membership::new(vec![voters], nodes).expect("membership");
+        pinned_bytes(Entry::new_membership(log_id(7, 2, 30), membership), "0107021e020102010203010d31302e302e302e313a39303830020d31302e302e302e323a39303830030d31302e302e302e333a39303830");
+    }
+
+    /// Goal: every path carries the version, so nodes of different versions answer each other 404.
+    #[test]
+    fn every_path_carries_the_version() {
+        let prefix = format!("/p{PROTOCOL_VERSION}/");
+        for path in [
+            Append::PATH,
+            RequestVote::PATH,
+            PreVote::PATH,
+            TransferLeader::PATH,
+            InstallSnapshot::PATH,
+            ForwardWrite::PATH,
+            ReadIndex::PATH,
+            Freshness::PATH,
+            Admin::PATH,
+            Probe::PATH,
+            Announce::PATH,
+        ] {
+            assert!(path.starts_with(&prefix), "{path}");
+        }
     }
 
     #[test]

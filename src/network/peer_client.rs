@@ -26,8 +26,9 @@ pub enum CallError {
     /// The peer is up but not serving Raft yet (still bootstrapping) or shutting down.
     #[error("peer {0} not ready")]
     NotReady(NodeId),
-    /// The peer refused the request before acting on it (a 4xx: a message it cannot read,
-    /// one of another protocol version, a body over its limit).
+    /// The peer answered a 4xx: a message it cannot read, of another protocol version (a
+    /// path it does not know), or over its body limit. A forwarded request is refused so
+    /// before it runs (see `protocol.rs`); a snapshot transfer may be refused part-way.
     #[error("peer {0} refused the request: {1}")]
     Refused(NodeId, String),
     /// Sent, but no valid answer arrived in time: the peer may have acted on it.
@@ -93,11 +94,12 @@ impl PeerClient {
         if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
             return Err(CallError::NotReady(self.target));
         }
-        let bytes = response.bytes().await.map_err(|e| CallError::NoAnswer(self.target, e.to_string()))?;
         if status.is_client_error() {
-            let text = String::from_utf8_lossy(&bytes);
+            // Refused before the handler ran, whether or not the reason arrives whole.
+            let text = response.text().await.unwrap_or_default();
             return Err(CallError::Refused(self.target, format!("HTTP {status}: {text}")));
         }
+        let bytes = response.bytes().await.map_err(|e| CallError::NoAnswer(self.target, e.to_string()))?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes);
             return Err(CallError::NoAnswer(self.target, format!("HTTP {status}: {text}")));

@@ -255,7 +255,11 @@ async fn read_index(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     reply(&node.read_index_as_leader(policy).await)
 }
 
-async fn freshness(State(node): State<Arc<Node>>) -> Response {
+async fn freshness(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let () = match parse(&body) {
+        Ok(request) => request,
+        Err(rejection) => return rejection.into_response(),
+    };
     reply(&node.freshness_as_leader())
 }
 

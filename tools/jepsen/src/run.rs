@@ -11,6 +11,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
+use quorumkv_api::ClusterStatus;
+use quorumkv_api::Page;
 use serde_json::json;
 
 use crate::checker;
@@ -188,15 +190,10 @@ impl Cluster {
         start: Instant,
     ) -> Option<u64> {
         let status = self.admin(http, reqwest::Method::GET, "/v1/cluster", None).await?;
-        let status: serde_json::Value = serde_json::from_str(&status.1).ok()?;
-        let leader = status["leader_id"].as_u64()?;
-        let mut followers: Vec<u64> = status["members"]
-            .as_array()?
-            .iter()
-            .filter(|m| m["voter"] == true)
-            .filter_map(|m| m["id"].as_u64())
-            .filter(|id| *id != leader)
-            .collect();
+        let status: ClusterStatus = serde_json::from_str(&status.1).ok()?;
+        let leader = status.leader_id?;
+        let mut followers: Vec<u64> =
+            status.members.iter().filter(|m| m.voter).map(|m| m.id).filter(|id| *id != leader).collect();
         followers.sort_unstable();
         let id = *followers.get(rng.usize(..followers.len().max(1)))?;
         let answer = self.admin(http, reqwest::Method::DELETE, &format!("/v1/cluster/members/{id}"), None).await;
@@ -244,8 +241,8 @@ impl Cluster {
             for endpoint in &self.endpoints {
                 let answer = http.get(format!("{endpoint}/v1/cluster")).timeout(Duration::from_secs(1)).send().await;
                 if let Ok(response) = answer {
-                    if let Ok(status) = response.json::<serde_json::Value>().await {
-                        if status["leader_id"].is_u64() {
+                    if let Ok(status) = response.json::<ClusterStatus>().await {
+                        if status.leader_id.is_some() {
                             return Ok(());
                         }
                     }
@@ -799,14 +796,12 @@ impl Client {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
-            let page: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-            for item in page["items"].as_array().into_iter().flatten() {
-                if let Some(key) = item["key"].as_str() {
-                    present.insert(key.trim_start_matches("set/").to_string());
-                }
+            let page: Page = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            for item in page.items {
+                present.insert(item.key.trim_start_matches("set/").to_string());
             }
-            match page["next_start"].as_str() {
-                Some(next) => start = next.to_string(),
+            match page.next_start {
+                Some(next) => start = next,
                 None => return Ok(present),
             }
         }
@@ -828,25 +823,24 @@ async fn replica_divergence(cluster: &Cluster, http: &reqwest::Client) -> Result
         for endpoint in &cluster.endpoints {
             let answer = http.get(format!("{endpoint}/v1/cluster")).timeout(Duration::from_secs(1)).send().await;
             statuses.push(match answer {
-                Ok(response) => response.json::<serde_json::Value>().await.ok(),
+                Ok(response) => response.json::<ClusterStatus>().await.ok(),
                 Err(_) => None,
             });
         }
-        let leader_view = statuses.iter().flatten().find(|s| s["id"].is_u64() && s["id"] == s["leader_id"]);
-        let members: Vec<usize> = leader_view
-            .and_then(|s| s["members"].as_array())
-            .map(|m| m.iter().filter_map(|m| m["id"].as_u64()).map(|id| id as usize).collect())
-            .unwrap_or_default();
-        let index =
-            |n: usize, field: &str| statuses.get(n - 1).and_then(|s| s.as_ref()).and_then(|s| s[field].as_u64());
-        let highest_commit = members.iter().filter_map(|n| index(*n, "commit_index")).max();
+        let leader_view = statuses.iter().flatten().find(|s| s.leader_id == Some(s.id));
+        let members: Vec<usize> =
+            leader_view.map(|s| s.members.iter().map(|m| m.id as usize).collect()).unwrap_or_default();
+        let status_of = |n: usize| statuses.get(n - 1).and_then(|s| s.as_ref());
+        let highest_commit = members.iter().filter_map(|n| status_of(*n).map(|s| s.commit_index)).max();
         let converged = highest_commit.is_some()
-            && members.iter().all(|n| *n <= cluster.endpoints.len() && index(*n, "applied_index") == highest_commit);
+            && members
+                .iter()
+                .all(|n| *n <= cluster.endpoints.len() && status_of(*n).map(|s| s.applied_index) == highest_commit);
         if converged {
             break members;
         }
         if Instant::now() > deadline {
-            let applied: Vec<_> = (1..=statuses.len()).map(|n| (n, index(n, "applied_index"))).collect();
+            let applied: Vec<_> = (1..=statuses.len()).map(|n| (n, status_of(n).map(|s| s.applied_index))).collect();
             return Ok(vec![json!({ "not_converged": format!("members {members:?}, applied {applied:?}") })]);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -889,20 +883,19 @@ async fn local_state(http: &reqwest::Client, endpoint: &str) -> Result<BTreeMap<
         let url = format!("{endpoint}/v1/kv");
         let query = [("limit", "1000"), ("consistency", "stale"), ("start", start.as_str())];
         let page = match http.get(url).query(&query).send().await {
-            Ok(response) if response.status().is_success() => response.json::<serde_json::Value>().await.ok(),
+            Ok(response) if response.status().is_success() => response.json::<Page>().await.ok(),
             _ => None,
         };
         let Some(page) = page else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        for item in page["items"].as_array().into_iter().flatten() {
-            let (Some(key), Some(revision)) = (item["key"].as_str(), item["revision"].as_u64()) else { continue };
-            let value = item["value"].as_str().or(item["value_base64"].as_str()).unwrap_or_default();
-            state.insert(key.to_string(), format!("{revision}:{value}"));
+        for item in page.items {
+            let value = item.value.or(item.value_base64).unwrap_or_default();
+            state.insert(item.key, format!("{}:{value}", item.revision));
         }
-        match page["next_start"].as_str() {
-            Some(next) => start = next.to_string(),
+        match page.next_start {
+            Some(next) => start = next,
             None => return Ok(state),
         }
     }

@@ -105,16 +105,16 @@ impl BenchOptions {
             return Err(format!("--keys must be 1 to {MAX_BENCH_KEYS}"));
         }
         let digits = self.keys.to_string().len();
-        if self.key_bytes < "bench/".len() + digits || self.key_bytes > crate::limits::DEFAULT_MAX_KEY_BYTES {
+        if self.key_bytes < "bench/".len() + digits || self.key_bytes > quorumkv_api::limits::DEFAULT_MAX_KEY_BYTES {
             return Err(format!(
                 "--key-bytes must be {} to {} for {} keys",
                 "bench/".len() + digits,
-                crate::limits::DEFAULT_MAX_KEY_BYTES,
+                quorumkv_api::limits::DEFAULT_MAX_KEY_BYTES,
                 self.keys
             ));
         }
-        if self.value_bytes > crate::limits::DEFAULT_MAX_VALUE_BYTES {
-            return Err(format!("--value-bytes must be at most {}", crate::limits::DEFAULT_MAX_VALUE_BYTES));
+        if self.value_bytes > quorumkv_api::limits::DEFAULT_MAX_VALUE_BYTES {
+            return Err(format!("--value-bytes must be at most {}", quorumkv_api::limits::DEFAULT_MAX_VALUE_BYTES));
         }
         if self.duration_secs == 0 || self.duration_secs > MAX_BENCH_DURATION_SECS {
             return Err(format!("--duration-secs must be 1 to {MAX_BENCH_DURATION_SECS}"));
