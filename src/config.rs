@@ -322,23 +322,29 @@ pub fn load_config_file(args: &[String]) -> Result<(), String> {
     let Some(path) = from_args.or(from_flag_eq).or_else(|| std::env::var("QUORUMKV_CONFIG").ok()) else {
         return Ok(());
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("config file {path}: {e}"))?;
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (name, value) =
-            line.split_once('=').ok_or_else(|| format!("{path}:{}: expected QUORUMKV_NAME=value", number + 1))?;
-        let name = name.trim();
-        if !name.starts_with("QUORUMKV_") {
-            return Err(format!("{path}:{}: {name} does not start with QUORUMKV_", number + 1));
-        }
-        if std::env::var_os(name).is_none() {
-            std::env::set_var(name, value.trim().trim_matches('"'));
+    for (name, value) in read_config_file(std::path::Path::new(&path))? {
+        if std::env::var_os(&name).is_none() {
+            std::env::set_var(name, value);
         }
     }
     Ok(())
+}
+
+/// The `QUORUMKV_NAME=value` pairs of a config file, in the env-file syntax `dotenvy` reads
+/// (comments, blank lines, quotes, `export`); a name outside `QUORUMKV_*` is an error, so a
+/// typo or another program's variable is never silently taken up.
+fn read_config_file(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
+    let shown = path.display();
+    let lines = dotenvy::from_path_iter(path).map_err(|e| format!("config file {shown}: {e}"))?;
+    let mut pairs = Vec::new();
+    for line in lines {
+        let (name, value) = line.map_err(|e| format!("config file {shown}: {e}"))?;
+        if !name.starts_with("QUORUMKV_") {
+            return Err(format!("config file {shown}: {name} does not start with QUORUMKV_"));
+        }
+        pairs.push((name, value));
+    }
+    Ok(pairs)
 }
 
 #[cfg(test)]
@@ -357,6 +363,26 @@ mod tests {
         let mut argv = vec!["quorumkv"];
         argv.extend_from_slice(args);
         Wrapper::try_parse_from(argv).expect("parse").config
+    }
+
+    /// Goal: the file's syntax is dotenv's (comments, quotes, `export`), and only
+    /// `QUORUMKV_*` names are taken.
+    #[test]
+    fn a_config_file_holds_quorumkv_variables_only() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("node.env");
+        let text =
+            "# node 1\nQUORUMKV_ID=1\n\nexport QUORUMKV_PEER_ADDR=\"10.0.0.1:9080\"\nQUORUMKV_LOG='info' # quiet\n";
+        std::fs::write(&path, text).expect("write");
+        let pairs = read_config_file(&path).expect("valid file");
+        let expected = [("QUORUMKV_ID", "1"), ("QUORUMKV_PEER_ADDR", "10.0.0.1:9080"), ("QUORUMKV_LOG", "info")];
+        let expected: Vec<(String, String)> = expected.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        assert_eq!(pairs, expected);
+        std::fs::write(&path, "QUORUMKV_ID=1\nPATH=/tmp\n").expect("write");
+        assert!(read_config_file(&path).expect_err("refused").contains("PATH does not start with QUORUMKV_"));
+        std::fs::write(&path, "QUORUMKV_ID 1\n").expect("write");
+        assert!(read_config_file(&path).is_err());
+        assert!(read_config_file(&dir.path().join("missing.env")).is_err());
     }
 
     #[test]

@@ -240,3 +240,14 @@ async fn wiped_node_is_refused() {
     assert!(log.contains("restore its data dir"), "{log}");
     cluster.put_ok(leader, "k2", "v2").await;
 }
+
+/// Goal: the nodes' ports come from below the kernel's ephemeral range, so no node's own
+/// outgoing connection can take a port before the node it belongs to binds it (a cluster that
+/// then never formed failed `wiped_node_is_refused` under `--test-threads=2`).
+#[test]
+fn test_ports_stay_below_the_ephemeral_range() {
+    let ports: Vec<u16> = (0..50).map(|_| common::free_port()).collect();
+    assert!(ports.iter().all(|port| *port < common::ephemeral_range_start()), "{ports:?}");
+    let unique: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+    assert_eq!(unique.len(), ports.len(), "{ports:?}");
+}

@@ -41,9 +41,36 @@ pub struct Cluster {
     _dir: TempDir,
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
+/// The lowest port of the kernel's ephemeral range (from which it picks the local port of
+/// every outgoing connection, and the port of a `bind(0)`).
+pub fn ephemeral_range_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// The lowest port handed to a node.
+const FIRST_TEST_PORT: u16 = 10_000;
+
+/// A port for a node's listener, unique in this test process. Not `bind(0)`-then-drop: such a
+/// port lies in the ephemeral range, where a node's own outgoing connection (to a peer) can
+/// take it as its local port before the node binds it, and the cluster never forms. These
+/// come from below that range, from a counter whose start depends on the process id (test
+/// binaries run one after another; the counter keeps this one's threads apart), and are
+/// checked free once.
+pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = u32::from(ephemeral_range_start().saturating_sub(FIRST_TEST_PORT).max(1_000));
+    let base = std::process::id().wrapping_mul(7_919) % span;
+    loop {
+        let taken = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(taken < span, "no free test port left below the ephemeral range");
+        let port = FIRST_TEST_PORT + ((base + taken) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `condition` until it returns `Some`, or panics with `what` at the deadline.

@@ -8,6 +8,7 @@
 //! the schedule and the operation mix. Exit status 0 only when the verdict is valid.
 
 mod checker;
+mod faults;
 mod history;
 mod run;
 mod staleness;

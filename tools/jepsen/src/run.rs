@@ -16,6 +16,9 @@ use quorumkv_api::Page;
 use serde_json::json;
 
 use crate::checker;
+use crate::faults::FaultStatus;
+use crate::faults::Ledger;
+use crate::faults::Requested;
 use crate::history::OpKind;
 use crate::history::Operation;
 use crate::history::Status;
@@ -48,22 +51,38 @@ struct Cluster {
     endpoints: Vec<String>,
     /// Extra `quorumkv serve` arguments for every node (`QUORUMKV_SERVE_ARGS` of the scripts).
     serve_args: String,
+    /// Every fault tried and every harness failure, for the verdict's standing.
+    ledger: Mutex<Ledger>,
 }
 
 impl Cluster {
     fn script(&self, name: &str, args: &[&str]) -> Result<String, String> {
+        match self.run_script(name, args) {
+            (FaultStatus::Installed | FaultStatus::Skipped, text) => Ok(text),
+            (FaultStatus::Indeterminate, text) => Err(text),
+        }
+    }
+
+    /// Runs a script of `scripts/`; its exit status read as a fault script's, and what it said.
+    fn run_script(&self, name: &str, args: &[&str]) -> (FaultStatus, String) {
         let output = Command::new(self.repo.join("scripts").join(name))
             .args(args)
             .env("QUORUMKV_CLUSTER_DIR", &self.dir)
             .env("QUORUMKV_NETNS_STATE_DIR", &self.dir)
             .env("QUORUMKV_STATE_DIR", &self.dir)
             .env("QUORUMKV_SERVE_ARGS", &self.serve_args)
-            .output()
-            .map_err(|e| format!("{name}: {e}"))?;
+            .output();
+        let output = match output {
+            Ok(output) => output,
+            Err(error) => return (FaultStatus::Indeterminate, format!("{name}: {error}")),
+        };
         let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        match output.status.code() {
-            Some(0) | Some(3) => Ok(text),
-            _ => Err(format!("{name} {args:?}: {text} {}", String::from_utf8_lossy(&output.stderr).trim())),
+        match FaultStatus::from_exit_code(output.status.code()) {
+            FaultStatus::Indeterminate => (
+                FaultStatus::Indeterminate,
+                format!("{name} {args:?}: {text} {}", String::from_utf8_lossy(&output.stderr).trim()),
+            ),
+            status => (status, text),
         }
     }
 
@@ -83,6 +102,7 @@ impl Cluster {
             nodes,
             endpoints: vec![],
             serve_args,
+            ledger: Mutex::default(),
         };
         match options.cluster {
             ClusterKind::Netns => {
@@ -105,7 +125,7 @@ impl Cluster {
     /// A handle on a cluster left behind (by an interrupted run), only to take it down.
     fn stopped(kind: ClusterKind, dir: &Path, repo: &Path) -> Cluster {
         let (dir, repo) = (dir.to_path_buf(), repo.to_path_buf());
-        Cluster { kind, dir, repo, nodes: 0, endpoints: vec![], serve_args: String::new() }
+        Cluster { kind, dir, repo, nodes: 0, endpoints: vec![], serve_args: String::new(), ledger: Mutex::default() }
     }
 
     fn down(&self) {
@@ -119,9 +139,29 @@ impl Cluster {
         }
     }
 
-    fn fault(&self, log: &mut std::fs::File, start: Instant, script: &str, args: &[&str]) {
-        let outcome = self.script(script, args).unwrap_or_else(|e| format!("error: {e}"));
-        self.record(log, start, &format!("{script} {} -> {outcome}", args.join(" ")));
+    /// Tries to install a fault of `kind` and records what became of it.
+    fn fault(&self, log: &mut std::fs::File, start: Instant, kind: &'static str, script: &str, args: &[&str]) {
+        let (status, text) = self.run_script(script, args);
+        self.record(log, start, &format!("{script} {} -> {status:?}: {text}", args.join(" ")));
+        self.note(kind, status);
+    }
+
+    /// A step the harness needs (healing, restarting, the final kill): its failure makes the run's
+    /// verdict meaningless.
+    fn harness_step(&self, log: &mut std::fs::File, start: Instant, script: &str, args: &[&str]) {
+        let (status, text) = self.run_script(script, args);
+        self.record(log, start, &format!("{script} {} -> {status:?}: {text}", args.join(" ")));
+        if status == FaultStatus::Indeterminate {
+            self.harness_failure(text);
+        }
+    }
+
+    fn note(&self, kind: &'static str, status: FaultStatus) {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner()).record(kind, status);
+    }
+
+    fn harness_failure(&self, what: String) {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner()).harness_failure(what);
     }
 
     fn record(&self, log: &mut std::fs::File, start: Instant, line: &str) {
@@ -134,9 +174,9 @@ impl Cluster {
     }
 
     fn heal_all(&self, log: &mut std::fs::File, start: Instant) {
-        self.fault(log, start, "faults/heal.sh", &[]);
-        self.fault(log, start, "faults/resume.sh", &["all"]);
-        self.fault(log, start, "faults/restart.sh", &["all"]);
+        self.harness_step(log, start, "faults/heal.sh", &[]);
+        self.harness_step(log, start, "faults/resume.sh", &["all"]);
+        self.harness_step(log, start, "faults/restart.sh", &["all"]);
     }
 
     /// Sends a cluster administration request to the first node that answers it with anything
@@ -189,21 +229,31 @@ impl Cluster {
         log: &mut std::fs::File,
         start: Instant,
     ) -> Option<u64> {
-        let status = self.admin(http, reqwest::Method::GET, "/v1/cluster", None).await?;
-        let status: ClusterStatus = serde_json::from_str(&status.1).ok()?;
-        let leader = status.leader_id?;
-        let mut followers: Vec<u64> =
-            status.members.iter().filter(|m| m.voter).map(|m| m.id).filter(|id| *id != leader).collect();
-        followers.sort_unstable();
-        let id = *followers.get(rng.usize(..followers.len().max(1)))?;
+        let chosen = async {
+            let status = self.admin(http, reqwest::Method::GET, "/v1/cluster", None).await?;
+            let status: ClusterStatus = serde_json::from_str(&status.1).ok()?;
+            let leader = status.leader_id?;
+            let mut followers: Vec<u64> =
+                status.members.iter().filter(|m| m.voter).map(|m| m.id).filter(|id| *id != leader).collect();
+            followers.sort_unstable();
+            followers.get(rng.usize(..followers.len().max(1))).copied()
+        };
+        let Some(id) = chosen.await else {
+            self.record(log, start, "membership remove -> Skipped: no leader or no follower voter known");
+            self.note("membership", FaultStatus::Skipped);
+            return None;
+        };
         let answer = self.admin(http, reqwest::Method::DELETE, &format!("/v1/cluster/members/{id}"), None).await;
-        let _ = writeln!(
-            log,
-            "{:>8.3}s membership remove {id} -> HTTP {:?}",
-            start.elapsed().as_secs_f64(),
-            answer.as_ref().map(|a| a.0)
-        );
-        matches!(answer, Some((200, _))).then_some(id)
+        // 200: removed. A 4xx or 503 is a definite refusal; anything else (504, no answer) may
+        // or may not have removed it.
+        let status = match answer.as_ref().map(|a| a.0) {
+            Some(200) => FaultStatus::Installed,
+            Some(code) if (400..500).contains(&code) || code == 503 => FaultStatus::Skipped,
+            _ => FaultStatus::Indeterminate,
+        };
+        self.record(log, start, &format!("membership remove {id} -> {status:?}: HTTP {:?}", answer.map(|a| a.0)));
+        self.note("membership", status);
+        (status == FaultStatus::Installed).then_some(id)
     }
 
     /// Adds a removed node back as a learner, then promotes it once it has caught up.
@@ -227,12 +277,11 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let _ = writeln!(
-            log,
-            "{:>8.3}s membership re-add {id} -> HTTP {:?}",
-            start.elapsed().as_secs_f64(),
-            outcome.as_ref().map(|a| a.0)
-        );
+        let status = outcome.as_ref().map(|a| a.0);
+        self.record(log, start, &format!("membership re-add {id} -> HTTP {status:?}"));
+        if status != Some(200) {
+            self.harness_failure(format!("node {id} was not added back (last answer HTTP {status:?})"));
+        }
     }
 
     async fn wait_for_leader(&self, http: &reqwest::Client) -> Result<(), String> {
@@ -378,9 +427,9 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
 
     if !options.no_durability {
         for id in 1..=cluster.nodes {
-            cluster.fault(&mut nemesis_log, start, "faults/kill.sh", &[&id.to_string()]);
+            cluster.harness_step(&mut nemesis_log, start, "faults/kill.sh", &[&id.to_string()]);
         }
-        cluster.fault(&mut nemesis_log, start, "faults/restart.sh", &["all"]);
+        cluster.harness_step(&mut nemesis_log, start, "faults/restart.sh", &["all"]);
         cluster.wait_for_leader(&http).await?;
     }
     let (ready_node, ready_endpoint) = cluster.ready_node(&http).await?;
@@ -440,6 +489,9 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
     let checker_ms = check_started.elapsed().as_millis();
     let verdict = if divergence.is_empty() { verdict } else { checker::Verdict::Invalid };
     let valid = verdict == checker::Verdict::Valid;
+    // Waited for all along, not just taken: the nemesis's requests ran on this task.
+    let ledger = std::mem::take(&mut *cluster.ledger.lock().unwrap_or_else(|p| p.into_inner()));
+    let problems = ledger.problems(&requested_faults(options.nemesis, cluster.kind));
     let summary = json!({
         "seed": seed,
         "workload": format!("{:?}", options.workload).to_lowercase(),
@@ -458,6 +510,9 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         "checker_ms": checker_ms,
         "anomalies": anomalies,
         "replica_divergence": divergence,
+        "faults": ledger.faults,
+        "harness_failures": ledger.harness_failures,
+        "problems": problems,
     });
     std::fs::write(out.join("result.json"), serde_json::to_vec_pretty(&summary).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
@@ -483,6 +538,11 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         println!("replicas diverged: {}", serde_json::to_string_pretty(&divergence).unwrap_or_default());
     }
     println!("{compact}");
+    // An anomaly found is a finding whatever else went wrong; a "valid" (or unknown) verdict
+    // stands only if the faults asked for happened and the harness did its part.
+    if verdict != checker::Verdict::Invalid && !problems.is_empty() {
+        return Err(format!("the run's verdict cannot stand: {}", problems.join("; ")));
+    }
     Ok(verdict)
 }
 
@@ -496,36 +556,28 @@ async fn inject(
     log: &mut std::fs::File,
     start: Instant,
 ) -> Option<u64> {
-    let kinds: &[Nemesis] = match options.nemesis {
-        Nemesis::Mix if cluster.kind != ClusterKind::Local => {
-            &[Nemesis::Kill, Nemesis::Pause, Nemesis::Partition, Nemesis::Membership]
-        }
-        Nemesis::Mix => &[Nemesis::Kill, Nemesis::Pause, Nemesis::Membership],
-        Nemesis::KillPause => &[Nemesis::Kill, Nemesis::Pause],
-        Nemesis::Kill => &[Nemesis::Kill],
-        Nemesis::Pause => &[Nemesis::Pause],
-        Nemesis::Membership => &[Nemesis::Membership],
-        Nemesis::PowerCut => &[Nemesis::PowerCut],
-        Nemesis::Partition | Nemesis::None => &[Nemesis::Partition],
-    };
+    let kinds = fault_kinds(options.nemesis, cluster.kind);
     let kind = kinds[rng.usize(..kinds.len())];
     let target = if rng.bool() { "leader".to_string() } else { rng.u64(1..=cluster.nodes).to_string() };
     match kind {
-        Nemesis::Kill => cluster.fault(log, start, "faults/kill.sh", &[&target]),
+        Nemesis::Kill => cluster.fault(log, start, "kill", "faults/kill.sh", &[&target]),
         Nemesis::PowerCut => {
             // Mostly the leader: its unsynced tail is what followers may already have committed.
             let chosen = if rng.u8(..4) == 0 { Ok(rng.u64(1..=cluster.nodes).to_string()) } else { cluster.leader() };
             match chosen {
                 Ok(id) => {
-                    cluster.fault(log, start, "faults/kill.sh", &[&id]);
+                    cluster.fault(log, start, "power-cut", "faults/kill.sh", &[&id]);
                     // At once: a leader back before anyone else is elected is the case that
                     // lost writes while openraft's leader restore was on.
-                    cluster.fault(log, start, "faults/restart.sh", &[&id]);
+                    cluster.harness_step(log, start, "faults/restart.sh", &[&id]);
                 }
-                Err(error) => cluster.record(log, start, &format!("power-cut skipped: {error}")),
+                Err(error) => {
+                    cluster.record(log, start, &format!("power-cut -> Skipped: {error}"));
+                    cluster.note("power-cut", FaultStatus::Skipped);
+                }
             }
         }
-        Nemesis::Pause => cluster.fault(log, start, "faults/pause.sh", &[&target]),
+        Nemesis::Pause => cluster.fault(log, start, "pause", "faults/pause.sh", &[&target]),
         Nemesis::Membership => return cluster.remove_member(http, rng, log, start).await,
         _ => {
             let spec = partition_spec(cluster.nodes, rng);
@@ -536,10 +588,49 @@ async fn inject(
                 },
                 _ => spec,
             };
-            cluster.fault(log, start, "faults/partition.sh", &[&spec]);
+            cluster.fault(log, start, "partition", "faults/partition.sh", &[&spec]);
         }
     }
     None
+}
+
+/// The fault kinds the schedule picks from for a `--nemesis` on a kind of cluster.
+fn fault_kinds(nemesis: Nemesis, cluster: ClusterKind) -> &'static [Nemesis] {
+    match nemesis {
+        Nemesis::Mix if cluster != ClusterKind::Local => {
+            &[Nemesis::Kill, Nemesis::Pause, Nemesis::Partition, Nemesis::Membership]
+        }
+        Nemesis::Mix => &[Nemesis::Kill, Nemesis::Pause, Nemesis::Membership],
+        Nemesis::KillPause => &[Nemesis::Kill, Nemesis::Pause],
+        Nemesis::Kill => &[Nemesis::Kill],
+        Nemesis::Pause => &[Nemesis::Pause],
+        Nemesis::Membership => &[Nemesis::Membership],
+        Nemesis::PowerCut => &[Nemesis::PowerCut],
+        Nemesis::Partition | Nemesis::None => &[Nemesis::Partition],
+    }
+}
+
+/// The name a fault kind is counted under in `result.json`.
+fn fault_name(kind: Nemesis) -> &'static str {
+    match kind {
+        Nemesis::Kill => "kill",
+        Nemesis::Pause => "pause",
+        Nemesis::Partition => "partition",
+        Nemesis::Membership => "membership",
+        Nemesis::PowerCut => "power-cut",
+        Nemesis::KillPause | Nemesis::Mix | Nemesis::None => "mixed",
+    }
+}
+
+/// What a run must have installed for its verdict to stand: the one kind it names, or for a
+/// mix at least one of the kinds the schedule picks from.
+fn requested_faults(nemesis: Nemesis, cluster: ClusterKind) -> Requested {
+    let kinds: Vec<&'static str> = fault_kinds(nemesis, cluster).iter().map(|kind| fault_name(*kind)).collect();
+    match nemesis {
+        Nemesis::None => Requested::Nothing,
+        Nemesis::Mix | Nemesis::KillPause => Requested::AnyOf(kinds),
+        _ => Requested::Each(kinds),
+    }
 }
 
 /// A random partition: majority/minority, leader isolation, and on 5 nodes or more bridge,
