@@ -29,8 +29,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --test-threads=2
 # The tools' binaries (quorumkv-jepsen has no integration tests, so `cargo test` builds only
-# its test harness): linking only, everything is compiled by now.
-cargo build --workspace --bins --locked
+# its test harness). With --tests the features are the test build's, so this only links.
+cargo build --workspace --bins --tests --locked
 
 # The benchmark tool, briefly, against 3-node and 1-node clusters of quorumkv and etcd (from
 # Debian's packages): proves `quorumkv bench` and scripts/bench-vs-etcd.sh work, times nothing.
