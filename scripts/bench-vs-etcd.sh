@@ -76,7 +76,7 @@ start_quorumkv() {
         started_pids+=($!) qkv_pids+=($!)
         qkv_endpoints+="${qkv_endpoints:+,}127.0.0.1:1808$id"
     done
-    wait_for "a quorumkv leader" bash -c "curl -sf 127.0.0.1:18081/v1/cluster | grep -q '\"leader_id\":[0-9]'"
+    wait_for "a quorumkv leader" "$binary" --endpoints 127.0.0.1:18081 cluster leader
     for ((id = 1; id <= n; id++)); do wait_for "quorumkv node $id ready" curl -sf "127.0.0.1:1808$id/ready"; done
 }
 

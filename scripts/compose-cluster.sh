@@ -57,8 +57,7 @@ CONTAINER=$container
 ENV
     done
     local deadline=$((SECONDS + leader_deadline_seconds)) leader=""
-    until leader=$(curl -sf --max-time 1 "http://127.0.0.1:8081/v1/cluster" | grep -o '"leader_id":[0-9]*' | cut -d: -f2) \
-        && [[ -n "$leader" ]]; do
+    until leader=$("$repo_dir/target/debug/quorumkv" --endpoints 127.0.0.1:8081 cluster leader 2>/dev/null); do
         if ((SECONDS >= deadline)); then
             compose logs --no-color >"$state_dir/compose.log" 2>&1 || true
             echo "no leader after ${leader_deadline_seconds}s; logs in $state_dir/compose.log" >&2

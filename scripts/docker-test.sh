@@ -40,7 +40,7 @@ leader_is_not() {
     local id leader
     for id in 1 2 3; do
         [[ "$id" == "$1" ]] && continue
-        leader=$(curl -sf --max-time 1 "127.0.0.1:808$id/v1/cluster" | grep -o '"leader_id":[0-9]*' | cut -d: -f2) || continue
+        leader=$(target/debug/quorumkv --endpoints "127.0.0.1:808$id" cluster leader 2>/dev/null) || continue
         [[ -n "$leader" && "$leader" != "$1" ]] && return 0
     done
     return 1

@@ -138,7 +138,7 @@ CMD
             echo "no leader after ${leader_deadline_seconds}s; logs in $state_dir" >&2
             false
         fi
-        leader=$(curl -sf --max-time 1 "$subnet.1:8080/v1/cluster" | grep -o '"leader_id":[0-9]*' | cut -d: -f2 || true)
+        leader=$("$binary" --endpoints "$subnet.1:8080" cluster leader 2>/dev/null || true)
         [[ -n "$leader" ]] || sleep 0.2
     done
     local join="" total=$((nodes + learners))

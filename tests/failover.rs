@@ -62,7 +62,7 @@ async fn writes_resume_within_100_ms_of_the_new_leaders_election() {
         let killed_at = Instant::now();
         let elected_at = eventually("a survivor reports a new leader", || async {
             for id in &survivors {
-                let leader = cluster.cluster_status(*id).await.and_then(|s| s["leader_id"].as_u64());
+                let leader = cluster.cluster_status(*id).await.and_then(|s| s.leader_id);
                 if leader.is_some_and(|leader| leader != old) {
                     return Some(Instant::now());
                 }

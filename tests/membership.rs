@@ -6,12 +6,13 @@ mod common;
 
 use common::eventually;
 use common::Cluster;
+use quorumkv_api::MemberStatus;
 use serde_json::json;
 use serde_json::Value;
 
-async fn member(cluster: &Cluster, via: u64, id: u64) -> Option<Value> {
+async fn member(cluster: &Cluster, via: u64, id: u64) -> Option<MemberStatus> {
     let status = cluster.cluster_status(via).await?;
-    status["members"].as_array()?.iter().find(|m| m["id"].as_u64() == Some(id)).cloned()
+    status.members.into_iter().find(|m| m.id == id)
 }
 
 /// Goal: a node started with `--join <any member>` is added as a learner, catches up, and
@@ -27,7 +28,7 @@ async fn joining_nodes_catch_up_and_promote_unless_told_not_to() {
     let voter = cluster.add_joining_node(true);
     let learner = cluster.add_joining_node(false);
     eventually("the joined node becomes a voter", || async {
-        member(&cluster, leader, voter).await?["voter"].as_bool()?.then_some(())
+        member(&cluster, leader, voter).await?.voter.then_some(())
     })
     .await;
     eventually("the learner is a member", || async { member(&cluster, leader, learner).await.map(|_| ()) }).await;
@@ -43,9 +44,10 @@ async fn joining_nodes_catch_up_and_promote_unless_told_not_to() {
         assert_eq!(cluster.get(id, "k19", "linearizable").await, (200, "v19".to_string()));
     }
     let learner_entry = member(&cluster, leader, learner).await.expect("learner listed");
-    assert_eq!(learner_entry["voter"], false, "{learner_entry}");
-    let voters = cluster.get_json(leader, "/v1/cluster/members").await;
-    assert_eq!(voters.as_array().expect("members").iter().filter(|m| m["voter"] == true).count(), 4);
+    assert!(!learner_entry.voter, "{learner_entry:?}");
+    let members: Vec<MemberStatus> =
+        serde_json::from_value(cluster.get_json(leader, "/v1/cluster/members").await).expect("the members' answer");
+    assert_eq!(members.iter().filter(|m| m.voter).count(), 4);
 }
 
 /// Goal: a voter can be removed and the cluster keeps working; removing a voter when the rest
@@ -128,7 +130,7 @@ async fn wiped_voter_is_replaced_after_removal() {
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
     let rejoined = cluster.add_joining_node(true);
     eventually("the replacement becomes a voter", || async {
-        member(&cluster, leader, rejoined).await?["voter"].as_bool()?.then_some(())
+        member(&cluster, leader, rejoined).await?.voter.then_some(())
     })
     .await;
     assert_eq!(cluster.get(rejoined, "k", "linearizable").await, (200, "v".to_string()));
@@ -164,7 +166,7 @@ async fn a_removed_member_stops_serving_and_comes_back_with_join() {
     assert!(log.contains("was removed from the cluster") && log.contains("--join"), "{log}");
 
     // No campaigning: its term stays put while the remaining two take writes.
-    let term = |status: Option<Value>| status.and_then(|s| s["term"].as_u64());
+    let term = |status: Option<quorumkv_api::ClusterStatus>| status.map(|s| s.term);
     let before = term(cluster.cluster_status(removed).await).expect("term");
     for i in 0..30 {
         cluster.put_ok(leader, &format!("k{i}"), "v").await;

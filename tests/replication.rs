@@ -18,8 +18,8 @@ async fn ack_all_waits_for_every_voter_and_times_out_when_one_is_down() {
     assert_eq!(response.status(), 200);
     let revision = response.json::<Value>().await.expect("json")["revision"].as_u64().expect("revision");
     let status = cluster.cluster_status(leader).await.expect("status");
-    for member in status["members"].as_array().expect("members") {
-        assert!(member["matched_index"].as_u64() >= Some(revision), "ack=all answered before {member} had it");
+    for member in status.members {
+        assert!(member.matched_index >= Some(revision), "ack=all answered before {member:?} had it");
     }
 
     let follower = (1..=3).find(|id| *id != leader).expect("follower");
@@ -56,11 +56,10 @@ async fn ack_all_waits_for_the_leaders_own_fsync() {
     assert_eq!(response.status(), 200);
     let revision = response.json::<Value>().await.expect("json")["revision"].as_u64().expect("revision");
     let status = cluster.cluster_status(slow).await.expect("status");
-    let members = status["members"].as_array().expect("members");
-    let own = members.iter().find(|m| m["id"].as_u64() == Some(slow)).expect("leader listed");
+    let own = status.members.iter().find(|m| m.id == slow).expect("leader listed");
     assert!(
-        own["matched_index"].as_u64() >= Some(revision),
-        "ack=all answered before the leader's own fsync of revision {revision}: {own}"
+        own.matched_index >= Some(revision),
+        "ack=all answered before the leader's own fsync of revision {revision}: {own:?}"
     );
 
     cluster.kill(slow);
@@ -69,7 +68,7 @@ async fn ack_all_waits_for_the_leaders_own_fsync() {
     }
     cluster.spawn(slow);
     let last_log_index = eventually("the power-cut leader answers alone", || async {
-        cluster.cluster_status(slow).await?["last_log_index"].as_u64()
+        cluster.cluster_status(slow).await.map(|s| s.last_log_index)
     })
     .await;
     assert!(last_log_index >= revision, "the leader lost the ack=all write {revision} (log ends at {last_log_index})");
@@ -118,16 +117,12 @@ async fn replication_lag_is_visible_and_parameters_are_checked() {
     let revision = cluster.put_ok(leader, "k", "v").await;
     eventually("the leader sees every member caught up", || async {
         let status = cluster.cluster_status(leader).await?;
-        status["members"]
-            .as_array()?
-            .iter()
-            .all(|m| m["matched_index"].as_u64() >= Some(revision) && m["last_ack_ms_ago"].is_u64())
-            .then_some(())
+        status.members.iter().all(|m| m.matched_index >= Some(revision) && m.last_ack_ms_ago.is_some()).then_some(())
     })
     .await;
     let follower = (1..=3).find(|id| *id != leader).expect("follower");
     let status = cluster.cluster_status(follower).await.expect("status");
-    assert!(status["members"].as_array().expect("members").iter().all(|m| m["lag_entries"].is_null()));
+    assert!(status.members.iter().all(|m| m.lag_entries.is_none()));
 
     for (path, expected) in [
         ("/v1/kv/k?consistency=linearizable&max_lag_ms=10", 400),

@@ -85,8 +85,7 @@ async fn rolling_restart_under_load_fails_no_request() {
             let ready = cluster.http.get(cluster.url(id, "/ready")).send().await.ok()?.status() == 200;
             let mine = cluster.cluster_status(id).await?;
             let theirs = cluster.cluster_status(leader).await?;
-            (ready && mine["applied_index"].as_u64()? >= theirs["commit_index"].as_u64()?.saturating_sub(50))
-                .then_some(())
+            (ready && mine.applied_index >= theirs.commit_index.saturating_sub(50)).then_some(())
         })
         .await;
     }

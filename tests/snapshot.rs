@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use common::Cluster;
 use futures::StreamExt;
-use serde_json::Value;
 
 const SNAPSHOT_LOG_ENTRIES: u64 = 1_000;
 /// openraft keeps this many entries behind a snapshot (`max_in_snapshot_log_to_keep`).
@@ -49,10 +48,6 @@ async fn put_all(cluster: &Cluster, id: u64, items: Vec<(String, Vec<u8>)>) {
     stream.buffer_unordered(WRITERS).collect::<Vec<()>>().await;
 }
 
-fn index(status: &Value, field: &str) -> u64 {
-    status[field].as_u64().unwrap_or_else(|| panic!("{field} missing in {status}"))
-}
-
 /// Peak resident memory of a process, from /proc (Linux).
 fn peak_rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
@@ -70,23 +65,22 @@ async fn a_node_far_behind_catches_up_by_a_streamed_snapshot_and_the_log_stays_b
     cluster.put_ok(leader, "first", "before the follower stopped").await;
     let status = common::eventually("the follower applied the first write", || async {
         let status = cluster.cluster_status(behind).await?;
-        (index(&status, "applied_index") >= index(&cluster.cluster_status(leader).await?, "commit_index"))
-            .then_some(status)
+        (status.applied_index >= cluster.cluster_status(leader).await?.commit_index).then_some(status)
     })
     .await;
-    let behind_last_log_index = index(&status, "last_log_index");
+    let behind_last_log_index = status.last_log_index;
     assert!(cluster.terminate(behind).await.success());
 
     // A steady load of small writes: snapshots are built and the log is purged behind them.
     let small = (0..SMALL_WRITES).map(|i| (format!("small/{i}"), format!("v{i}").into_bytes())).collect();
     put_all(&cluster, leader, small).await;
     let status = cluster.cluster_status(leader).await.expect("leader status");
-    let (last, purged) = (index(&status, "last_log_index"), index(&status, "purged_index"));
+    let (last, purged) = (status.last_log_index, status.purged_index);
     eprintln!(
         "after {SMALL_WRITES} small writes: last log index {last}, purged up to {purged}, snapshot at {}",
-        index(&status, "snapshot_index")
+        status.snapshot_index
     );
-    assert!(index(&status, "snapshot_index") > 0, "no snapshot built: {status}");
+    assert!(status.snapshot_index > 0, "no snapshot built: {status:?}");
     assert!(
         last - purged <= SNAPSHOT_LOG_ENTRIES + KEPT_BEHIND_SNAPSHOT + WRITERS as u64,
         "the log is not bounded: {} entries kept of {last}",
@@ -98,7 +92,7 @@ async fn a_node_far_behind_catches_up_by_a_streamed_snapshot_and_the_log_stays_b
     let large = (0..LARGE_VALUES).map(|i| (format!("large/{i}"), large_value(i))).collect();
     put_all(&cluster, leader, large).await;
     let state_bytes = LARGE_VALUES * LARGE_VALUE_BYTES as u64;
-    let commit_index = index(&cluster.cluster_status(leader).await.expect("leader status"), "commit_index");
+    let commit_index = cluster.cluster_status(leader).await.expect("leader status").commit_index;
 
     // The follower comes back far behind a purged log: only a snapshot can bring it back.
     // Meanwhile administration requests that succeed on the leader go through it: none may be
@@ -109,7 +103,7 @@ async fn a_node_far_behind_catches_up_by_a_streamed_snapshot_and_the_log_stays_b
     let mut misreported = Vec::new();
     let status = loop {
         if let Some(status) = cluster.cluster_status(behind).await {
-            if status["applied_index"].as_u64().is_some_and(|applied| applied >= commit_index) {
+            if status.applied_index >= commit_index {
                 break status;
             }
         }
@@ -126,9 +120,9 @@ async fn a_node_far_behind_catches_up_by_a_streamed_snapshot_and_the_log_stays_b
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(misreported.is_empty(), "committed admin requests reported as failed: {misreported:?}");
-    eprintln!("follower caught up to {commit_index} in {:?}: {status}", started.elapsed());
-    let installed = index(&status, "snapshot_index");
-    assert!(installed > behind_last_log_index + SMALL_WRITES, "caught up without a snapshot: {status}");
+    eprintln!("follower caught up to {commit_index} in {:?}: {status:?}", started.elapsed());
+    let installed = status.snapshot_index;
+    assert!(installed > behind_last_log_index + SMALL_WRITES, "caught up without a snapshot: {status:?}");
     assert!(cluster.log(behind).contains("snapshot installed"), "no snapshot install in the follower's log");
 
     // Streamed, never held whole. Holding a snapshot in memory costs at least three times its

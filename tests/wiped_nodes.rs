@@ -52,7 +52,7 @@ async fn wiped_voter_that_no_live_peer_remembers_does_not_lose_a_write() {
             return Some(());
         }
         let status = cluster.cluster_status(paused).await?;
-        (status["leader_id"].as_u64() == Some(paused)).then_some(())
+        (status.leader_id == Some(paused)).then_some(())
     })
     .await;
 

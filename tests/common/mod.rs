@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+use quorumkv_api::ClusterStatus;
+use quorumkv_api::PutReply;
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::Child;
@@ -249,8 +251,7 @@ impl Cluster {
         eventually("the node becomes a voter", || async {
             let leader = self.wait_for_leader().await;
             let status = self.cluster_status(leader).await?;
-            let member = status["members"].as_array()?.iter().find(|m| m["id"].as_u64() == Some(id))?.clone();
-            member["voter"].as_bool()?.then_some(())
+            status.members.iter().find(|m| m.id == id)?.voter.then_some(())
         })
         .await;
     }
@@ -338,7 +339,8 @@ impl Cluster {
         response.json().await.expect("JSON body")
     }
 
-    pub async fn cluster_status(&self, id: u64) -> Option<Value> {
+    /// `GET /v1/cluster` on node `id`, as the API's type; `None` when it does not answer one.
+    pub async fn cluster_status(&self, id: u64) -> Option<ClusterStatus> {
         let response = self.http.get(self.url(id, "/v1/cluster")).send().await.ok()?;
         response.json().await.ok()
     }
@@ -348,7 +350,7 @@ impl Cluster {
         eventually("all running nodes agree on a running leader", || async {
             let mut agreed = None;
             for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-                let leader = self.cluster_status(node.id).await?["leader_id"].as_u64()?;
+                let leader = self.cluster_status(node.id).await?.leader_id?;
                 if agreed.is_some_and(|a| a != leader) || !self.is_running(leader) {
                     return None;
                 }
@@ -364,7 +366,7 @@ impl Cluster {
         eventually("the given nodes agree on a leader among them", || async {
             let mut agreed = None;
             for id in ids {
-                let leader = self.cluster_status(*id).await?["leader_id"].as_u64()?;
+                let leader = self.cluster_status(*id).await?.leader_id?;
                 if agreed.is_some_and(|a| a != leader) || !ids.contains(&leader) {
                     return None;
                 }
@@ -387,9 +389,9 @@ impl Cluster {
     pub async fn put_ok(&self, id: u64, key: &str, value: &str) -> u64 {
         let response = self.put(id, key, value).await;
         let status = response.status();
-        let body: Value = response.json().await.expect("json body");
+        let body = response.text().await.expect("body");
         assert_eq!(status, 200, "PUT {key} on node {id}: {body}");
-        body["revision"].as_u64().expect("revision")
+        serde_json::from_str::<PutReply>(&body).expect("a put's answer").revision
     }
 
     /// GET with a consistency level; returns (status, body), or status 0 and the error when
