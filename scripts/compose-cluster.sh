@@ -56,6 +56,8 @@ PEER_ADDR=node$id:9080
 CONTAINER=$container
 ENV
     done
+    # The host's CLI asks who leads (the image was built from it; build it if it is gone).
+    [[ -x "$repo_dir/target/debug/quorumkv" ]] || (cd "$repo_dir" && cargo build --quiet --locked --bin quorumkv)
     local deadline=$((SECONDS + leader_deadline_seconds)) leader=""
     until leader=$("$repo_dir/target/debug/quorumkv" --endpoints 127.0.0.1:8081 cluster leader 2>/dev/null); do
         if ((SECONDS >= deadline)); then

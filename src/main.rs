@@ -239,14 +239,8 @@ async fn run_client(endpoints: &str, command: Command) -> ExitCode {
                 admin(&client, Method::POST, &["leader"], Some(serde_json::json!({ "id": id }))).await
             }
             Command::Cluster { command: ClusterCommand::Leader } => {
-                let segments = vec!["v1".to_string(), "cluster".to_string()];
-                let answer =
-                    client.request(Method::GET, &segments, &[], HeaderMap::new(), None, Retry::Idempotent).await?;
-                if !answer.status.is_success() {
-                    return print_answer(answer, false);
-                }
-                let status: quorumkv_api::ClusterStatus = serde_json::from_slice(&answer.body)
-                    .map_err(|e| ClientError::Failed(format!("unreadable cluster status: {e}")))?;
+                // One quick look, no retries: scripts poll it in loops of their own.
+                let status = client.cluster_status_once().await?;
                 match status.leader_id {
                     Some(leader) => {
                         println!("{leader}");

@@ -92,3 +92,24 @@ async fn cluster_leader_prints_the_id_or_exits_1() {
     assert_eq!(code, Some(1), "{stdout}");
     assert!(stdout.is_empty() && stderr.contains("knows no leader"), "{stderr}");
 }
+
+/// Goal: `cluster leader` looks once and does not retry (scripts poll it in their own loops;
+/// the client's retries and back-off would make each poll take seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_leader_asks_each_endpoint_once() {
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = asked.clone();
+    let router = Router::new().route(
+        "/v1/cluster",
+        axum::routing::get(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { (StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"unavailable","message":"m","outcome":"failed"}"#) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+    let (code, stdout, stderr) = cli_leader(addr).await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1, "asked more than once: {stderr}");
+}

@@ -44,9 +44,10 @@ pub(super) async fn empty_key() -> Error {
 pub(super) async fn get(
     State(node): State<Arc<Node>>,
     key: KeyPath,
-    Params(params): Params<ReadParams>,
+    params: Result<Params<ReadParams>, Error>,
 ) -> Result<Response, Error> {
     let key = parse_key(&node, key)?;
+    let Params(params) = params?;
     let consistency = parse_consistency(params.consistency, params.max_lag_ms)?;
     let _slot = node.admit().await?;
     let stored = node.get(&key, consistency).await?.ok_or(Error::KeyNotFound)?;
@@ -87,10 +88,11 @@ pub(super) async fn put(
 pub(super) async fn delete(
     State(node): State<Arc<Node>>,
     key: KeyPath,
-    Params(params): Params<WriteParams>,
+    params: Result<Params<WriteParams>, Error>,
     headers: HeaderMap,
 ) -> Result<Json<DeleteReply>, Error> {
     let key = parse_key(&node, key)?;
+    let Params(params) = params?;
     let ack = ack(params.ack);
     let precondition = parse_precondition(&headers)?;
     let _slot = node.admit().await?;

@@ -12,7 +12,6 @@ use reqwest::Url;
 
 use crate::limits;
 use crate::ClusterStatus;
-use crate::ErrorBody;
 use crate::Outcome;
 
 /// Why a request failed, split by whether it may have taken effect.
@@ -89,6 +88,26 @@ impl Client {
     /// `/v1/kv/<key>` with the key as one percent-encoded segment (slashes included).
     pub fn key_path(key: &str) -> Vec<String> {
         vec!["v1".into(), "kv".into(), key.into()]
+    }
+
+    /// `GET /v1/cluster` from the first endpoint that answers with a status, each tried once
+    /// within [`limits::CLIENT_LEADER_LOOKUP_TIMEOUT_MS`]: no retries and no back-off, for
+    /// callers that poll (`quorumkv cluster leader` in scripts).
+    pub async fn cluster_status_once(&self) -> Result<ClusterStatus, ClientError> {
+        let timeout = Duration::from_millis(limits::CLIENT_LEADER_LOOKUP_TIMEOUT_MS);
+        let mut last_error = String::from("no endpoint");
+        for endpoint in &self.endpoints {
+            let Ok(url) = endpoint.join("/v1/cluster") else { continue };
+            match self.http.get(url).timeout(timeout).send().await {
+                Ok(response) if response.status().is_success() => match response.json::<ClusterStatus>().await {
+                    Ok(status) => return Ok(status),
+                    Err(error) => last_error = format!("{endpoint}: unreadable cluster status: {error}"),
+                },
+                Ok(response) => last_error = format!("{endpoint}: HTTP {}", response.status()),
+                Err(error) => last_error = format!("{endpoint}: {error}"),
+            }
+        }
+        Err(ClientError::Failed(last_error))
     }
 
     /// Moves the leader's client address to the front, when some endpoint knows it.
@@ -236,8 +255,13 @@ impl Client {
 /// so in `outcome` ("unknown" or "failed"), whatever the status (a 500 may be either); only an
 /// answer without one (a proxy's page, say) is judged by its status: 504 is unknown.
 fn answer_outcome_unknown(status: StatusCode, body: &[u8]) -> bool {
-    match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(error) => error.outcome == Outcome::Unknown,
+    /// Only the field that decides; any other part of the body may be missing or newer.
+    #[derive(serde::Deserialize)]
+    struct Stated {
+        outcome: Outcome,
+    }
+    match serde_json::from_slice::<Stated>(body) {
+        Ok(stated) => stated.outcome == Outcome::Unknown,
         Err(_) => status == StatusCode::GATEWAY_TIMEOUT,
     }
 }
@@ -307,5 +331,8 @@ mod tests {
         assert!(!answer_outcome_unknown(StatusCode::SERVICE_UNAVAILABLE, &body("failed")));
         assert!(answer_outcome_unknown(StatusCode::GATEWAY_TIMEOUT, b"<html>gateway timeout</html>"));
         assert!(!answer_outcome_unknown(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>"));
+        // A body stating an outcome this client does not know is taken as unknown: never retried.
+        assert!(answer_outcome_unknown(StatusCode::CONFLICT, br#"{"outcome":"partial"}"#));
+        assert!(!answer_outcome_unknown(StatusCode::CONFLICT, br#"{"outcome":"failed"}"#));
     }
 }

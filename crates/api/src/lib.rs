@@ -130,7 +130,9 @@ pub struct Item {
 pub enum Outcome {
     /// It certainly did not take effect; retrying is safe.
     Failed,
-    /// It may have taken effect; only an idempotent request may be retried blindly.
+    /// It may have taken effect; only an idempotent request may be retried blindly. Any
+    /// outcome this version does not know reads as this one: the safe assumption.
+    #[serde(other)]
     Unknown,
 }
 
@@ -229,7 +231,6 @@ pub struct AddLearnerRequest {
 
 /// `POST /v1/cluster/voters` (promote) and `POST /v1/cluster/leader` (transfer leadership).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NodeRef {
     pub id: NodeId,
 }
@@ -261,6 +262,84 @@ mod tests {
             serde_json::from_str(r#"{"error":"internal","message":"m","outcome":"unknown"}"#).expect("decode");
         assert_eq!((plain.current_revision, plain.outcome), (None, Outcome::Unknown));
         assert!(!serde_json::to_string(&plain).expect("encode").contains("current_revision"));
+        let newer: ErrorBody =
+            serde_json::from_str(r#"{"error":"x","message":"m","outcome":"partial"}"#).expect("decode");
+        assert_eq!(newer.outcome, Outcome::Unknown, "an outcome this version does not know is unknown");
+    }
+
+    /// Goal: every body is spelled exactly as the README documents it. The server and the tests
+    /// share these types, so a renamed field would pass both: these pins catch it.
+    #[test]
+    fn bodies_are_spelled_as_documented() {
+        let member = MemberStatus {
+            id: 2,
+            client_addr: Some("127.0.0.1:8082".into()),
+            peer_addr: "127.0.0.1:9082".into(),
+            voter: true,
+            matched_index: Some(9),
+            lag_entries: Some(1),
+            last_ack_ms_ago: None,
+        };
+        let status = ClusterStatus {
+            id: 1,
+            leader_id: Some(1),
+            term: 3,
+            state: RaftRole::Leader,
+            members: vec![member],
+            commit_index: 10,
+            applied_index: 10,
+            last_log_index: 11,
+            snapshot_index: 0,
+            purged_index: 0,
+            removed: false,
+        };
+        assert_eq!(
+            serde_json::to_value(&status).expect("encode"),
+            serde_json::json!({
+                "id": 1, "leader_id": 1, "term": 3, "state": "Leader",
+                "members": [{"id": 2, "client_addr": "127.0.0.1:8082", "peer_addr": "127.0.0.1:9082", "voter": true,
+                             "matched_index": 9, "lag_entries": 1, "last_ack_ms_ago": null}],
+                "commit_index": 10, "applied_index": 10, "last_log_index": 11, "snapshot_index": 0,
+                "purged_index": 0, "removed": false
+            })
+        );
+        assert_eq!(serde_json::to_value(PutReply { revision: 7 }).expect("encode"), serde_json::json!({"revision": 7}));
+        assert_eq!(
+            serde_json::to_value(DeleteReply { revision: 8, deleted: true }).expect("encode"),
+            serde_json::json!({"revision": 8, "deleted": true})
+        );
+        let page = Page {
+            items: vec![
+                Item { key: "a".into(), revision: 5, create_revision: 4, value: Some("x".into()), value_base64: None },
+                Item {
+                    key: "b".into(),
+                    revision: 6,
+                    create_revision: 6,
+                    value: None,
+                    value_base64: Some("/w==".into()),
+                },
+            ],
+            next_start: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&page).expect("encode"),
+            serde_json::json!({"items": [
+                {"key": "a", "revision": 5, "create_revision": 4, "value": "x"},
+                {"key": "b", "revision": 6, "create_revision": 6, "value_base64": "/w=="}
+            ], "next_start": null})
+        );
+        let error = ErrorBody {
+            error: "no_leader".into(),
+            message: "m".into(),
+            outcome: Outcome::Failed,
+            current_revision: None,
+            last_known_leader: Some(None),
+        };
+        assert_eq!(
+            serde_json::to_value(&error).expect("encode"),
+            serde_json::json!({"error": "no_leader", "message": "m", "outcome": "failed", "last_known_leader": null})
+        );
+        assert_eq!(serde_json::to_value(Ready { ready: false }).expect("encode"), serde_json::json!({"ready": false}));
     }
 
     /// Goal: parameters are spelled as the README says, and unknown ones are refused.
