@@ -21,7 +21,7 @@ trap 'stop_writers; scripts/stop-3-nodes.sh >/dev/null' EXIT
 scripts/start-3-nodes.sh >/dev/null
 
 leader_seen_by() {
-    curl -sf --max-time 0.5 "127.0.0.1:808$1/v1/cluster" | grep -o '"leader_id":[0-9]*' | cut -d: -f2 || true
+    target/debug/quorumkv --endpoints "127.0.0.1:808$1" cluster leader 2>/dev/null || true
 }
 
 # Appends "<sent ns> <done ns>" for every successful PUT through node $1 to file $2.

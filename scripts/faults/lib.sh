@@ -76,7 +76,7 @@ current_leader() {
     for ((id = 1; id <= NODES; id++)); do
         node_pid "$id" >/dev/null || continue
         [[ -f "$cluster_dir/node-$id.paused" ]] && continue
-        leader=$(curl -sf --max-time 1 "$(client_addr "$id")/v1/cluster" | grep -o '"leader_id":[0-9]*' | cut -d: -f2 || true)
+        leader=$("$repo_dir/target/debug/quorumkv" --endpoints "$(client_addr "$id")" cluster leader 2>/dev/null || true)
         if [[ -n "$leader" ]]; then
             echo "$leader"
             return 0
