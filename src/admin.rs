@@ -22,7 +22,7 @@ use crate::protocol;
 use crate::types::Member;
 use crate::types::NodeId;
 
-pub use crate::protocol::AdminCommand;
+use crate::protocol::AdminCommand;
 
 impl Node {
     /// Runs an administration request from any node: on the leader, or forwarded to it.
@@ -215,7 +215,6 @@ type ChangeResult = Result<
     tokio::time::error::Elapsed,
 >;
 
-/// Translates a membership change's outcome at the boundary.
 /// The size of a majority of `voters` voters.
 fn quorum_of(voters: usize) -> usize {
     voters / 2 + 1
@@ -247,6 +246,7 @@ fn check_promotion_lag(id: NodeId, lag: u64) -> Result<(), Error> {
     Ok(())
 }
 
+/// Translates a membership change's outcome at the boundary.
 fn map_change(result: ChangeResult) -> Result<(), Error> {
     match result {
         Err(_) => Err(Error::OutcomeUnknown("the membership change was not committed in time".into())),

@@ -9,7 +9,7 @@
 use serde::Deserialize;
 use serde::Serialize;
 
-pub use quorumkv_api::Outcome;
+use quorumkv_api::Outcome;
 
 use crate::types::NodeId;
 

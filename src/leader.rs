@@ -196,6 +196,6 @@ mod tests {
         assert!(after_failed_forward(&no_answer, Effect::None).is_none());
         let unknown = after_failed_forward(&no_answer, Effect::Changes).expect("not retried");
         assert!(matches!(unknown, Error::OutcomeUnknown(_)));
-        assert_eq!(unknown.outcome(), crate::error::Outcome::Unknown);
+        assert_eq!(unknown.outcome(), quorumkv_api::Outcome::Unknown);
     }
 }

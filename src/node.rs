@@ -45,9 +45,9 @@ use crate::types::CommandResult;
 use crate::types::NodeId;
 use crate::types::Raft;
 use crate::types::TypeConfig;
-pub use quorumkv_api::ClusterStatus;
-pub use quorumkv_api::MemberStatus;
-pub use quorumkv_api::RaftRole;
+use quorumkv_api::ClusterStatus;
+use quorumkv_api::MemberStatus;
+use quorumkv_api::RaftRole;
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,7 @@ pub enum Consistency {
     Stale { max_lag: Option<Duration> },
 }
 
-pub use crate::protocol::Ack;
+use crate::protocol::Ack;
 
 /// The leader's view of how far `peer`'s log is durable (0 when unknown), the leader's own
 /// log included. Only a leader has replication metrics; elsewhere this is always 0.
@@ -275,9 +275,9 @@ impl Node {
     /// Runs a write from any node: on the leader directly, else forwarded to it.
     pub async fn write(&self, command: Command, ack: Ack) -> Result<CommandResult, Error> {
         let timeout = self.config.write_timeout() + Duration::from_secs(1);
-        let request = ForwardedWrite { command: command.clone(), ack };
+        let request = ForwardedWrite { command, ack };
         self.via_leader::<protocol::ForwardWrite, _, _>(&request, timeout, Effect::Changes, || {
-            self.write_as_leader(command.clone(), ack)
+            self.write_as_leader(request.command.clone(), ack)
         })
         .await
     }

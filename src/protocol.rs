@@ -240,12 +240,9 @@ mod tests {
     use openraft::entry::RaftEntry;
 
     use super::*;
+    use crate::types::test_log_id as log_id;
     use crate::types::Entry;
     use crate::types::Precondition;
-
-    fn log_id(term: u64, node: NodeId, index: u64) -> LogId {
-        LogId::new(<openraft::type_config::alias::LeaderIdOf<crate::types::TypeConfig> as openraft::vote::RaftLeaderIdExt>::new_committed(term, node), index)
-    }
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|byte| format!("{byte:02x}")).collect()

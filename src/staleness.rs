@@ -173,7 +173,7 @@ mod tests {
     use super::*;
 
     fn log_id(term: u64, index: u64) -> LogId {
-        LogId::new(<openraft::type_config::alias::LeaderIdOf<crate::types::TypeConfig> as openraft::vote::RaftLeaderIdExt>::new_committed(term, 1), index)
+        crate::types::test_log_id(term, 1, index)
     }
 
     /// Goal: a leader vouches for its freshness only once a quorum confirmed it and it

@@ -109,3 +109,10 @@ pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<Typ
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 pub type SnapshotData = crate::store::SnapshotHandle;
 pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;
+
+/// A committed log id of `term`, led by `node`, at `index` (for tests).
+#[cfg(test)]
+pub(crate) fn test_log_id(term: u64, node: NodeId, index: u64) -> LogId {
+    use openraft::vote::RaftLeaderIdExt;
+    LogId::new(openraft::type_config::alias::LeaderIdOf::<TypeConfig>::new_committed(term, node), index)
+}

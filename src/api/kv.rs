@@ -121,8 +121,8 @@ pub(super) async fn list(
     let items = page
         .into_iter()
         .map(|(key, stored)| {
-            let (value, value_base64) = match String::from_utf8(stored.value.to_vec()) {
-                Ok(text) => (Some(text), None),
+            let (value, value_base64) = match std::str::from_utf8(&stored.value) {
+                Ok(text) => (Some(text.to_owned()), None),
                 Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(&stored.value))),
             };
             Item { key, revision: stored.mod_revision, create_revision: stored.create_revision, value, value_base64 }

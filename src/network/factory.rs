@@ -40,6 +40,17 @@ use crate::types::SnapshotData;
 use crate::types::TypeConfig;
 use crate::types::Vote;
 
+/// Whether a failed call is reported to openraft as `Unreachable`, which makes it back off
+/// instead of hammering a dead or booting peer (or one this node has no slot for), rather than
+/// as a `Network` error, which it retries soon: the request went out and failed (or was
+/// refused, e.g. by a peer of another protocol version).
+fn backs_off(error: &CallError) -> bool {
+    match error {
+        CallError::NotSent(..) | CallError::NotReady(_) | CallError::Busy(_) => true,
+        CallError::NoAnswer(..) | CallError::Refused(..) => false,
+    }
+}
+
 /// The network factory given to openraft.
 pub struct PeerNetwork {
     clients: PeerClients,
@@ -100,13 +111,8 @@ impl RaftConnection {
                     self.peer.target()
                 )))),
             },
-            // Unreachable makes openraft back off instead of hammering a dead or booting peer.
-            Err(error @ (CallError::NotSent(..) | CallError::NotReady(_) | CallError::Busy(_))) => {
-                Err(RPCError::Unreachable(Unreachable::from_string(error)))
-            }
-            Err(error @ (CallError::NoAnswer(..) | CallError::Refused(..))) => {
-                Err(RPCError::Network(NetworkError::from_string(error)))
-            }
+            Err(error) if backs_off(&error) => Err(RPCError::Unreachable(Unreachable::from_string(error))),
+            Err(error) => Err(RPCError::Network(NetworkError::from_string(error))),
         }
     }
 }
@@ -173,11 +179,10 @@ impl RaftNetworkV2<TypeConfig> for RaftConnection {
             Ok(response)
         };
         tokio::select! {
-            result = call => result.map_err(|error| match error {
-                error @ (CallError::NotSent(..) | CallError::NotReady(_) | CallError::Busy(_)) => {
+            result = call => result.map_err(|error| {
+                if backs_off(&error) {
                     StreamingError::Unreachable(Unreachable::from_string(error))
-                }
-                error @ (CallError::NoAnswer(..) | CallError::Refused(..)) => {
+                } else {
                     StreamingError::Network(NetworkError::from_string(error))
                 }
             }),

@@ -1,5 +1,6 @@
 //! The server side of node-to-node traffic on `--peer-addr`.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -12,10 +13,7 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 use futures::StreamExt;
-use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
-use openraft::raft::TransferLeaderRequest;
-use openraft::raft::VoteRequest;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -27,12 +25,8 @@ use crate::node::Node;
 use crate::protocol;
 use crate::protocol::decode;
 use crate::protocol::encode;
-use crate::protocol::AdminCommand;
-use crate::protocol::ForwardedWrite;
-use crate::protocol::ReadPolicy;
 use crate::protocol::Rpc;
 use crate::types::NodeId;
-use crate::types::TypeConfig;
 use crate::types::Vote;
 
 /// The router served on `--peer-addr`.
@@ -121,7 +115,7 @@ impl IntoResponse for Rejection {
 async fn append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     let run = async {
         require_raft(&node)?;
-        let request: AppendEntriesRequest<TypeConfig> = parse(&body)?;
+        let request: <protocol::Append as Rpc>::Request = parse(&body)?;
         note_sender(&node, request.vote.leader_id().node_id).await?;
         let response = node.raft().append_entries(request).await.map_err(fatal)?;
         if matches!(response, AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)) {
@@ -129,27 +123,27 @@ async fn append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
         }
         Ok::<_, Rejection>(response)
     };
-    answer(run.await)
+    answer::<<protocol::Append as Rpc>::Reply>(run.await)
 }
 
 async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     let run = async {
         require_raft(&node)?;
-        let request: VoteRequest<TypeConfig> = parse(&body)?;
+        let request: <protocol::RequestVote as Rpc>::Request = parse(&body)?;
         note_sender(&node, request.vote.leader_id().node_id).await?;
         node.raft().vote(request).await.map_err(fatal)
     };
-    answer(run.await)
+    answer::<<protocol::RequestVote as Rpc>::Reply>(run.await)
 }
 
 async fn pre_vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     let run = async {
         require_raft(&node)?;
-        let request: VoteRequest<TypeConfig> = parse(&body)?;
+        let request: <protocol::PreVote as Rpc>::Request = parse(&body)?;
         note_sender(&node, request.vote.leader_id().node_id).await?;
         node.raft().pre_vote(request).await.map_err(fatal)
     };
-    answer(run.await)
+    answer::<<protocol::PreVote as Rpc>::Reply>(run.await)
 }
 
 /// The next piece of a snapshot transfer; an error when none arrives within
@@ -224,57 +218,48 @@ async fn snapshot(State(node): State<Arc<Node>>, body: Body) -> Response {
 async fn transfer_leader(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     let run = async {
         require_raft(&node)?;
-        let request: TransferLeaderRequest<TypeConfig> = parse(&body)?;
+        let request: <protocol::TransferLeader as Rpc>::Request = parse(&body)?;
         note_sender(&node, request.from_leader().leader_id().node_id).await?;
         node.raft().handle_transfer_leader(request).await.map_err(fatal)
     };
-    answer(run.await)
+    answer::<<protocol::TransferLeader as Rpc>::Reply>(run.await)
+}
+
+/// A forwarded or bootstrap request: the body decoded as `R`'s request and the handler's
+/// answer encoded as `R`'s reply, so this side cannot disagree with the sender about either.
+async fn serve_rpc<R: Rpc, Answer: Future<Output = R::Reply>>(
+    body: &[u8],
+    handler: impl FnOnce(R::Request) -> Answer,
+) -> Response {
+    match parse::<R::Request>(body) {
+        Ok(request) => reply(&handler(request).await),
+        Err(rejection) => rejection.into_response(),
+    }
 }
 
 async fn forwarded_write(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    let request: ForwardedWrite = match parse(&body) {
-        Ok(request) => request,
-        Err(rejection) => return rejection.into_response(),
-    };
-    reply(&node.write_as_leader(request.command, request.ack).await)
+    serve_rpc::<protocol::ForwardWrite, _>(&body, |request| async move {
+        node.write_as_leader(request.command, request.ack).await
+    })
+    .await
 }
 
 async fn forwarded_admin(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    let command: AdminCommand = match parse(&body) {
-        Ok(command) => command,
-        Err(rejection) => return rejection.into_response(),
-    };
-    reply(&node.admin_as_leader(command).await)
+    serve_rpc::<protocol::Admin, _>(&body, |command| async move { node.admin_as_leader(command).await }).await
 }
 
 async fn read_index(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    let policy: ReadPolicy = match parse(&body) {
-        Ok(policy) => policy,
-        Err(rejection) => return rejection.into_response(),
-    };
-    reply(&node.read_index_as_leader(policy).await)
+    serve_rpc::<protocol::ReadIndex, _>(&body, |policy| async move { node.read_index_as_leader(policy).await }).await
 }
 
 async fn freshness(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    let () = match parse(&body) {
-        Ok(request) => request,
-        Err(rejection) => return rejection.into_response(),
-    };
-    reply(&node.freshness_as_leader())
+    serve_rpc::<protocol::Freshness, _>(&body, |()| async move { node.freshness_as_leader() }).await
 }
 
 async fn probe(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    let asker: NodeId = match parse(&body) {
-        Ok(asker) => asker,
-        Err(rejection) => return rejection.into_response(),
-    };
-    reply(&node.probe_reply(asker))
+    serve_rpc::<protocol::Probe, _>(&body, |asker| async move { node.probe_reply(asker) }).await
 }
 
 async fn announce(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    let peer: NodeId = match parse(&body) {
-        Ok(peer) => peer,
-        Err(rejection) => return rejection.into_response(),
-    };
-    reply(&node.record_announcement(peer).await)
+    serve_rpc::<protocol::Announce, _>(&body, |peer| async move { node.record_announcement(peer).await }).await
 }

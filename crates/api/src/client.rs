@@ -112,17 +112,11 @@ impl Client {
 
     /// Moves the leader's client address to the front, when some endpoint knows it.
     pub async fn prefer_leader(&mut self) {
-        for endpoint in self.endpoints.clone() {
-            let Ok(url) = endpoint.join("/v1/cluster") else { continue };
-            let timeout = Duration::from_millis(limits::CLIENT_LEADER_LOOKUP_TIMEOUT_MS);
-            let Ok(response) = self.http.get(url).timeout(timeout).send().await else { continue };
-            let Ok(status) = response.json::<ClusterStatus>().await else { continue };
-            if let Some(Ok(url)) = status.leader_client_addr().map(|a| Url::parse(&format!("http://{a}"))) {
-                self.endpoints.retain(|e| e.host_str() != url.host_str() || e.port() != url.port());
-                self.endpoints.insert(0, url);
-                self.current.store(0, std::sync::atomic::Ordering::Relaxed);
-            }
-            return;
+        let Ok(status) = self.cluster_status_once().await else { return };
+        if let Some(Ok(url)) = status.leader_client_addr().map(|a| Url::parse(&format!("http://{a}"))) {
+            self.endpoints.retain(|e| e.host_str() != url.host_str() || e.port() != url.port());
+            self.endpoints.insert(0, url);
+            self.current.store(0, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
