@@ -9,7 +9,7 @@
 #  4. partitions one container away (iptables in its network namespace): the majority keeps
 #     accepting writes, the cut-off node cannot serve a linearizable read; heals, and the node
 #     catches up;
-#  5. tears the cluster down, runs a short Jepsen-style test against a fresh compose cluster
+#  5. runs `quorumkv verify` against it; tears the cluster down, runs a short Jepsen-style test against a fresh compose cluster
 #     (valid verdict required), then scripts/k8s-check.py.
 set -euo pipefail
 
@@ -89,6 +89,10 @@ step "the cut-off node answered $status after $((SECONDS - started)) s"
 [[ "$status" == 503 ]] || fail "the cut-off node answered a linearizable read with $status, not 503"
 scripts/faults/heal.sh
 eventually "node $isolated caught up after healing" value_is "$isolated" docker/partitioned majority
+
+step "quorumkv verify against the compose cluster"
+target/debug/quorumkv --endpoints 127.0.0.1:8081,127.0.0.1:8082,127.0.0.1:8083 verify --duration-secs 5 ||
+    fail "quorumkv verify did not find the compose cluster linearizable"
 scripts/compose-cluster.sh down >/dev/null
 
 step "a short Jepsen-style run against the containers"

@@ -32,6 +32,18 @@ cargo test --workspace --locked -- --test-threads=2
 # its test harness). With --tests the features are the test build's, so this only links.
 cargo build --workspace --bins --tests --locked
 
+# `quorumkv verify` against the README's 3-node cluster (its own state dir, stopped after).
+verify_state_dir="$PWD/target/verify-3-nodes"
+rm -rf "$verify_state_dir"
+QUORUMKV_STATE_DIR="$verify_state_dir" scripts/start-3-nodes.sh
+verify_status=0
+target/debug/quorumkv verify --duration-secs 5 || verify_status=$?
+QUORUMKV_STATE_DIR="$verify_state_dir" scripts/stop-3-nodes.sh
+if ((verify_status != 0)); then
+    echo "FAILED: quorumkv verify against scripts/start-3-nodes.sh exited $verify_status"
+    exit 1
+fi
+
 # The benchmark tool, briefly, against 3-node and 1-node clusters of quorumkv and etcd (from
 # Debian's packages): proves `quorumkv bench` and scripts/bench-vs-etcd.sh work, times nothing.
 scripts/bench-vs-etcd.sh --smoke

@@ -6,9 +6,9 @@
 //! | member | role |
 //! |---|---|
 //! | `crates/api` (`quorumkv-api`) | the HTTP contract: parameters, bodies, the error body, the client |
-//! | `.` (`quorumkv`) | this library (the server) and the `quorumkv` binary: serve, the CLI, bench |
+//! | `.` (`quorumkv`) | this library (the server) and the `quorumkv` binary: serve, the CLI, bench, verify |
 //! | `tools/bench` (`quorumkv-bench`) | `quorumkv bench`: load generator for quorumkv and etcd's gateway |
-//! | `tools/jepsen` (`quorumkv-jepsen`) | Jepsen-style fault runs and the linearizability checker |
+//! | `tools/jepsen` (`quorumkv-jepsen`) | Jepsen-style fault runs, the checkers, and `quorumkv verify` |
 //!
 //! # Layout
 //!
@@ -29,7 +29,7 @@
 //! | [`protocol`] | the peer wire format: every message, its path, its version byte, pinned bytes |
 //! | [`network`] | peer HTTP on `--peer-addr`: carries `protocol`'s Raft RPCs and forwarded requests |
 //! | [`store`] | RocksDB: Raft log and metadata (group commit), state machine, snapshots |
-//! | [`server`] | start-up, signals, graceful shutdown |
+//! | [`server`] | start-up (on addresses, or on listeners bound already), signals, graceful shutdown |
 //! | [`listener`] | accepting connections within limits: a cap per listener, header deadlines |
 //! | [`logging`] | tracing output with the node id on every line |
 //! | [`metrics`] | Prometheus metrics served on `GET /metrics` |

@@ -29,8 +29,22 @@ where
     }
 }
 
+/// Logs of the whole process go to standard error.
 pub fn init(node_id: u64, filter: &str) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let format = WithNodeId { node_id, inner: tracing_subscriber::fmt::format().with_ansi(false) };
     let _ = tracing_subscriber::fmt().with_env_filter(filter).event_format(format).try_init();
+}
+
+/// The same logs for one node among several in one process (tests), written to `file`: install
+/// it on every thread of that node's runtime (`tracing::dispatcher::set_default`).
+pub fn node_dispatch(node_id: u64, filter: &str, file: std::fs::File) -> tracing::Dispatch {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = WithNodeId { node_id, inner: tracing_subscriber::fmt::format().with_ansi(false) };
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .event_format(format)
+        .with_writer(std::sync::Mutex::new(file))
+        .finish();
+    tracing::Dispatch::new(subscriber)
 }

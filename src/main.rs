@@ -90,6 +90,23 @@ enum Command {
     Restore { file: std::path::PathBuf },
     /// Measure throughput and latency (of quorumkv, or of etcd with `--target etcd`).
     Bench(Box<quorumkv_bench::BenchOptions>),
+    /// Check a live cluster: a short concurrent register workload on keys under a reserved
+    /// prefix (`_quorumkv/verify/`), checked for linearizability, then deleted. Exit 0 when the
+    /// history is linearizable, 1 when it is not, 4 when the checker could not decide, 2 when
+    /// the check could not run or its keys could not be deleted.
+    Verify {
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        /// Concurrent clients, spread over the endpoints.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Registers (keys) the clients share.
+        #[arg(long, default_value_t = 4)]
+        keys: usize,
+        /// Print the whole report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Exit 0 when the first endpoint answers `/health` (for container health checks).
     Health,
     /// Cluster commands.
@@ -157,7 +174,61 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Verify { duration_secs, clients, keys, json } => {
+            runtime.block_on(verify(&cli.endpoints, duration_secs, clients, keys, json))
+        }
         command => runtime.block_on(run_client(&cli.endpoints, command)),
+    }
+}
+
+/// Exit status of `verify` when the checker ran out of budget (as `quorumkv-jepsen`'s).
+const EXIT_VERIFY_UNDECIDED: u8 = 4;
+
+async fn verify(endpoints: &str, duration_secs: u64, clients: usize, keys: usize, json: bool) -> ExitCode {
+    use quorumkv_jepsen::checker::Verdict;
+    let endpoints = match quorumkv_api::client::parse_endpoints(endpoints) {
+        Ok(urls) => urls.iter().map(|url| url.as_str().trim_end_matches('/').to_string()).collect(),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = quorumkv_jepsen::verify::VerifyOptions {
+        endpoints,
+        duration: std::time::Duration::from_secs(duration_secs),
+        clients,
+        keys,
+        step_budget: quorumkv_jepsen::checker::DEFAULT_STEP_BUDGET,
+    };
+    let report = match quorumkv_jepsen::verify::verify(&options).await {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        println!(
+            "verdict: {:?} ({} operations: {} ok, {} failed, {} unknown; keys {}*)",
+            report.verdict, report.ops, report.ok, report.fail, report.info, report.prefix
+        );
+        for anomaly in &report.anomalies {
+            println!("not linearizable: {}", serde_json::to_string(anomaly).unwrap_or_default());
+        }
+        if !report.unknown_keys.is_empty() {
+            println!("undecided within the checker's budget: {:?}", report.unknown_keys);
+        }
+    }
+    if !report.keys_left.is_empty() {
+        eprintln!("error: could not delete {:?}; delete them with `quorumkv delete KEY`", report.keys_left);
+    }
+    match report.verdict {
+        Verdict::Invalid => ExitCode::FAILURE,
+        _ if !report.keys_left.is_empty() => ExitCode::from(2),
+        Verdict::Valid => ExitCode::SUCCESS,
+        Verdict::Unknown => ExitCode::from(EXIT_VERIFY_UNDECIDED),
     }
 }
 
@@ -165,7 +236,7 @@ async fn run_client(endpoints: &str, command: Command) -> ExitCode {
     let result = async {
         let mut client = Client::new(endpoints)?;
         match command {
-            Command::Serve(_) | Command::Bench(_) => unreachable!("handled by main"),
+            Command::Serve(_) | Command::Bench(_) | Command::Verify { .. } => unreachable!("handled by main"),
             Command::Put { key, value, if_match, create_only } => {
                 let value = match value {
                     Some(value) => Bytes::from(value),

@@ -102,11 +102,7 @@ impl Node {
             .into_iter()
             .flatten()
             .max_by_key(|reply| (reply.committed_membership, !reply.asker_in_committed_membership))?;
-        let committed = newest.committed_membership?;
-        // Newer than this node's own membership; or, when its own already leaves it out (it
-        // saw its removal, or it is a learner still replaying an older history), at least as new.
-        let newer = Some(committed) > own || (!own_includes && Some(committed) >= own);
-        (newer && !newest.asker_in_committed_membership).then_some(committed.index())
+        proves_removal(own, own_includes, &newest)
     }
 
     /// Stops serving clients and campaigning, remembers it, and tells the operator what to do.
@@ -144,5 +140,56 @@ impl Node {
             // Only the restart behaviour depends on it: the node learns again from its peers.
             tracing::warn!("could not record the removal state durably: {stored:?}");
         }
+    }
+}
+
+/// Whether a peer's answer proves this node was removed; the log index of the membership that
+/// removed it if so. This node's own membership is `own` (and lists it when `own_includes`).
+fn proves_removal(own: Option<LogId>, own_includes: bool, answer: &ProbeReply) -> Option<u64> {
+    let committed = answer.committed_membership?;
+    // The membership at index 0 is the founders' (written by `initialize`): a node it leaves out
+    // was never in it, so it cannot have been removed from it. A learner that joined and has
+    // not yet received a later membership sees exactly that one.
+    if committed.index() == 0 {
+        return None;
+    }
+    // Newer than this node's own membership; or, when its own already leaves it out (it
+    // saw its removal, or it is a learner still replaying an older history), at least as new.
+    let newer = Some(committed) > own || (!own_includes && Some(committed) >= own);
+    (newer && !answer.asker_in_committed_membership).then_some(committed.index())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::test_log_id;
+
+    fn answer(committed: Option<LogId>, asker_in_committed_membership: bool) -> ProbeReply {
+        ProbeReply {
+            has_seen_asker: true,
+            asker_registered: true,
+            members: vec![],
+            committed_membership: committed,
+            asker_in_committed_membership,
+        }
+    }
+
+    /// Goal: only a committed membership newer than this node's own that leaves it out proves a
+    /// removal; the founders' membership (index 0) never does, whoever it leaves out.
+    #[test]
+    fn only_a_newer_committed_membership_without_this_node_proves_removal() {
+        let (founders, later, latest) = (test_log_id(1, 1, 0), test_log_id(1, 1, 7), test_log_id(2, 2, 9));
+        // A voter in `later` that missed its removal at `latest`.
+        assert_eq!(proves_removal(Some(later), true, &answer(Some(latest), false)), Some(9));
+        // A newer membership that still lists it, or one no newer than its own: not removed.
+        assert_eq!(proves_removal(Some(later), true, &answer(Some(latest), true)), None);
+        assert_eq!(proves_removal(Some(latest), true, &answer(Some(later), false)), None);
+        assert_eq!(proves_removal(Some(later), true, &answer(None, false)), None);
+        // It already saw the membership that leaves it out (it was removed, then restarted).
+        assert_eq!(proves_removal(Some(latest), false, &answer(Some(latest), false)), Some(9));
+        // A joining learner that has only the founders' membership, asking founders that have
+        // committed nothing since: it was never a member, so it was not removed.
+        assert_eq!(proves_removal(Some(founders), false, &answer(Some(founders), false)), None);
+        assert_eq!(proves_removal(None, false, &answer(Some(founders), false)), None);
     }
 }

@@ -27,6 +27,19 @@ pub async fn serve_until(config: ServeConfig, stop: impl Future<Output = ()>) ->
     };
     let client_listener = bind(config.client_addr.clone()).await?;
     let peer_listener = bind(config.peer_addr.clone()).await?;
+    serve_on(config, client_listener, peer_listener, stop).await
+}
+
+/// Runs a node on listeners bound already (so a test can start several nodes in one process on
+/// ports it holds from the start), until `stop` completes. The config's `client_addr` and
+/// `peer_addr` must be the listeners' addresses: they are what the node advertises.
+pub async fn serve_on(
+    config: ServeConfig,
+    client_listener: TcpListener,
+    peer_listener: TcpListener,
+    stop: impl Future<Output = ()>,
+) -> Result<(), String> {
+    config.validate()?;
     let client_limits = ListenerLimits {
         max_connections: client_connection_cap(config.max_client_connections),
         header_timeout: Duration::from_millis(limits::CLIENT_HEADER_TIMEOUT_MS),

@@ -152,7 +152,7 @@ async fn bad_input_is_rejected_and_changes_nothing() {
 /// the killed node restarts, catches up, and holds everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_loses_no_acknowledged_write() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start_processes(3).await;
     let old_leader = cluster.wait_for_leader().await;
     let mut acknowledged = Vec::new();
     for i in 0..20 {
@@ -193,7 +193,7 @@ async fn leader_kill_loses_no_acknowledged_write() {
 /// starting them again keeps every acknowledged write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_restart_keeps_all_data() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start_processes(3).await;
     cluster.wait_for_leader().await;
     for i in 0..30 {
         cluster.put_ok(1 + i % 3, &format!("k{i}"), &format!("v{i}")).await;
@@ -214,7 +214,7 @@ async fn full_restart_keeps_all_data() {
 /// Goal: SIGTERM on the leader hands leadership over before exiting, and the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_transfers_leadership() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start_processes(3).await;
     let leader = cluster.wait_for_leader().await;
     cluster.put_ok(leader, "k", "v").await;
     let status = cluster.terminate(leader).await;
@@ -249,4 +249,34 @@ fn test_ports_stay_below_the_ephemeral_range() {
     assert!(ports.iter().all(|port| *port < common::ephemeral_range_start()), "{ports:?}");
     let unique: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
     assert_eq!(unique.len(), ports.len(), "{ports:?}");
+}
+
+/// Goal: `quorumkv verify` finds a healthy 3-node cluster linearizable, says so with exit 0, and
+/// leaves none of its keys behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_passes_a_live_cluster_and_leaves_no_keys() {
+    let cluster = Cluster::start(3).await;
+    cluster.wait_for_leader().await;
+    let endpoints: Vec<String> = cluster.nodes.iter().map(|node| node.client_addr.clone()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_quorumkv"))
+            .args(["verify", "--duration-secs", "3", "--endpoints", &endpoints.join(",")])
+            .output()
+            .expect("run the CLI")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("verdict: Valid"), "{stdout}");
+    let page: quorumkv_api::Page = cluster
+        .http
+        .get(cluster.url(1, "/v1/kv?prefix=_quorumkv/verify/"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("a page");
+    assert!(page.items.is_empty(), "verify left keys behind: {:?}", page.items);
 }

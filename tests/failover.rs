@@ -28,7 +28,7 @@ type Completions = Arc<Mutex<Vec<(usize, Instant, Instant)>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_resume_within_100_ms_of_the_new_leaders_election() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start_processes(3).await;
     let mut resumes = Vec::new();
     for round in 0..ROUNDS {
         let old = cluster.wait_for_leader().await;

@@ -63,7 +63,7 @@ async fn trickling_bodies_do_not_starve_the_node() {
 /// that, new connections are refused with 503, or closed when too many are being refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_beyond_the_descriptor_limit_cost_no_service() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start_processes(3).await;
     let leader = cluster.wait_for_leader().await;
     let target = (1..=3).find(|id| *id != leader).expect("follower");
     cluster.terminate(target).await;

@@ -142,7 +142,7 @@ async fn wiped_voter_is_replaced_after_removal() {
 /// it is added back (with its data) and serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_member_stops_serving_and_comes_back_with_join() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start_processes(3).await;
     let leader = cluster.wait_for_leader().await;
     let removed = (1..=3).find(|id| *id != leader).expect("follower");
     cluster.put_ok(leader, "before", "1").await;
@@ -198,7 +198,7 @@ async fn a_removed_member_stops_serving_and_comes_back_with_join() {
 /// Method: the target voter is frozen (SIGSTOP), so it cannot take over within the wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_that_times_out_has_an_unknown_outcome() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start_processes(3).await;
     let leader = cluster.wait_for_leader().await;
     let target = (1..=3).find(|id| *id != leader).expect("follower");
     cluster.pause(target);

@@ -44,7 +44,7 @@ async fn ack_all_waits_for_every_voter_and_times_out_when_one_is_down() {
 /// restarted alone (no follower can hand the entry back): its own log still has it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_all_waits_for_the_leaders_own_fsync() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start_processes(3).await;
     let slow = cluster.wait_for_leader().await;
     cluster.terminate(slow).await;
     cluster.set_node_args(slow, &["--fault-fsync-delay-ms", "2000", "--fault-lose-unsynced-writes"]);
@@ -177,7 +177,7 @@ async fn a_follower_catches_up_on_large_values() {
     const VALUE_BYTES: usize = 4 * 1024 * 1024;
     const WRITES: usize = 200;
     let value_limit = VALUE_BYTES.to_string();
-    let mut cluster = Cluster::start_with_args(3, &["--max-value-bytes", &value_limit]).await;
+    let mut cluster = Cluster::start_processes_with_args(3, &["--max-value-bytes", &value_limit]).await;
     let leader = cluster.wait_for_leader().await;
     let behind = (1..=3).find(|id| *id != leader).expect("follower");
     cluster.put_ok(leader, "first", "x").await;

@@ -24,7 +24,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_under_load_fails_no_request() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start_processes(3).await;
     let mut leader = cluster.wait_for_leader().await;
     let endpoints = cluster.nodes.iter().map(|n| n.client_addr.clone()).collect::<Vec<_>>().join(",");
     let stop = Arc::new(AtomicBool::new(false));

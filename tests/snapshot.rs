@@ -59,7 +59,7 @@ fn peak_rss_bytes(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_far_behind_catches_up_by_a_streamed_snapshot_and_the_log_stays_bounded() {
     let snapshot_log_entries = SNAPSHOT_LOG_ENTRIES.to_string();
-    let mut cluster = Cluster::start_with_args(3, &["--snapshot-log-entries", &snapshot_log_entries]).await;
+    let mut cluster = Cluster::start_processes_with_args(3, &["--snapshot-log-entries", &snapshot_log_entries]).await;
     let leader = cluster.wait_for_leader().await;
     let behind = (1..=3).find(|id| *id != leader).expect("a follower");
     cluster.put_ok(leader, "first", "before the follower stopped").await;

@@ -19,7 +19,7 @@ use common::Cluster;
 /// B with its old flags; then start L.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_voter_that_no_live_peer_remembers_does_not_lose_a_write() {
-    let mut cluster = Cluster::start(2).await;
+    let mut cluster = Cluster::start_processes(2).await;
     let leader = cluster.wait_for_leader().await;
     let wiped = 3 - leader;
     let slow_elections: &[&str] = &["--election-timeout-min-ms", "5000", "--election-timeout-max-ms", "6000"];
@@ -71,7 +71,7 @@ async fn wiped_voter_that_no_live_peer_remembers_does_not_lose_a_write() {
 /// log reached is then ahead of the empty log: it must reset it, not panic or stall.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_learner_rejoining_as_it_was_is_caught_up_again() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start_processes(3).await;
     let leader = cluster.wait_for_leader().await;
     let learner = cluster.add_joining_node(false);
     for i in 0..20 {

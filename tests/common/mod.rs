@@ -1,5 +1,12 @@
-//! Test harness: real 3-node clusters of `quorumkv serve` processes on free loopback ports,
-//! each with its own temporary data dir. Everything waits by polling with a deadline.
+//! Test harness: clusters of quorumkv nodes on loopback ports, each with its own temporary data
+//! dir. Everything waits by polling with a deadline.
+//!
+//! Two kinds of node, one interface. By default ([`Cluster::start`]) every node runs inside the
+//! test process, each on its own Tokio runtime and thread, on listeners the harness binds before
+//! the node starts and holds for the cluster's life (rqlite's system tests do the same): fast to
+//! start, nothing to spawn, the node's logs in its own file. Tests of what only a process shows
+//! (kill -9, SIGTERM, SIGSTOP, descriptor limits, wiped data dirs) use
+//! [`Cluster::start_processes`]: real `quorumkv serve` processes.
 
 #![allow(dead_code)]
 
@@ -20,6 +27,42 @@ use tempfile::TempDir;
 pub const DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(50);
 
+/// How a cluster's nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Threads of the test process, each with its own runtime.
+    InProcess,
+    /// `quorumkv serve` processes.
+    Processes,
+}
+
+/// A node running inside the test process: stopping it ends its runtime's `serve_on`, and the
+/// thread returns once the node has shut down (RocksDB closed).
+struct InProcessNode {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+/// How long stopping an in-process node may take (a graceful shutdown drains for 1.5 s and
+/// waits for in-flight requests up to 5 s).
+const IN_PROCESS_STOP_DEADLINE: Duration = Duration::from_secs(20);
+
+impl InProcessNode {
+    /// Stops the node gracefully and waits for its thread; its result.
+    fn stop(mut self) -> Result<(), String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let thread = self.thread.take().expect("a running node has a thread");
+        let deadline = Instant::now() + IN_PROCESS_STOP_DEADLINE;
+        while !thread.is_finished() {
+            assert!(Instant::now() < deadline, "an in-process node did not stop in time");
+            std::thread::sleep(POLL);
+        }
+        thread.join().unwrap_or_else(|_| Err("the node's thread panicked".into()))
+    }
+}
+
 pub struct NodeProcess {
     pub id: u64,
     pub client_addr: String,
@@ -33,9 +76,20 @@ pub struct NodeProcess {
     /// A descriptor limit to start this node with (`prlimit --nofile`), kept across restarts.
     pub descriptor_limit: Option<u64>,
     child: Option<Child>,
+    /// For [`Backend::InProcess`]: the listeners, bound when the node was added and held until
+    /// it first starts, and the running node.
+    listeners: Option<(std::net::TcpListener, std::net::TcpListener)>,
+    in_process: Option<InProcessNode>,
+}
+
+impl NodeProcess {
+    fn running(&self) -> bool {
+        self.child.is_some() || self.in_process.is_some()
+    }
 }
 
 pub struct Cluster {
+    pub backend: Backend,
     pub nodes: Vec<NodeProcess>,
     /// Given to every `quorumkv serve` this cluster starts.
     extra_args: Vec<String>,
@@ -75,6 +129,16 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A listener on a port from [`free_port`]'s range, bound now and held: an in-process node
+/// serves on it, so no other socket can take its port between choosing and binding it.
+pub fn bound_listener() -> std::net::TcpListener {
+    loop {
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", free_port())) {
+            return listener;
+        }
+    }
+}
+
 /// Polls `condition` until it returns `Some`, or panics with `what` at the deadline.
 pub async fn eventually<T, F, Fut>(what: &str, mut condition: F) -> T
 where
@@ -92,41 +156,47 @@ where
 }
 
 impl Cluster {
-    /// Starts `size` nodes bootstrapping one new cluster.
+    /// Starts `size` in-process nodes bootstrapping one new cluster.
     pub async fn start(size: u64) -> Cluster {
         Self::start_with_args(size, &[]).await
     }
 
-    /// Starts `size` nodes bootstrapping one new cluster, each with `extra_args` as well.
+    /// Starts `size` in-process nodes bootstrapping one new cluster, each with `extra_args` as well.
     pub async fn start_with_args(size: u64, extra_args: &[&str]) -> Cluster {
         Self::start_configured(size, extra_args, &[]).await
     }
 
-    /// Starts `size` nodes bootstrapping one new cluster, each with `extra_args` as well, and
-    /// the nodes listed in `node_args` with their own further arguments.
+    /// Starts `size` in-process nodes bootstrapping one new cluster, each with `extra_args` as
+    /// well, and the nodes listed in `node_args` with their own further arguments.
     pub async fn start_configured(size: u64, extra_args: &[&str], node_args: &[(u64, &[&str])]) -> Cluster {
+        Self::start_on(Backend::InProcess, size, extra_args, node_args)
+    }
+
+    /// Starts `size` `quorumkv serve` processes bootstrapping one new cluster.
+    pub async fn start_processes(size: u64) -> Cluster {
+        Self::start_processes_with_args(size, &[]).await
+    }
+
+    /// [`Cluster::start_processes`], each node with `extra_args` as well.
+    pub async fn start_processes_with_args(size: u64, extra_args: &[&str]) -> Cluster {
+        Self::start_processes_configured(size, extra_args, &[]).await
+    }
+
+    /// [`Cluster::start_configured`] with `quorumkv serve` processes.
+    pub async fn start_processes_configured(size: u64, extra_args: &[&str], node_args: &[(u64, &[&str])]) -> Cluster {
+        Self::start_on(Backend::Processes, size, extra_args, node_args)
+    }
+
+    fn start_on(backend: Backend, size: u64, extra_args: &[&str], node_args: &[(u64, &[&str])]) -> Cluster {
         let dir = TempDir::new().expect("temp dir");
-        let nodes: Vec<NodeProcess> = (1..=size)
-            .map(|id| NodeProcess {
-                id,
-                client_addr: format!("127.0.0.1:{}", free_port()),
-                peer_addr: format!("127.0.0.1:{}", free_port()),
-                data_dir: dir.path().join(format!("node-{id}")),
-                log_path: dir.path().join(format!("node-{id}.log")),
-                entry_args: vec![],
-                node_args: vec![],
-                descriptor_limit: None,
-                child: None,
-            })
-            .collect();
+        let mut nodes: Vec<NodeProcess> = (1..=size).map(|id| new_node(backend, &dir, id, vec![])).collect();
         let initial_cluster = nodes.iter().map(|n| format!("{}={}", n.id, n.peer_addr)).collect::<Vec<_>>().join(",");
-        let mut nodes = nodes;
         for node in &mut nodes {
             node.entry_args = vec!["--initial-cluster".into(), initial_cluster.clone()];
         }
         let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("http client");
         let extra_args = extra_args.iter().map(|a| a.to_string()).collect();
-        let mut cluster = Cluster { nodes, extra_args, http, _dir: dir };
+        let mut cluster = Cluster { backend, nodes, extra_args, http, _dir: dir };
         for (id, args) in node_args {
             cluster.set_node_args(*id, args);
         }
@@ -154,18 +224,10 @@ impl Cluster {
     pub fn add_joining_node_with(&mut self, auto_promote: bool, node_args: &[&str]) -> u64 {
         let id = self.nodes.len() as u64 + 1;
         let join = self.nodes.iter().map(|n| n.client_addr.clone()).collect::<Vec<_>>().join(",");
-        let dir = self._dir.path();
-        self.nodes.push(NodeProcess {
-            id,
-            client_addr: format!("127.0.0.1:{}", free_port()),
-            peer_addr: format!("127.0.0.1:{}", free_port()),
-            data_dir: dir.join(format!("node-{id}")),
-            log_path: dir.join(format!("node-{id}.log")),
-            entry_args: vec!["--join".into(), join, "--auto-promote".into(), auto_promote.to_string()],
-            node_args: node_args.iter().map(|a| a.to_string()).collect(),
-            descriptor_limit: None,
-            child: None,
-        });
+        let entry_args = vec!["--join".into(), join, "--auto-promote".into(), auto_promote.to_string()];
+        let mut node = new_node(self.backend, &self._dir, id, entry_args);
+        node.node_args = node_args.iter().map(|a| a.to_string()).collect();
+        self.nodes.push(node);
         self.spawn(id);
         id
     }
@@ -173,7 +235,7 @@ impl Cluster {
     /// A 3-node cluster holding `k=v` whose follower `victim` was killed and its data dir
     /// wiped. Returns (cluster, leader, victim).
     pub async fn with_wiped_follower() -> (Cluster, u64, u64) {
-        let mut cluster = Cluster::start(3).await;
+        let mut cluster = Cluster::start_processes(3).await;
         let leader = cluster.wait_for_leader().await;
         let victim = (1..=3).find(|id| *id != leader).expect("follower");
         cluster.put_ok(leader, "k", "v").await;
@@ -185,8 +247,13 @@ impl Cluster {
     /// Starts (or restarts) node `id` with its data dir.
     pub fn spawn(&mut self, id: u64) {
         let extra_args = self.extra_args.clone();
+        let backend = self.backend;
         let node = self.node_mut(id);
-        assert!(node.child.is_none(), "node {id} is already running");
+        assert!(!node.running(), "node {id} is already running");
+        if backend == Backend::InProcess {
+            node.in_process = Some(start_in_process(node, &extra_args));
+            return;
+        }
         let log = File::options().create(true).append(true).open(&node.log_path).expect("log file");
         let mut command = match node.descriptor_limit {
             None => Command::new(env!("CARGO_BIN_EXE_quorumkv")),
@@ -224,6 +291,7 @@ impl Cluster {
 
     /// From its next start on, node `id` runs with at most `limit` open descriptors.
     pub fn set_descriptor_limit(&mut self, id: u64, limit: u64) {
+        self.needs_processes();
         self.node_mut(id).descriptor_limit = Some(limit);
     }
 
@@ -265,8 +333,15 @@ impl Cluster {
         .await;
     }
 
-    /// kill -9: no chance to flush or hand over anything.
+    /// kill -9: no chance to flush or hand over anything. An in-process node's runtime is dropped
+    /// instead: it vanishes without handing over or draining, but RocksDB closes, so tests of what
+    /// survives a crash use processes.
     pub fn kill(&mut self, id: u64) {
+        if let Some(mut node) = self.node_mut(id).in_process.take() {
+            drop(node.stop.take());
+            let _ = node.thread.take().map(std::thread::JoinHandle::join);
+            return;
+        }
         if let Some(mut child) = self.node_mut(id).child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -275,6 +350,7 @@ impl Cluster {
 
     /// SIGTERM and wait for exit: the graceful path.
     pub async fn terminate(&mut self, id: u64) -> ExitStatus {
+        self.needs_processes();
         let mut child = self.node_mut(id).child.take().expect("node running");
         let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
         assert!(status.success(), "kill -TERM failed");
@@ -287,6 +363,7 @@ impl Cluster {
 
     /// Waits for a node process that is expected to exit by itself.
     pub async fn wait_exit(&mut self, id: u64) -> ExitStatus {
+        self.needs_processes();
         let mut child = self.node_mut(id).child.take().expect("node running");
         eventually("node exits", || {
             let exited = child.try_wait().expect("try_wait");
@@ -306,9 +383,28 @@ impl Cluster {
     }
 
     fn signal(&self, id: u64, signal: &str) {
+        self.needs_processes();
         let pid = self.pid(id).expect("node running").to_string();
         let status = Command::new("kill").args([signal, &pid]).status().expect("kill");
         assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
+    /// Stops node `id` gracefully (it hands leadership away and drains), whatever runs it.
+    pub async fn stop(&mut self, id: u64) {
+        match self.backend {
+            Backend::Processes => {
+                self.terminate(id).await;
+            }
+            Backend::InProcess => {
+                let node = self.node_mut(id).in_process.take().expect("node running");
+                let result = tokio::task::spawn_blocking(move || node.stop()).await.expect("join");
+                assert!(result.is_ok(), "node {id} stopped with an error: {result:?}");
+            }
+        }
+    }
+
+    fn needs_processes(&self) {
+        assert_eq!(self.backend, Backend::Processes, "signals and descriptor limits need Cluster::start_processes");
     }
 
     /// Deletes a stopped node's data dir: a lost disk, or an operator's mistake.
@@ -322,7 +418,7 @@ impl Cluster {
     }
 
     pub fn is_running(&self, id: u64) -> bool {
-        self.node(id).child.is_some()
+        self.node(id).running()
     }
 
     pub fn log(&self, id: u64) -> String {
@@ -349,7 +445,7 @@ impl Cluster {
     pub async fn wait_for_leader(&self) -> u64 {
         eventually("all running nodes agree on a running leader", || async {
             let mut agreed = None;
-            for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            for node in self.nodes.iter().filter(|n| n.running()) {
                 let leader = self.cluster_status(node.id).await?.leader_id?;
                 if agreed.is_some_and(|a| a != leader) || !self.is_running(leader) {
                     return None;
@@ -378,7 +474,7 @@ impl Cluster {
     }
 
     pub fn running_ids(&self) -> Vec<u64> {
-        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+        self.nodes.iter().filter(|n| n.running()).map(|n| n.id).collect()
     }
 
     pub async fn put(&self, id: u64, key: &str, value: &str) -> reqwest::Response {
@@ -415,5 +511,111 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
+        // In-process nodes end abruptly (their runtimes are dropped, RocksDB closes): all told at
+        // once, then waited for, so a test's end does not cost a graceful shutdown per node.
+        let running: Vec<InProcessNode> = self.nodes.iter_mut().filter_map(|node| node.in_process.take()).collect();
+        let threads: Vec<_> = running
+            .into_iter()
+            .map(|mut node| {
+                drop(node.stop.take());
+                node.thread.take()
+            })
+            .collect();
+        for thread in threads.into_iter().flatten() {
+            let _ = thread.join();
+        }
     }
+}
+
+/// A node of `backend` with id `id`, its data dir and log in `dir`; in-process nodes get their
+/// listeners now, so their ports are theirs from the start.
+fn new_node(backend: Backend, dir: &TempDir, id: u64, entry_args: Vec<String>) -> NodeProcess {
+    let (client_addr, peer_addr, listeners) = match backend {
+        Backend::Processes => (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()), None),
+        Backend::InProcess => {
+            let (client, peer) = (bound_listener(), bound_listener());
+            let addr = |listener: &std::net::TcpListener| listener.local_addr().expect("local addr").to_string();
+            (addr(&client), addr(&peer), Some((client, peer)))
+        }
+    };
+    NodeProcess {
+        id,
+        client_addr,
+        peer_addr,
+        data_dir: dir.path().join(format!("node-{id}")),
+        log_path: dir.path().join(format!("node-{id}.log")),
+        entry_args,
+        node_args: vec![],
+        descriptor_limit: None,
+        child: None,
+        listeners,
+        in_process: None,
+    }
+}
+
+/// `quorumkv serve`'s flags, parsed as the binary parses them.
+#[derive(clap::Parser)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: quorumkv::config::ServeConfig,
+}
+
+/// Starts `node` on a thread of its own with its own runtime, serving on its held listeners,
+/// logging to its log file. A stop message ends it gracefully; a dropped sender, abruptly.
+fn start_in_process(node: &mut NodeProcess, extra_args: &[String]) -> InProcessNode {
+    use clap::Parser;
+    let mut args: Vec<String> = vec!["serve".into(), "--id".into(), node.id.to_string()];
+    args.extend(["--data-dir".into(), node.data_dir.display().to_string()]);
+    args.extend(["--client-addr".into(), node.client_addr.clone(), "--peer-addr".into(), node.peer_addr.clone()]);
+    args.extend(node.entry_args.iter().chain(extra_args).chain(&node.node_args).cloned());
+    let config = ServeArgs::try_parse_from(&args).unwrap_or_else(|e| panic!("serve arguments {args:?}: {e}")).config;
+    // The listeners bound when the node was added; after a stop (which closed them), the same
+    // ports again: they lie below the ephemeral range, so no other socket has taken them.
+    let (client, peer) = node.listeners.take().unwrap_or_else(|| {
+        let bind = |addr: &str| std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("rebind {addr}: {e}"));
+        (bind(&node.client_addr), bind(&node.peer_addr))
+    });
+    for listener in [&client, &peer] {
+        listener.set_nonblocking(true).expect("non-blocking");
+    }
+    let log = File::options().create(true).append(true).open(&node.log_path).expect("log file");
+    let dispatch = quorumkv::logging::node_dispatch(node.id, "info,openraft=warn", log);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name(format!("node-{}", node.id))
+        .spawn(move || {
+            let _default = tracing::dispatcher::set_default(&dispatch);
+            let on_start = dispatch.clone();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .on_thread_start(move || std::mem::forget(tracing::dispatcher::set_default(&on_start)))
+                .build()
+                .map_err(|e| e.to_string())?;
+            let result = runtime.block_on(async move {
+                let client = tokio::net::TcpListener::from_std(client).map_err(|e| e.to_string())?;
+                let peer = tokio::net::TcpListener::from_std(peer).map_err(|e| e.to_string())?;
+                let (graceful, graceful_stop) = tokio::sync::oneshot::channel::<()>();
+                let serving = quorumkv::server::serve_on(config, client, peer, async {
+                    let _ = graceful_stop.await;
+                });
+                tokio::pin!(serving);
+                tokio::select! {
+                    result = &mut serving => result,
+                    message = stopped => match message {
+                        Ok(()) => {
+                            let _ = graceful.send(());
+                            serving.await
+                        }
+                        Err(_) => Ok(()),
+                    },
+                }
+            });
+            // Tasks still holding the database are dropped here; RocksDB closes before the
+            // thread ends.
+            runtime.shutdown_timeout(Duration::from_secs(5));
+            result
+        })
+        .expect("spawn node thread");
+    InProcessNode { stop: Some(stop), thread: Some(thread) }
 }

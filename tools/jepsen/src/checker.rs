@@ -7,6 +7,9 @@
 //! after every definite event, and the search succeeds once every definite operation is
 //! linearized. The search has a step budget and answers `Unknown` instead of running on.
 
+pub mod set;
+pub mod staleness;
+
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::collections::HashSet;

@@ -1,5 +1,8 @@
 //! The recorded history: one record per client operation, invoke to completion.
 
+use std::io::Write;
+use std::path::Path;
+
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -49,6 +52,16 @@ pub struct Operation {
     /// checked against their bound, not for linearizability.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lag_ms: Option<u64>,
+}
+
+/// Writes the history to `out/history.jsonl`, one operation per line.
+pub fn write(out: &Path, operations: &[Operation]) -> Result<(), String> {
+    let mut file = std::fs::File::create(out.join("history.jsonl")).map_err(|e| e.to_string())?;
+    for op in operations {
+        let line = serde_json::to_string(op).map_err(|e| e.to_string())?;
+        writeln!(file, "{line}").map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
