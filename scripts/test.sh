@@ -28,8 +28,9 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --test-threads=2
-# The tools' binaries (quorumkv-jepsen has no integration tests, so `cargo test` builds only
-# its test harness). With --tests the features are the test build's, so this only links.
+# The tools' binaries (`cargo test` builds only the test harnesses of packages whose binaries no
+# integration test runs, quorumkv-jepsen's among them). With --tests the features are the test
+# build's, so this only links.
 cargo build --workspace --bins --tests --locked
 
 # `quorumkv verify` against the README's 3-node cluster (its own state dir, stopped after).

@@ -4,7 +4,10 @@
 //! removed node rarely sees that membership itself: it just stops hearing from a leader. So a
 //! node that has had no leader for a while asks its peers for their last *committed*
 //! membership. Committed memberships are durable on a quorum and only move forward, so one that
-//! is newer than this node's own and leaves it out proves it was removed.
+//! is newer than this node's own and leaves it out proves it was removed, provided it is also
+//! newer than a membership that listed this node (recorded durably the first time the node sees
+//! itself listed): a learner still replaying the history before the membership that added it
+//! is left out of every older membership without having been removed from any.
 //!
 //! A removed node stops serving clients (`503 removed`, `/ready` 503), stops campaigning, says
 //! how to come back, and remembers it across restarts. It keeps answering Raft RPCs: a node that
@@ -43,9 +46,15 @@ impl Node {
         let started = Instant::now();
         let mut asked_at: Option<Instant> = None;
         let quiet = Duration::from_millis(limits::REMOVAL_CHECK_AFTER_MS);
+        let mut member_since_noted = false;
         while !self.is_shutting_down() {
             tokio::time::sleep(Duration::from_millis(limits::REMOVAL_WATCH_INTERVAL_MS)).await;
             let (own, own_includes, is_leader) = self.own_membership();
+            // As soon as it sees itself listed: the membership that later removes it may well
+            // reach it before the silence does.
+            if own_includes && !member_since_noted {
+                member_since_noted = self.member_since(own, own_includes).await.is_some();
+            }
             let own_index = own.map_or(0, |log_id| log_id.index());
             if let Some(removed_at) = self.removed_at() {
                 if own_includes && own_index > removed_at {
@@ -80,6 +89,7 @@ impl Node {
         let (own, own_includes, _) = self.own_membership();
         // Not part of any cluster yet (a joining node before the leader's first append).
         self.raft_metrics().membership_config.membership().nodes().next()?;
+        let member_since = self.member_since(own, own_includes).await;
         let mut peers: BTreeMap<NodeId, String> = self.config().initial_members().unwrap_or_default();
         let metrics = self.raft_metrics();
         for (id, member) in metrics.membership_config.membership().nodes() {
@@ -102,7 +112,30 @@ impl Node {
             .into_iter()
             .flatten()
             .max_by_key(|reply| (reply.committed_membership, !reply.asker_in_committed_membership))?;
-        proves_removal(own, own_includes, &newest)
+        proves_removal(own, own_includes, member_since, &newest)
+    }
+
+    /// A membership that listed this node: recorded (durably, once) when its own lists it, so
+    /// that a node which was never a member, or has not yet replayed the membership that added
+    /// it, is never taken for a removed one. `None` when it has never seen itself listed.
+    async fn member_since(&self, own: Option<LogId>, own_includes: bool) -> Option<LogId> {
+        let record = self.bootstrap_record().clone();
+        let noted = own.filter(|_| own_includes);
+        let stored = tokio::task::spawn_blocking(move || {
+            if let Some(membership) = noted {
+                record.note_member_since(membership)?;
+            }
+            record.member_since()
+        })
+        .await;
+        match stored {
+            Ok(Ok(member_since)) => member_since,
+            // Without the record no removal can be proven; the node keeps serving, as before.
+            other => {
+                tracing::warn!("cannot read or record the membership that listed this node: {other:?}");
+                noted
+            }
+        }
     }
 
     /// Stops serving clients and campaigning, remembers it, and tells the operator what to do.
@@ -144,9 +177,22 @@ impl Node {
 }
 
 /// Whether a peer's answer proves this node was removed; the log index of the membership that
-/// removed it if so. This node's own membership is `own` (and lists it when `own_includes`).
-fn proves_removal(own: Option<LogId>, own_includes: bool, answer: &ProbeReply) -> Option<u64> {
+/// removed it if so. This node's own membership is `own` (and lists it when `own_includes`);
+/// `member_since` is a membership that listed it (`None`: it has never seen itself listed).
+fn proves_removal(
+    own: Option<LogId>,
+    own_includes: bool,
+    member_since: Option<LogId>,
+    answer: &ProbeReply,
+) -> Option<u64> {
+    // Never listed: not a member yet (a learner replaying the history before the membership
+    // that adds it), so not removed either.
+    let member_since = member_since?;
     let committed = answer.committed_membership?;
+    // A removal comes after the membership that listed the node.
+    if committed <= member_since {
+        return None;
+    }
     // The membership at index 0 is the founders' (written by `initialize`): a node it leaves out
     // was never in it, so it cannot have been removed from it. A learner that joined and has
     // not yet received a later membership sees exactly that one.
@@ -174,22 +220,29 @@ mod tests {
         }
     }
 
-    /// Goal: only a committed membership newer than this node's own that leaves it out proves a
-    /// removal; the founders' membership (index 0) never does, whoever it leaves out.
+    /// Goal: only a committed membership that leaves this node out, and is newer both than its
+    /// own and than one that listed it, proves a removal; the founders' membership (index 0)
+    /// never does, and a node that never saw itself listed is never taken for a removed one.
     #[test]
     fn only_a_newer_committed_membership_without_this_node_proves_removal() {
-        let (founders, later, latest) = (test_log_id(1, 1, 0), test_log_id(1, 1, 7), test_log_id(2, 2, 9));
-        // A voter in `later` that missed its removal at `latest`.
-        assert_eq!(proves_removal(Some(later), true, &answer(Some(latest), false)), Some(9));
+        let founders = test_log_id(0, 1, 0);
+        let (added, later, latest) = (test_log_id(1, 1, 4), test_log_id(1, 1, 7), test_log_id(2, 2, 9));
+        // A voter listed in `later` that missed its removal at `latest`.
+        assert_eq!(proves_removal(Some(later), true, Some(later), &answer(Some(latest), false)), Some(9));
         // A newer membership that still lists it, or one no newer than its own: not removed.
-        assert_eq!(proves_removal(Some(later), true, &answer(Some(latest), true)), None);
-        assert_eq!(proves_removal(Some(latest), true, &answer(Some(later), false)), None);
-        assert_eq!(proves_removal(Some(later), true, &answer(None, false)), None);
-        // It already saw the membership that leaves it out (it was removed, then restarted).
-        assert_eq!(proves_removal(Some(latest), false, &answer(Some(latest), false)), Some(9));
+        assert_eq!(proves_removal(Some(later), true, Some(later), &answer(Some(latest), true)), None);
+        assert_eq!(proves_removal(Some(latest), true, Some(added), &answer(Some(later), false)), None);
+        assert_eq!(proves_removal(Some(later), true, Some(later), &answer(None, false)), None);
+        // It saw the membership that leaves it out after one that listed it (removed, restarted).
+        assert_eq!(proves_removal(Some(latest), false, Some(added), &answer(Some(latest), false)), Some(9));
         // A joining learner that has only the founders' membership, asking founders that have
         // committed nothing since: it was never a member, so it was not removed.
-        assert_eq!(proves_removal(Some(founders), false, &answer(Some(founders), false)), None);
-        assert_eq!(proves_removal(None, false, &answer(Some(founders), false)), None);
+        assert_eq!(proves_removal(Some(founders), false, None, &answer(Some(founders), false)), None);
+        assert_eq!(proves_removal(None, false, None, &answer(Some(founders), false)), None);
+        // A learner replaying history, at `later` (before the membership adding it), while the
+        // peers' committed membership is `later` too: not yet a member, not removed.
+        assert_eq!(proves_removal(Some(later), false, None, &answer(Some(later), false)), None);
+        // A membership no newer than the one that listed it proves nothing, whatever it says.
+        assert_eq!(proves_removal(Some(latest), false, Some(latest), &answer(Some(later), false)), None);
     }
 }

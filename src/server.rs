@@ -3,8 +3,11 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::client_router;
 use crate::config::ServeConfig;
@@ -73,26 +76,35 @@ pub async fn serve_on(
         peer_addr = %node.config().peer_addr,
         "node {} serving", node.id()
     );
-    let registrar = {
-        let node = node.clone();
-        tokio::spawn(async move { node.register_client_addr().await })
+    // The node's background loops run until shutdown cancels them, tracked so shutdown knows
+    // they are gone before the node closes its store.
+    let background = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let spawn = |task: BoxFuture<'static, ()>| {
+        let cancel = cancel.clone();
+        background.spawn(async move { cancel.run_until_cancelled(task).await });
     };
-    let watcher = {
+    spawn(Box::pin({
         let node = node.clone();
-        tokio::spawn(async move { node.watch_raft_changes().await })
-    };
-    let removal_watcher = {
+        async move { node.register_client_addr().await }
+    }));
+    spawn(Box::pin({
         let node = node.clone();
-        tokio::spawn(async move { node.watch_removal().await })
-    };
-    let freshness_keeper = {
+        async move { node.watch_raft_changes().await }
+    }));
+    spawn(Box::pin({
         let node = node.clone();
-        tokio::spawn(async move { node.keep_fresh().await })
-    };
-    let promoter = (node.config().join.is_some() && node.config().auto_promote).then(|| {
+        async move { node.watch_removal().await }
+    }));
+    spawn(Box::pin({
         let node = node.clone();
-        tokio::spawn(async move { node.promote_self_when_caught_up().await })
-    });
+        async move { node.keep_fresh().await }
+    }));
+    if node.config().join.is_some() && node.config().auto_promote {
+        let node = node.clone();
+        spawn(Box::pin(async move { node.promote_self_when_caught_up().await }));
+    }
+    background.close();
 
     stop.await;
     tracing::info!("shutting down");
@@ -104,13 +116,8 @@ pub async fn serve_on(
     if tokio::time::timeout(Duration::from_millis(limits::SHUTDOWN_DRAIN_MS), client_server).await.is_err() {
         tracing::warn!("in-flight client requests did not finish in time");
     }
-    registrar.abort();
-    watcher.abort();
-    removal_watcher.abort();
-    freshness_keeper.abort();
-    if let Some(promoter) = promoter {
-        promoter.abort();
-    }
+    cancel.cancel();
+    background.wait().await;
     node.shutdown().await;
     let _ = stop_peer.send(true);
     let _ = tokio::time::timeout(Duration::from_millis(limits::SHUTDOWN_DRAIN_MS), peer_server).await;

@@ -7,20 +7,25 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::Cluster;
-use serde_json::Value;
+use quorumkv_api::Page;
 
-/// Every key and value of a cluster, through paginated linearizable listing.
-async fn contents(cluster: &Cluster, id: u64) -> BTreeMap<String, Value> {
+/// Every key of a cluster and its value (text, or `base64:` and the base64 of binary values),
+/// through paginated linearizable listing.
+async fn contents(cluster: &Cluster, id: u64) -> BTreeMap<String, String> {
     let mut all = BTreeMap::new();
     let mut start = String::new();
     loop {
-        let page = cluster.get_json(id, &format!("/v1/kv?limit=1000&start={start}")).await;
-        for item in page["items"].as_array().expect("items") {
-            let value = item.get("value").or_else(|| item.get("value_base64")).expect("value").clone();
-            all.insert(item["key"].as_str().expect("key").to_string(), value);
+        let page: Page = cluster.get_json(id, &format!("/v1/kv?limit=1000&start={start}")).await;
+        for item in page.items {
+            let value = match (item.value, item.value_base64) {
+                (Some(text), _) => text,
+                (None, Some(base64)) => format!("base64:{base64}"),
+                (None, None) => panic!("{} has no value", item.key),
+            };
+            all.insert(item.key, value);
         }
-        match page["next_start"].as_str() {
-            Some(next) => start = next.to_string(),
+        match page.next_start {
+            Some(next) => start = next,
             None => return all,
         }
     }

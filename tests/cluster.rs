@@ -7,7 +7,11 @@ use std::time::Instant;
 
 use common::eventually;
 use common::Cluster;
-use serde_json::Value;
+use quorumkv_api::DeleteReply;
+use quorumkv_api::ErrorBody;
+use quorumkv_api::Outcome;
+use quorumkv_api::Page;
+use quorumkv_api::PutReply;
 
 /// Goal: a leader is elected, a write to any node (a follower here) is readable from every
 /// node: stale reads eventually, linearizable reads at once.
@@ -58,26 +62,29 @@ async fn cas_create_only_and_delete() {
     let send = |request: reqwest::RequestBuilder| async move {
         let response = request.send().await.expect("sent");
         let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        (status, body)
+        (status, response.text().await.unwrap_or_default())
     };
+    let put_reply = |body: &str| serde_json::from_str::<PutReply>(body).expect("a put's answer");
+    let delete_reply = |body: &str| serde_json::from_str::<DeleteReply>(body).expect("a delete's answer");
+    let error_body = |body: &str| serde_json::from_str::<ErrorBody>(body).expect("an error body");
 
     let (status, body) = send(cluster.http.put(&url).header("If-None-Match", "*").body("v1")).await;
     assert_eq!(status, 200, "{body}");
-    let first = body["revision"].as_u64().expect("revision");
+    let first = put_reply(&body).revision;
 
     let (status, body) = send(cluster.http.put(&url).header("If-None-Match", "*").body("v2")).await;
-    assert_eq!((status, body["error"].as_str()), (412, Some("precondition_failed")));
-    assert_eq!(body["current_revision"].as_u64(), Some(first));
+    let refusal = error_body(&body);
+    assert_eq!((status, refusal.error.as_str()), (412, "precondition_failed"));
+    assert_eq!(refusal.current_revision, Some(Some(first)));
 
     let (status, body) =
         send(cluster.http.put(&url).header("If-Match", format!("\"{}\"", first + 1000)).body("x")).await;
     assert_eq!(status, 412, "{body}");
-    assert_eq!(body["current_revision"].as_u64(), Some(first));
+    assert_eq!(error_body(&body).current_revision, Some(Some(first)));
 
     let (status, body) = send(cluster.http.put(&url).header("If-Match", format!("\"{first}\"")).body("v3")).await;
     assert_eq!(status, 200, "{body}");
-    let second = body["revision"].as_u64().expect("revision");
+    let second = put_reply(&body).revision;
     assert!(second > first, "revisions increase");
     assert_eq!(cluster.get(3, "config/db", "linearizable").await, (200, "v3".to_string()));
 
@@ -88,27 +95,27 @@ async fn cas_create_only_and_delete() {
     let (status, _) = send(cluster.http.delete(&url).header("If-Match", format!("\"{first}\""))).await;
     assert_eq!(status, 412);
     let (status, body) = send(cluster.http.delete(&url).header("If-Match", format!("\"{second}\""))).await;
-    assert_eq!((status, body["deleted"].as_bool()), (200, Some(true)), "{body}");
+    assert_eq!((status, delete_reply(&body).deleted), (200, true), "{body}");
     let (status, body) = send(cluster.http.delete(&url)).await;
-    assert_eq!((status, body["deleted"].as_bool()), (200, Some(false)), "{body}");
+    assert_eq!((status, delete_reply(&body).deleted), (200, false), "{body}");
     assert_eq!(cluster.get(1, "config/db", "linearizable").await.0, 404);
 
-    // If-Match: * requires existence.
+    // If-Match: * requires existence; the key's revision is then `null` (present, no value).
     let (status, body) = send(cluster.http.put(&url).header("If-Match", "*").body("v5")).await;
     assert_eq!(status, 412);
-    assert_eq!(body["current_revision"], Value::Null);
+    assert_eq!(error_body(&body).current_revision, Some(None), "{body}");
 
     // List with a prefix and pagination.
     for i in 0..5 {
         cluster.put_ok(1, &format!("list/k{i}"), &format!("v{i}")).await;
     }
-    let page = cluster.get_json(3, "/v1/kv?prefix=list/&limit=2").await;
-    assert_eq!(page["items"].as_array().expect("items").len(), 2);
-    assert_eq!(page["items"][0]["key"], "list/k0");
-    assert_eq!(page["next_start"], "list/k2");
-    let rest = cluster.get_json(3, "/v1/kv?prefix=list/&start=list/k2&limit=10").await;
-    assert_eq!(rest["items"].as_array().expect("items").len(), 3);
-    assert_eq!(rest["next_start"], Value::Null);
+    let page: Page = cluster.get_json(3, "/v1/kv?prefix=list/&limit=2").await;
+    assert_eq!(page.items.len(), 2);
+    assert_eq!(page.items[0].key, "list/k0");
+    assert_eq!(page.next_start.as_deref(), Some("list/k2"));
+    let rest: Page = cluster.get_json(3, "/v1/kv?prefix=list/&start=list/k2&limit=10").await;
+    assert_eq!(rest.items.len(), 3);
+    assert_eq!(rest.next_start, None);
 }
 
 /// Goal: bad input gets the documented 4xx JSON error and changes nothing.
@@ -134,15 +141,15 @@ async fn bad_input_is_rejected_and_changes_nothing() {
     for (request, expected_status, expected_code) in cases {
         let response = request.send().await.expect("sent");
         let status = response.status().as_u16();
-        let body: Value = response.json().await.expect("JSON error body");
-        assert_eq!(status, expected_status, "{body}");
-        assert_eq!(body["error"], expected_code, "{body}");
-        assert_eq!(body["outcome"], "failed", "{body}");
-        assert!(body["message"].is_string());
+        let body: ErrorBody = response.json().await.expect("JSON error body");
+        assert_eq!(status, expected_status, "{body:?}");
+        assert_eq!(body.error, expected_code, "{body:?}");
+        assert_eq!(body.outcome, Outcome::Failed, "{body:?}");
+        assert!(!body.message.is_empty(), "{body:?}");
     }
     // Nothing was written.
-    let page = cluster.get_json(2, "/v1/kv").await;
-    assert_eq!(page["items"], serde_json::json!([]), "bad requests wrote something");
+    let page: Page = cluster.get_json(2, "/v1/kv").await;
+    assert!(page.items.is_empty(), "bad requests wrote something: {:?}", page.items);
     // An exactly-at-limit value is accepted.
     let response = http.put(kv("max")).body(vec![b'y'; 1024 * 1024]).send().await.expect("sent");
     assert_eq!(response.status(), 200);
@@ -269,14 +276,6 @@ async fn verify_passes_a_live_cluster_and_leaves_no_keys() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("verdict: Valid"), "{stdout}");
-    let page: quorumkv_api::Page = cluster
-        .http
-        .get(cluster.url(1, "/v1/kv?prefix=_quorumkv/verify/"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("a page");
+    let page: Page = cluster.get_json(1, "/v1/kv?prefix=_quorumkv/verify/").await;
     assert!(page.items.is_empty(), "verify left keys behind: {:?}", page.items);
 }

@@ -6,9 +6,11 @@ mod common;
 
 use common::eventually;
 use common::Cluster;
+use quorumkv_api::AddLearnerRequest;
+use quorumkv_api::ErrorBody;
 use quorumkv_api::MemberStatus;
-use serde_json::json;
-use serde_json::Value;
+use quorumkv_api::NodeRef;
+use quorumkv_api::Outcome;
 
 async fn member(cluster: &Cluster, via: u64, id: u64) -> Option<MemberStatus> {
     let status = cluster.cluster_status(via).await?;
@@ -45,8 +47,7 @@ async fn joining_nodes_catch_up_and_promote_unless_told_not_to() {
     }
     let learner_entry = member(&cluster, leader, learner).await.expect("learner listed");
     assert!(!learner_entry.voter, "{learner_entry:?}");
-    let members: Vec<MemberStatus> =
-        serde_json::from_value(cluster.get_json(leader, "/v1/cluster/members").await).expect("the members' answer");
+    let members: Vec<MemberStatus> = cluster.get_json(leader, "/v1/cluster/members").await;
     assert_eq!(members.iter().filter(|m| m.voter).count(), 4);
 }
 
@@ -63,7 +64,7 @@ async fn remove_transfer_and_refuse_unsafe_removal() {
     let response = cluster
         .http
         .post(cluster.url(followers[1], "/v1/cluster/leader"))
-        .json(&json!({ "id": target }))
+        .json(&NodeRef { id: target })
         .send()
         .await
         .expect("sent");
@@ -96,10 +97,10 @@ async fn remove_transfer_and_refuse_unsafe_removal() {
         .await
         .expect("sent");
     let status = response.status().as_u16();
-    let body: Value = response.json().await.expect("json");
+    let body: ErrorBody = response.json().await.expect("an error body");
     // 409 when the leader sees the dead voter lagging; 503/504 when it has already lost its
     // quorum. Never 200: the removal must not happen.
-    assert!(matches!(status, 409 | 503 | 504), "{status} {body}");
+    assert!(matches!(status, 409 | 503 | 504), "{status} {body:?}");
     assert!(member(&cluster, target, survivor).await.is_some(), "the voter was removed");
 
     // Unknown members and bad bodies are refused plainly.
@@ -119,7 +120,7 @@ async fn wiped_voter_is_replaced_after_removal() {
     let response = cluster
         .http
         .post(cluster.url(leader, "/v1/cluster/learners"))
-        .json(&json!({ "id": victim, "peer_addr": cluster.node(victim).peer_addr }))
+        .json(&AddLearnerRequest { id: victim, peer_addr: cluster.node(victim).peer_addr.clone(), fresh: false })
         .send()
         .await
         .expect("sent");
@@ -205,13 +206,13 @@ async fn a_transfer_that_times_out_has_an_unknown_outcome() {
     let response = cluster
         .http
         .post(cluster.url(leader, "/v1/cluster/leader"))
-        .json(&json!({ "id": target }))
+        .json(&NodeRef { id: target })
         .send()
         .await
         .expect("sent");
     let status = response.status().as_u16();
-    let body: Value = response.json().await.expect("json");
-    assert_eq!((status, body["outcome"].as_str()), (504, Some("unknown")), "{body}");
+    let body: ErrorBody = response.json().await.expect("an error body");
+    assert_eq!((status, body.outcome), (504, Outcome::Unknown), "{body:?}");
     let endpoints = cluster.node(leader).client_addr.clone();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_quorumkv"))
         .args(["cluster", "transfer-leader", &target.to_string(), "--endpoints", &endpoints])
@@ -239,8 +240,8 @@ async fn a_voter_that_just_died_does_not_count_as_healthy() {
         .await
         .expect("sent");
     let status = response.status().as_u16();
-    let body: Value = response.json().await.expect("json");
-    assert_eq!((status, body["error"].as_str()), (409, Some("conflict")), "{body}");
+    let body: ErrorBody = response.json().await.expect("an error body");
+    assert_eq!((status, body.error.as_str()), (409, "conflict"), "{body:?}");
     assert!(member(&cluster, leader, followers[1]).await.is_some(), "the live voter was removed");
     cluster.put_ok(leader, "still-writable", "yes").await;
 
@@ -251,7 +252,7 @@ async fn a_voter_that_just_died_does_not_count_as_healthy() {
     .await;
     cluster.kill(learner);
     let response =
-        cluster.http.post(cluster.url(leader, "/v1/cluster/voters")).json(&json!({ "id": learner })).send().await;
+        cluster.http.post(cluster.url(leader, "/v1/cluster/voters")).json(&NodeRef { id: learner }).send().await;
     let status = response.expect("sent").status().as_u16();
     assert_eq!(status, 409, "a learner that just died was promoted");
 }

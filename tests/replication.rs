@@ -5,7 +5,9 @@ mod common;
 
 use common::eventually;
 use common::Cluster;
-use serde_json::Value;
+use quorumkv_api::ErrorBody;
+use quorumkv_api::Outcome;
+use quorumkv_api::PutReply;
 
 /// Goal: `ack=all` answers only once every voter has the entry durable (the leader's view of
 /// each voter's matched index covers it), and with a voter down it times out honestly: 504,
@@ -16,7 +18,7 @@ async fn ack_all_waits_for_every_voter_and_times_out_when_one_is_down() {
     let leader = cluster.wait_for_leader().await;
     let response = cluster.http.put(cluster.url(leader, "/v1/kv/sync?ack=all")).body("a").send().await.expect("sent");
     assert_eq!(response.status(), 200);
-    let revision = response.json::<Value>().await.expect("json")["revision"].as_u64().expect("revision");
+    let revision = response.json::<PutReply>().await.expect("a put's answer").revision;
     let status = cluster.cluster_status(leader).await.expect("status");
     for member in status.members {
         assert!(member.matched_index >= Some(revision), "ack=all answered before {member:?} had it");
@@ -26,8 +28,8 @@ async fn ack_all_waits_for_every_voter_and_times_out_when_one_is_down() {
     cluster.kill(follower);
     let response = cluster.http.put(cluster.url(leader, "/v1/kv/sync?ack=all")).body("b").send().await.expect("sent");
     assert_eq!(response.status(), 504);
-    let body: Value = response.json().await.expect("json");
-    assert_eq!((body["error"].as_str(), body["outcome"].as_str()), (Some("outcome_unknown"), Some("unknown")));
+    let body: ErrorBody = response.json().await.expect("an error body");
+    assert_eq!((body.error.as_str(), body.outcome), ("outcome_unknown", Outcome::Unknown));
     // ack=quorum still succeeds with one voter down.
     cluster.put_ok(leader, "quorum", "ok").await;
     // The timed-out write was committed by the quorum: its outcome was unknown, not failed.
@@ -54,7 +56,7 @@ async fn ack_all_waits_for_the_leaders_own_fsync() {
 
     let response = cluster.http.put(cluster.url(slow, "/v1/kv/sync?ack=all")).body("a").send().await.expect("sent");
     assert_eq!(response.status(), 200);
-    let revision = response.json::<Value>().await.expect("json")["revision"].as_u64().expect("revision");
+    let revision = response.json::<PutReply>().await.expect("a put's answer").revision;
     let status = cluster.cluster_status(slow).await.expect("status");
     let own = status.members.iter().find(|m| m.id == slow).expect("leader listed");
     assert!(
@@ -101,8 +103,8 @@ async fn learner_refuses_a_too_stale_read() {
         let url = cluster.url(learner, "/v1/kv/k?consistency=stale&max_lag_ms=300");
         let response = cluster.http.get(url).send().await.ok()?;
         let status = response.status().as_u16();
-        let body: Value = response.json().await.ok()?;
-        (status == 503 && body["error"] == "too_stale").then_some(())
+        let body: ErrorBody = response.json().await.ok()?;
+        (status == 503 && body.error == "too_stale").then_some(())
     })
     .await;
     assert_eq!(cluster.get(learner, "k", "stale").await, (200, "v".to_string()));

@@ -20,7 +20,6 @@ use quorumkv_api::client::Client;
 use quorumkv_api::client::Retry;
 use reqwest::header::HeaderMap;
 use reqwest::Method;
-use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_under_load_fails_no_request() {
@@ -69,7 +68,7 @@ async fn rolling_restart_under_load_fails_no_request() {
             let response = cluster
                 .http
                 .post(cluster.url(target, "/v1/cluster/leader"))
-                .json(&json!({ "id": target }))
+                .json(&quorumkv_api::NodeRef { id: target })
                 .send()
                 .await
                 .expect("sent");

@@ -109,7 +109,7 @@ async fn a_node_far_behind_catches_up_by_a_streamed_snapshot_and_the_log_stays_b
         }
         assert!(started.elapsed() < CATCH_UP_DEADLINE, "follower did not catch up in {CATCH_UP_DEADLINE:?}");
         // Leadership to the leader itself: a request that always succeeds once it reaches it.
-        let answer = cluster.http.post(&admin_url).json(&serde_json::json!({ "id": leader })).send().await;
+        let answer = cluster.http.post(&admin_url).json(&quorumkv_api::NodeRef { id: leader }).send().await;
         if let Ok(response) = answer {
             let status = response.status().as_u16();
             let body = response.text().await.unwrap_or_default();

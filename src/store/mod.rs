@@ -39,6 +39,7 @@ pub use state_machine::Page;
 pub use state_machine::StateMachine;
 pub use state_machine::StoredValue;
 
+use crate::types::LogId;
 use crate::types::NodeId;
 
 pub(crate) const CF_LOG: &str = "log";
@@ -58,6 +59,9 @@ pub(crate) const KEY_ANNOUNCE_PENDING: &[u8] = b"announce_pending";
 /// Present once this node learned that it was removed from the cluster; the value is the log
 /// index of the membership that removed it. A restart stays removed until added back.
 pub(crate) const KEY_REMOVED: &[u8] = b"removed";
+/// The log id of a membership that listed this node (the first one it saw itself in): only a
+/// committed membership newer than it can have removed this node.
+pub(crate) const KEY_MEMBER_SINCE: &[u8] = b"member_since";
 /// Prefix of `peer_seen/<id>`: the peer is known to have held Raft state (announced itself,
 /// answered or sent a Raft RPC). A peer that later starts with an empty data dir was wiped.
 pub(crate) const PREFIX_PEER_SEEN: &[u8] = b"peer_seen/";
@@ -182,6 +186,25 @@ impl BootstrapRecord {
             None => self.db.delete_cf_opt(meta, KEY_REMOVED, &write_options),
         };
         result.map_err(io_error)
+    }
+
+    /// The log id of the first membership this node saw itself in, if it has seen one.
+    pub fn member_since(&self) -> io::Result<Option<LogId>> {
+        match self.db.get_cf(cf(&self.db, CF_META), KEY_MEMBER_SINCE).map_err(io_error)? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(&bytes).map(Some),
+        }
+    }
+
+    /// Durably records `membership` as one that listed this node, unless one is recorded already.
+    pub fn note_member_since(&self, membership: LogId) -> io::Result<()> {
+        if self.member_since()?.is_some() {
+            return Ok(());
+        }
+        let mut write_options = rocksdb::WriteOptions::default();
+        write_options.set_sync(true);
+        let meta = cf(&self.db, CF_META);
+        self.db.put_cf_opt(meta, KEY_MEMBER_SINCE, codec::encode(&membership)?, &write_options).map_err(io_error)
     }
 
     pub fn has_seen_peer(&self, peer: NodeId) -> io::Result<bool> {

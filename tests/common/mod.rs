@@ -20,7 +20,6 @@ use std::process::ExitStatus;
 use std::time::Duration;
 use std::time::Instant;
 
-use serde_json::Value;
 use tempfile::TempDir;
 
 /// Generous bound for anything a healthy cluster does (elections, catch-up) on a loaded CI box.
@@ -36,31 +35,11 @@ pub enum Backend {
     Processes,
 }
 
-/// A node running inside the test process: stopping it ends its runtime's `serve_on`, and the
-/// thread returns once the node has shut down (RocksDB closed).
+/// A node running inside the test process. Dropping `stop` ends it abruptly (its runtime is
+/// dropped); sending on it, gracefully.
 struct InProcessNode {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
-}
-
-/// How long stopping an in-process node may take (a graceful shutdown drains for 1.5 s and
-/// waits for in-flight requests up to 5 s).
-const IN_PROCESS_STOP_DEADLINE: Duration = Duration::from_secs(20);
-
-impl InProcessNode {
-    /// Stops the node gracefully and waits for its thread; its result.
-    fn stop(mut self) -> Result<(), String> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let thread = self.thread.take().expect("a running node has a thread");
-        let deadline = Instant::now() + IN_PROCESS_STOP_DEADLINE;
-        while !thread.is_finished() {
-            assert!(Instant::now() < deadline, "an in-process node did not stop in time");
-            std::thread::sleep(POLL);
-        }
-        thread.join().unwrap_or_else(|_| Err("the node's thread panicked".into()))
-    }
 }
 
 pub struct NodeProcess {
@@ -77,7 +56,7 @@ pub struct NodeProcess {
     pub descriptor_limit: Option<u64>,
     child: Option<Child>,
     /// For [`Backend::InProcess`]: the listeners, bound when the node was added and held until
-    /// it first starts, and the running node.
+    /// it starts (once), and the running node.
     listeners: Option<(std::net::TcpListener, std::net::TcpListener)>,
     in_process: Option<InProcessNode>,
 }
@@ -305,7 +284,7 @@ impl Cluster {
         let via = self.running_ids()[0];
         let url = self.url(via, "/v1/cluster/leader");
         eventually("leadership moves to the chosen node", || async {
-            let response = self.http.post(&url).json(&serde_json::json!({ "id": to })).send().await.ok()?;
+            let response = self.http.post(&url).json(&quorumkv_api::NodeRef { id: to }).send().await.ok()?;
             if !response.status().is_success() {
                 return None;
             }
@@ -335,7 +314,7 @@ impl Cluster {
 
     /// kill -9: no chance to flush or hand over anything. An in-process node's runtime is dropped
     /// instead: it vanishes without handing over or draining, but RocksDB closes, so tests of what
-    /// survives a crash use processes.
+    /// survives a crash use processes; and it cannot be started again (see `start_in_process`).
     pub fn kill(&mut self, id: u64) {
         if let Some(mut node) = self.node_mut(id).in_process.take() {
             drop(node.stop.take());
@@ -389,20 +368,6 @@ impl Cluster {
         assert!(status.success(), "kill {signal} {pid} failed");
     }
 
-    /// Stops node `id` gracefully (it hands leadership away and drains), whatever runs it.
-    pub async fn stop(&mut self, id: u64) {
-        match self.backend {
-            Backend::Processes => {
-                self.terminate(id).await;
-            }
-            Backend::InProcess => {
-                let node = self.node_mut(id).in_process.take().expect("node running");
-                let result = tokio::task::spawn_blocking(move || node.stop()).await.expect("join");
-                assert!(result.is_ok(), "node {id} stopped with an error: {result:?}");
-            }
-        }
-    }
-
     fn needs_processes(&self) {
         assert_eq!(self.backend, Backend::Processes, "signals and descriptor limits need Cluster::start_processes");
     }
@@ -429,10 +394,11 @@ impl Cluster {
         format!("http://{}{path}", self.node(id).client_addr)
     }
 
-    /// GET a JSON document from node `id`; panics when it does not answer with JSON.
-    pub async fn get_json(&self, id: u64, path: &str) -> Value {
+    /// GET a body of the API's type `T` from node `id`; panics when it does not answer one.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, id: u64, path: &str) -> T {
         let response = self.http.get(self.url(id, path)).send().await.expect("GET sent");
-        response.json().await.expect("JSON body")
+        let body = response.text().await.expect("a body");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path} on node {id}: {e}: {body}"))
     }
 
     /// `GET /v1/cluster` on node `id`, as the API's type; `None` when it does not answer one.
@@ -569,12 +535,9 @@ fn start_in_process(node: &mut NodeProcess, extra_args: &[String]) -> InProcessN
     args.extend(["--client-addr".into(), node.client_addr.clone(), "--peer-addr".into(), node.peer_addr.clone()]);
     args.extend(node.entry_args.iter().chain(extra_args).chain(&node.node_args).cloned());
     let config = ServeArgs::try_parse_from(&args).unwrap_or_else(|e| panic!("serve arguments {args:?}: {e}")).config;
-    // The listeners bound when the node was added; after a stop (which closed them), the same
-    // ports again: they lie below the ephemeral range, so no other socket has taken them.
-    let (client, peer) = node.listeners.take().unwrap_or_else(|| {
-        let bind = |addr: &str| std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("rebind {addr}: {e}"));
-        (bind(&node.client_addr), bind(&node.peer_addr))
-    });
+    // Started once: a restart would reopen a RocksDB that a task of the old runtime (a snapshot
+    // still being built, the fsync thread) may not have closed yet. Restarts use processes.
+    let (client, peer) = node.listeners.take().expect("in-process nodes start once; restarts need start_processes");
     for listener in [&client, &peer] {
         listener.set_nonblocking(true).expect("non-blocking");
     }
@@ -611,8 +574,10 @@ fn start_in_process(node: &mut NodeProcess, extra_args: &[String]) -> InProcessN
                     },
                 }
             });
-            // Tasks still holding the database are dropped here; RocksDB closes before the
-            // thread ends.
+            if let Err(error) = &result {
+                tracing::error!("the node stopped: {error}");
+            }
+            // Tasks still holding the database are dropped here.
             runtime.shutdown_timeout(Duration::from_secs(5));
             result
         })

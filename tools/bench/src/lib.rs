@@ -245,7 +245,6 @@ pub async fn run(options: BenchOptions, endpoints: &str) -> Result<Report, Strin
     let elapsed = started.elapsed().as_secs_f64();
     if let Some(progress) = progress {
         progress.abort();
-        eprintln!();
     }
     let millis = |micros: u64| micros as f64 / 1000.0;
     let ok = histogram.len();
@@ -278,19 +277,26 @@ fn new_histogram() -> Result<Histogram<u64>, String> {
     Histogram::new_with_bounds(1, HISTOGRAM_MAX_MICROS, 3).map_err(|e| e.to_string())
 }
 
+/// A progress bar over the run's duration with the requests finished, the rate of the last
+/// second and the errors; indicatif draws it on standard error, and not at all when that is no
+/// terminal (CI logs get no carriage-return noise).
 async fn progress_line(shared: Arc<Shared>, started: Instant) {
+    let bar = indicatif::ProgressBar::new(shared.options.duration_secs);
+    let style = indicatif::ProgressStyle::with_template("[{elapsed:>4}/{len}s] {bar:30} {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
     let mut last = 0u64;
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     interval.tick().await;
     loop {
         interval.tick().await;
         let finished = shared.finished.load(Ordering::Relaxed);
-        eprint!(
-            "\r[{:>4.0}s] {finished} requests, {} /s, {} errors   ",
-            started.elapsed().as_secs_f64(),
+        bar.set_position(started.elapsed().as_secs());
+        bar.set_message(format!(
+            "{finished} requests, {} /s, {} errors",
             finished - last,
             shared.failed.load(Ordering::Relaxed)
-        );
+        ));
         last = finished;
     }
 }

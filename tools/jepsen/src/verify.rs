@@ -5,7 +5,10 @@
 //! cluster does now, after an upgrade or an incident, without stopping it.
 //!
 //! A check in which too little succeeded proves nothing, so it is an error, never "valid"
-//! (the fault runs' rule for a fault that was never installed).
+//! (the fault runs' rule for a fault that was never installed): every endpoint gets a client,
+//! and every one must have answered something. What it cannot promise: a write whose outcome
+//! was unknown may still be applied after the cleanup (its key is then left behind, unnamed),
+//! and an interrupted check (Ctrl-C) does not clean up.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -93,8 +96,10 @@ pub async fn verify(options: &VerifyOptions) -> Result<VerifyReport, String> {
     let history: History = Arc::new(Mutex::new(Vec::new()));
     let start = Instant::now();
     let deadline = start + options.duration;
+    // At least one client per endpoint, so every node is exercised.
+    let client_count = options.clients.max(options.endpoints.len()).min(MAX_CLIENTS);
     let mut clients = Vec::new();
-    for process in 0..options.clients {
+    for process in 0..client_count {
         let node = process % options.endpoints.len();
         let client = Client {
             rng: fastrand::Rng::with_seed(run_id as u64 ^ process as u64),
@@ -111,8 +116,11 @@ pub async fn verify(options: &VerifyOptions) -> Result<VerifyReport, String> {
         };
         clients.push(tokio::spawn(client.run(Workload::Register, deadline)));
     }
+    let mut client_failure = None;
     for client in clients {
-        client.await.map_err(|e| format!("a client failed: {e}"))?;
+        if let Err(error) = client.await {
+            client_failure = Some(format!("a client failed: {error}"));
+        }
     }
     let mut operations = history.lock().map_err(|_| "history lock poisoned")?.clone();
     for (index, op) in operations.iter_mut().enumerate() {
@@ -125,14 +133,29 @@ pub async fn verify(options: &VerifyOptions) -> Result<VerifyReport, String> {
     });
     let keys_left = clean_up(&http, &options.endpoints, &keys).await;
 
+    let left_note = if keys_left.is_empty() { String::new() } else { format!("; keys left behind: {keys_left:?}") };
+    if let Some(failure) = client_failure {
+        return Err(format!("{failure}{left_note}"));
+    }
     let succeeded = |kind: OpKind| operations.iter().filter(|op| op.kind == kind && op.status == Status::Ok).count();
     if succeeded(OpKind::Read) == 0 || succeeded(OpKind::Write) == 0 {
         let errors: Vec<&str> = operations.iter().filter_map(|op| op.error.as_deref()).take(3).collect();
         return Err(format!(
             "no read or no write succeeded in {} operations, so nothing was checked (is the cluster up and \
-             does it have a leader?); first errors: {errors:?}",
+             does it have a leader?); first errors: {errors:?}{left_note}",
             operations.len()
         ));
+    }
+    // A node that answered nothing was not checked: say so rather than pass it.
+    let silent: Vec<&String> = options
+        .endpoints
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| !operations.iter().any(|op| op.node == *index as u64 + 1 && op.status == Status::Ok))
+        .map(|(_, endpoint)| endpoint)
+        .collect();
+    if !silent.is_empty() {
+        return Err(format!("no operation through {silent:?} succeeded, so they were not checked{left_note}"));
     }
     let report = checker::check(&operations, options.step_budget);
     let count = |status: Status| operations.iter().filter(|op| op.status == status).count();

@@ -114,3 +114,15 @@ async fn verify_of_an_unreachable_cluster_is_an_error() {
     let error = verify(&options).await.expect_err("nothing was checked");
     assert!(error.contains("nothing was checked"), "{error}");
 }
+
+/// Goal: a node that answered nothing was not checked, so the check is an error even though the
+/// other node's history is linearizable.
+#[tokio::test]
+async fn verify_of_a_cluster_with_a_silent_node_is_an_error() {
+    let store = Shared::default();
+    let good = serve(store.clone()).await;
+    let options = VerifyOptions { endpoints: vec![good, "http://127.0.0.1:1".to_string()], ..options(String::new()) };
+    let error = verify(&options).await.expect_err("one node was not checked");
+    assert!(error.contains("127.0.0.1:1") && error.contains("not checked"), "{error}");
+    assert!(store.versions.lock().unwrap().is_empty(), "keys left behind");
+}
