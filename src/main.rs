@@ -211,8 +211,9 @@ async fn verify(endpoints: &str, duration_secs: u64, clients: usize, keys: usize
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     } else {
         println!(
-            "verdict: {:?} ({} operations: {} ok, {} failed, {} unknown; keys {}*)",
-            report.verdict, report.ops, report.ok, report.fail, report.info, report.prefix
+            "verdict: {:?} ({} operations: {} ok, {} compare-and-set refused by a concurrent write, {} failed, \
+             {} unknown; keys {}*)",
+            report.verdict, report.ops, report.ok, report.cas_refused, report.fail, report.info, report.prefix
         );
         for anomaly in &report.anomalies {
             println!("not linearizable: {}", serde_json::to_string(anomaly).unwrap_or_default());

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
@@ -14,6 +13,7 @@ use std::time::Instant;
 use quorumkv_api::ClusterStatus;
 use quorumkv_api::Page;
 use serde_json::json;
+use tokio::process::Command;
 
 use crate::faults::FaultStatus;
 use crate::faults::Ledger;
@@ -37,22 +37,23 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn script(&self, name: &str, args: &[&str]) -> Result<String, String> {
-        match self.run_script(name, args) {
+    pub async fn script(&self, name: &str, args: &[&str]) -> Result<String, String> {
+        match self.run_script(name, args).await {
             (FaultStatus::Installed | FaultStatus::Skipped, text) => Ok(text),
             (FaultStatus::Indeterminate, text) => Err(text),
         }
     }
 
     /// Runs a script of `scripts/`; its exit status read as a fault script's, and what it said.
-    pub fn run_script(&self, name: &str, args: &[&str]) -> (FaultStatus, String) {
+    pub async fn run_script(&self, name: &str, args: &[&str]) -> (FaultStatus, String) {
         let output = Command::new(self.repo.join("scripts").join(name))
             .args(args)
             .env("QUORUMKV_CLUSTER_DIR", &self.dir)
             .env("QUORUMKV_NETNS_STATE_DIR", &self.dir)
             .env("QUORUMKV_STATE_DIR", &self.dir)
             .env("QUORUMKV_SERVE_ARGS", &self.serve_args)
-            .output();
+            .output()
+            .await;
         let output = match output {
             Ok(output) => output,
             Err(error) => return (FaultStatus::Indeterminate, format!("{name}: {error}")),
@@ -67,7 +68,7 @@ impl Cluster {
         }
     }
 
-    pub fn up(options: &Options, dir: &Path, repo: &Path) -> Result<Cluster, String> {
+    pub async fn up(options: &Options, dir: &Path, repo: &Path) -> Result<Cluster, String> {
         let voters = if options.cluster == ClusterKind::Local { 3 } else { options.nodes };
         let nodes = voters + options.learners;
         let serve_args = match options.nemesis {
@@ -87,10 +88,10 @@ impl Cluster {
         };
         match options.cluster {
             ClusterKind::Netns => {
-                cluster.script("netns-cluster.sh", &["up", &voters.to_string(), &options.learners.to_string()])?
+                cluster.script("netns-cluster.sh", &["up", &voters.to_string(), &options.learners.to_string()]).await?
             }
-            ClusterKind::Local => cluster.script("start-3-nodes.sh", &[])?,
-            ClusterKind::Compose => cluster.script("compose-cluster.sh", &["up", &voters.to_string()])?,
+            ClusterKind::Local => cluster.script("start-3-nodes.sh", &[]).await?,
+            ClusterKind::Compose => cluster.script("compose-cluster.sh", &["up", &voters.to_string()]).await?,
         };
         for id in 1..=nodes {
             let env = std::fs::read_to_string(dir.join(format!("node-{id}.env"))).map_err(|e| e.to_string())?;
@@ -109,11 +110,11 @@ impl Cluster {
         Cluster { kind, dir, repo, nodes: 0, endpoints: vec![], serve_args: String::new(), ledger: Mutex::default() }
     }
 
-    pub fn down(&self) {
+    pub async fn down(&self) {
         let result = match self.kind {
-            ClusterKind::Netns => self.script("netns-cluster.sh", &["down"]),
-            ClusterKind::Local => self.script("stop-3-nodes.sh", &[]),
-            ClusterKind::Compose => self.script("compose-cluster.sh", &["down"]),
+            ClusterKind::Netns => self.script("netns-cluster.sh", &["down"]).await,
+            ClusterKind::Local => self.script("stop-3-nodes.sh", &[]).await,
+            ClusterKind::Compose => self.script("compose-cluster.sh", &["down"]).await,
         };
         if let Err(error) = result {
             eprintln!("warning: cluster teardown: {error}");
@@ -121,16 +122,23 @@ impl Cluster {
     }
 
     /// Tries to install a fault of `kind` and records what became of it.
-    pub fn fault(&self, log: &mut std::fs::File, start: Instant, kind: &'static str, script: &str, args: &[&str]) {
-        let (status, text) = self.run_script(script, args);
+    pub async fn fault(
+        &self,
+        log: &mut std::fs::File,
+        start: Instant,
+        kind: &'static str,
+        script: &str,
+        args: &[&str],
+    ) {
+        let (status, text) = self.run_script(script, args).await;
         self.record(log, start, &format!("{script} {} -> {status:?}: {text}", args.join(" ")));
         self.note(kind, status);
     }
 
     /// A step the harness needs (healing, restarting, the final kill): its failure makes the run's
     /// verdict meaningless.
-    pub fn harness_step(&self, log: &mut std::fs::File, start: Instant, script: &str, args: &[&str]) {
-        let (status, text) = self.run_script(script, args);
+    pub async fn harness_step(&self, log: &mut std::fs::File, start: Instant, script: &str, args: &[&str]) {
+        let (status, text) = self.run_script(script, args).await;
         self.record(log, start, &format!("{script} {} -> {status:?}: {text}", args.join(" ")));
         if status == FaultStatus::Indeterminate {
             self.harness_failure(text);
@@ -150,14 +158,14 @@ impl Cluster {
     }
 
     /// The current leader's id, as the fault scripts see it.
-    pub fn leader(&self) -> Result<String, String> {
-        self.script("faults/leader.sh", &[])
+    pub async fn leader(&self) -> Result<String, String> {
+        self.script("faults/leader.sh", &[]).await
     }
 
-    pub fn heal_all(&self, log: &mut std::fs::File, start: Instant) {
-        self.harness_step(log, start, "faults/heal.sh", &[]);
-        self.harness_step(log, start, "faults/resume.sh", &["all"]);
-        self.harness_step(log, start, "faults/restart.sh", &["all"]);
+    pub async fn heal_all(&self, log: &mut std::fs::File, start: Instant) {
+        self.harness_step(log, start, "faults/heal.sh", &[]).await;
+        self.harness_step(log, start, "faults/resume.sh", &["all"]).await;
+        self.harness_step(log, start, "faults/restart.sh", &["all"]).await;
     }
 
     /// Sends a cluster administration request to the first node that answers it with anything

@@ -29,16 +29,17 @@ pub async fn inject(
     let kind = kinds[rng.usize(..kinds.len())];
     let target = if rng.bool() { "leader".to_string() } else { rng.u64(1..=cluster.nodes).to_string() };
     match kind {
-        Nemesis::Kill => cluster.fault(log, start, "kill", "faults/kill.sh", &[&target]),
+        Nemesis::Kill => cluster.fault(log, start, "kill", "faults/kill.sh", &[&target]).await,
         Nemesis::PowerCut => {
             // Mostly the leader: its unsynced tail is what followers may already have committed.
-            let chosen = if rng.u8(..4) == 0 { Ok(rng.u64(1..=cluster.nodes).to_string()) } else { cluster.leader() };
+            let chosen =
+                if rng.u8(..4) == 0 { Ok(rng.u64(1..=cluster.nodes).to_string()) } else { cluster.leader().await };
             match chosen {
                 Ok(id) => {
-                    cluster.fault(log, start, "power-cut", "faults/kill.sh", &[&id]);
+                    cluster.fault(log, start, "power-cut", "faults/kill.sh", &[&id]).await;
                     // At once: a leader back before anyone else is elected is the case that
                     // lost writes while openraft's leader restore was on.
-                    cluster.harness_step(log, start, "faults/restart.sh", &[&id]);
+                    cluster.harness_step(log, start, "faults/restart.sh", &[&id]).await;
                 }
                 Err(error) => {
                     cluster.record(log, start, &format!("power-cut -> Skipped: {error}"));
@@ -46,18 +47,18 @@ pub async fn inject(
                 }
             }
         }
-        Nemesis::Pause => cluster.fault(log, start, "pause", "faults/pause.sh", &[&target]),
+        Nemesis::Pause => cluster.fault(log, start, "pause", "faults/pause.sh", &[&target]).await,
         Nemesis::Membership => return remove_member(cluster, http, rng, log, start).await,
         _ => {
             let spec = partition_spec(cluster.nodes, rng);
             let spec = match spec.as_str() {
-                "leader-and-one" => match cluster.leader().ok().and_then(|l| l.parse::<u64>().ok()) {
+                "leader-and-one" => match cluster.leader().await.ok().and_then(|l| l.parse::<u64>().ok()) {
                     Some(leader) => leader_and_one_spec(cluster.nodes, leader, rng),
                     None => "isolate-leader".to_string(),
                 },
                 _ => spec,
             };
-            cluster.fault(log, start, "partition", "faults/partition.sh", &[&spec]);
+            cluster.fault(log, start, "partition", "faults/partition.sh", &[&spec]).await;
         }
     }
     None

@@ -47,16 +47,16 @@ pub async fn run(options: Options) -> Result<Verdict, String> {
     );
     // A fresh cluster every run: replaying a seed must not meet the previous run's data.
     if cluster_dir.join("cluster.env").exists() {
-        Cluster::stopped(options.cluster, &cluster_dir, &repo).down();
+        Cluster::stopped(options.cluster, &cluster_dir, &repo).down().await;
     }
     if cluster_dir.exists() {
         std::fs::remove_dir_all(&cluster_dir).map_err(|e| format!("{}: {e}", cluster_dir.display()))?;
     }
     std::fs::create_dir_all(&cluster_dir).map_err(|e| e.to_string())?;
-    let cluster = match Cluster::up(&options, &cluster_dir, &repo) {
+    let cluster = match Cluster::up(&options, &cluster_dir, &repo).await {
         Ok(cluster) => cluster,
         Err(error) => {
-            Cluster::stopped(options.cluster, &cluster_dir, &repo).down();
+            Cluster::stopped(options.cluster, &cluster_dir, &repo).down().await;
             return Err(error);
         }
     };
@@ -64,7 +64,7 @@ pub async fn run(options: Options) -> Result<Verdict, String> {
         result = exercise(&options, seed, &cluster, &out) => result,
         _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
     };
-    cluster.down();
+    cluster.down().await;
     result
 }
 
@@ -133,7 +133,7 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         tokio::time::sleep(half_cycle).await;
         let removed = nemesis::inject(options, cluster, &http, &mut schedule, &mut nemesis_log, start).await;
         tokio::time::sleep(half_cycle).await;
-        cluster.heal_all(&mut nemesis_log, start);
+        cluster.heal_all(&mut nemesis_log, start).await;
         if let Some(id) = removed {
             nemesis::readd_member(cluster, &http, id, &mut nemesis_log, start).await;
         }
@@ -141,14 +141,14 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
     for client in clients {
         let _ = client.await;
     }
-    cluster.heal_all(&mut nemesis_log, start);
+    cluster.heal_all(&mut nemesis_log, start).await;
     cluster.wait_for_leader(&http).await?;
 
     if !options.no_durability {
         for id in 1..=cluster.nodes {
-            cluster.harness_step(&mut nemesis_log, start, "faults/kill.sh", &[&id.to_string()]);
+            cluster.harness_step(&mut nemesis_log, start, "faults/kill.sh", &[&id.to_string()]).await;
         }
-        cluster.harness_step(&mut nemesis_log, start, "faults/restart.sh", &["all"]);
+        cluster.harness_step(&mut nemesis_log, start, "faults/restart.sh", &["all"]).await;
         cluster.wait_for_leader(&http).await?;
     }
     let (ready_node, ready_endpoint) = cluster.ready_node(&http).await?;

@@ -60,6 +60,10 @@ pub struct VerifyReport {
     pub prefix: String,
     pub ops: usize,
     pub ok: usize,
+    /// Compare-and-sets refused because a concurrent write changed the key first (`412`): the
+    /// expected answer, not an error.
+    pub cas_refused: usize,
+    /// Other operations that certainly did not take effect.
     pub fail: usize,
     pub info: usize,
     pub anomalies: Vec<Anomaly>,
@@ -159,12 +163,18 @@ pub async fn verify(options: &VerifyOptions) -> Result<VerifyReport, String> {
     }
     let report = checker::check(&operations, options.step_budget);
     let count = |status: Status| operations.iter().filter(|op| op.status == status).count();
+    let cas_refused = operations
+        .iter()
+        .filter(|op| op.kind == OpKind::Cas && op.status == Status::Fail)
+        .filter(|op| op.error.as_deref().is_some_and(|error| error.starts_with("412")))
+        .count();
     Ok(VerifyReport {
         verdict: report.verdict,
         prefix,
         ops: operations.len(),
         ok: count(Status::Ok),
-        fail: count(Status::Fail),
+        cas_refused,
+        fail: count(Status::Fail) - cas_refused,
         info: count(Status::Info),
         anomalies: report.anomalies,
         unknown_keys: report.unknown_keys,

@@ -89,6 +89,8 @@ async fn verify_passes_a_linearizable_store_and_deletes_its_keys() {
     let report = verify(&options(serve(store.clone()).await)).await.expect("the check ran");
     assert_eq!(report.verdict, Verdict::Valid, "{report:?}");
     assert!(report.ok > 20, "too few operations to mean anything: {report:?}");
+    assert_eq!(report.ok + report.cas_refused + report.fail + report.info, report.ops, "{report:?}");
+    assert_eq!((report.fail, report.info), (0, 0), "a store that always answers failed nothing: {report:?}");
     assert!(report.prefix.starts_with(RESERVED_PREFIX));
     assert!(report.keys_left.is_empty());
     assert!(store.versions.lock().unwrap().is_empty(), "keys left behind");
