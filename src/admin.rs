@@ -8,6 +8,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use backon::Retryable;
+
 use openraft::error::ChangeMembershipError;
 use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
@@ -158,29 +160,45 @@ impl Node {
     /// With `--join` and auto-promotion: asks for promotion until the leader finds this
     /// learner caught up. Stops when it is a voter, was removed, or the node shuts down.
     pub async fn promote_self_when_caught_up(&self) {
-        for _ in 0..limits::PROMOTE_ATTEMPTS {
+        /// Why this round did not end the wait.
+        enum NotYet {
+            NotAMember,
+            Refused(Error),
+        }
+        let ask = || async {
             if self.is_shutting_down() {
-                return;
+                return Ok(());
             }
             let metrics = self.raft_metrics();
             let membership = metrics.membership_config.membership();
             // A removed node's own (stale) membership may still list it as a voter.
             if membership.voter_ids().any(|v| v == self.id()) && !self.is_removed() {
-                return;
+                return Ok(());
             }
-            if membership.get_node(&self.id()).is_some() {
-                match self.admin(AdminCommand::Promote { id: self.id() }).await {
-                    Ok(()) => {
-                        tracing::info!("promoted to voter");
-                        return;
-                    }
-                    Err(Error::MemberNotFound(_)) => return,
-                    Err(error) => tracing::debug!(%error, "not promoted yet"),
+            if membership.get_node(&self.id()).is_none() {
+                return Err(NotYet::NotAMember);
+            }
+            match self.admin(AdminCommand::Promote { id: self.id() }).await {
+                Ok(()) => {
+                    tracing::info!("promoted to voter");
+                    Ok(())
                 }
+                // Removed meanwhile: nothing to promote.
+                Err(Error::MemberNotFound(_)) => Ok(()),
+                Err(error) => Err(NotYet::Refused(error)),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        let retries = backon::ConstantBuilder::default()
+            .with_delay(Duration::from_millis(limits::JOIN_INTERVAL_MS))
+            .with_max_times(limits::PROMOTE_ATTEMPTS as usize - 1);
+        let notify = |not_yet: &NotYet, _| {
+            if let NotYet::Refused(error) = not_yet {
+                tracing::debug!(%error, "not promoted yet");
+            }
+        };
+        if ask.retry(retries).notify(notify).await.is_err() {
+            tracing::warn!("gave up asking for promotion; promote with `quorumkv cluster promote {}`", self.id());
         }
-        tracing::warn!("gave up asking for promotion; promote with `quorumkv cluster promote {}`", self.id());
     }
 
     async fn transfer_leadership(&self, to: NodeId, voters: &BTreeSet<NodeId>) -> Result<(), Error> {

@@ -24,6 +24,8 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use backon::Retryable;
 use std::time::Instant;
 
 use openraft::error::InitializeError;
@@ -286,25 +288,40 @@ impl Node {
         let request =
             serde_json::json!({ "id": self.id(), "peer_addr": self.config().advertised_peer_addr(), "fresh": fresh });
         let addrs = self.config().join_addrs();
-        let mut last_error = String::new();
-        for attempt in 0..limits::JOIN_ATTEMPTS {
-            let addr = &addrs[attempt as usize % addrs.len()];
+        /// Why one attempt did not add this node.
+        enum Refusal {
+            /// A definite `4xx`: asking again would not change the answer.
+            Final(String),
+            /// No answer, or another status: the next member may answer.
+            Retry(String),
+        }
+        let attempt = std::sync::atomic::AtomicUsize::new(0);
+        let ask = || async {
+            let addr = &addrs[attempt.fetch_add(1, Ordering::Relaxed) % addrs.len()];
             match http.post(format!("http://{addr}/v1/cluster/learners")).json(&request).send().await {
                 Ok(response) if response.status().is_success() => {
                     tracing::info!(via = %addr, "added to the cluster as a learner");
-                    return Ok(());
+                    Ok(())
                 }
                 Ok(response) if response.status().is_client_error() => {
                     let status = response.status();
                     let body = response.text().await.unwrap_or_default();
-                    return Err(format!("the cluster refused to add node {}: {status} {body}", self.id()));
+                    Err(Refusal::Final(format!("the cluster refused to add node {}: {status} {body}", self.id())))
                 }
-                Ok(response) => last_error = format!("{addr}: {}", response.status()),
-                Err(error) => last_error = format!("{addr}: {error}"),
+                Ok(response) => Err(Refusal::Retry(format!("{addr}: {}", response.status()))),
+                Err(error) => Err(Refusal::Retry(format!("{addr}: {error}"))),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        let retries = backon::ConstantBuilder::default()
+            .with_delay(Duration::from_millis(limits::JOIN_INTERVAL_MS))
+            .with_max_times(limits::JOIN_ATTEMPTS as usize - 1);
+        match ask.retry(retries).when(|refusal| matches!(refusal, Refusal::Retry(_))).await {
+            Ok(()) => Ok(()),
+            Err(Refusal::Final(error)) => Err(error),
+            Err(Refusal::Retry(last_error)) => {
+                Err(format!("could not join through {addrs:?} after {} attempts: {last_error}", limits::JOIN_ATTEMPTS))
+            }
         }
-        Err(format!("could not join through {addrs:?} after {} attempts: {last_error}", limits::JOIN_ATTEMPTS))
     }
 
     fn start_serving_raft(&self) {

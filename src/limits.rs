@@ -193,8 +193,10 @@ pub const MAX_REFUSING_CONNECTIONS: usize = 128;
 pub const REFUSAL_LINGER_MS: u64 = 250;
 /// After a failed accept (out of descriptors), how long a listener pauses.
 pub const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
-/// Registering this node's client address is retried this often (every 500 ms) at start-up.
+/// Registering this node's client address is tried this many times at start-up, this far apart
+/// (a minute: a node started long before a quorum of its peers still registers).
 pub const REGISTER_CLIENT_ADDR_ATTEMPTS: u32 = 120;
+pub const REGISTER_CLIENT_ADDR_INTERVAL_MS: u64 = 500;
 
 /// A learner is promoted to voter only when it is at most this many entries behind the
 /// leader's log: a lagging new voter would slow every commit while it catches up.
@@ -206,10 +208,12 @@ pub const MAX_HEALTHY_LAG_ENTRIES: u64 = 1_000;
 /// members concerned to acknowledge an RPC sent after the request arrived: a voter that died a
 /// moment ago still looks caught up, and removing another voter then stalls every write.
 pub const HEALTH_CONFIRM_HEARTBEATS: u64 = 5;
-/// A joining node asks the cluster to add it this many times (one second apart) before it
-/// gives up, and asks for promotion this many times once caught up.
+/// A joining node asks the cluster to add it this many times, [`JOIN_INTERVAL_MS`] apart, before
+/// it gives up, and asks for promotion this many times once caught up (ten minutes: catching
+/// up on a large state takes a while).
 pub const JOIN_ATTEMPTS: u32 = 60;
 pub const PROMOTE_ATTEMPTS: u32 = 600;
+pub const JOIN_INTERVAL_MS: u64 = 1_000;
 /// An administration request waits at most this long for the one before it on the leader to
 /// finish, then gets a definite 503 (it never started): short, so a queued request never
 /// outlasts the forwarder's timeout and turns into an unknown outcome.

@@ -10,6 +10,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+
+use backon::Retryable;
 use std::time::Instant;
 
 use openraft::async_runtime::watch::WatchReceiver;
@@ -252,22 +254,27 @@ impl Node {
     /// where the leader is. Idempotent, so retrying after an unknown outcome is safe.
     pub async fn register_client_addr(&self) {
         let client_addr = self.config.advertised_client_addr().to_string();
-        let attempts = limits::REGISTER_CLIENT_ADDR_ATTEMPTS;
-        for _ in 0..attempts {
-            if self.shutting_down.load(Ordering::Acquire) {
-                return;
-            }
-            if self.kv.client_addrs().ok().and_then(|addrs| addrs.get(&self.id).cloned()) == Some(client_addr.clone()) {
-                return;
+        let register = || async {
+            if self.shutting_down.load(Ordering::Acquire)
+                || self.kv.client_addrs().ok().and_then(|addrs| addrs.get(&self.id).cloned()).as_ref()
+                    == Some(&client_addr)
+            {
+                return Ok(());
             }
             let command = Command::RegisterClientAddr { node_id: self.id, client_addr: client_addr.clone() };
-            match self.write(command, Ack::Quorum).await {
-                Ok(_) => return,
-                Err(error) => tracing::debug!(%error, "client address not registered yet"),
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.write(command, Ack::Quorum).await.map(|_| ())
+        };
+        let attempts = limits::REGISTER_CLIENT_ADDR_ATTEMPTS;
+        let retries = backon::ConstantBuilder::default()
+            .with_delay(Duration::from_millis(limits::REGISTER_CLIENT_ADDR_INTERVAL_MS))
+            .with_max_times(attempts as usize - 1);
+        let registered = register
+            .retry(retries)
+            .notify(|error: &Error, _| tracing::debug!(%error, "client address not registered yet"))
+            .await;
+        if registered.is_err() {
+            tracing::warn!("gave up registering the client address after {attempts} attempts");
         }
-        tracing::warn!("gave up registering the client address after {attempts} attempts");
     }
 
     // ----- writes -----

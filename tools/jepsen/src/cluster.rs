@@ -171,17 +171,17 @@ impl Cluster {
     /// Sends a cluster administration request to the first node that answers it with anything
     /// but 503 (a removed node answers `503 removed`, one without a leader `503 no_leader`);
     /// returns the status and body of the last answer.
-    pub async fn admin(
+    pub async fn admin<Body: serde::Serialize>(
         &self,
         http: &reqwest::Client,
         method: reqwest::Method,
         path: &str,
-        body: Option<serde_json::Value>,
+        body: Option<&Body>,
     ) -> Option<(u16, String)> {
         let mut answer = None;
         for endpoint in &self.endpoints {
             let mut request = http.request(method.clone(), format!("{endpoint}{path}"));
-            if let Some(body) = &body {
+            if let Some(body) = body {
                 request = request.json(body);
             }
             if let Ok(response) = request.send().await {

@@ -5,8 +5,11 @@
 use std::time::Duration;
 use std::time::Instant;
 
+use backon::ConstantBuilder;
+use backon::Retryable;
+use quorumkv_api::AddLearnerRequest;
 use quorumkv_api::ClusterStatus;
-use serde_json::json;
+use quorumkv_api::NodeRef;
 
 use crate::cluster::Cluster;
 use crate::faults::FaultStatus;
@@ -146,7 +149,7 @@ pub async fn remove_member(
     start: Instant,
 ) -> Option<u64> {
     let chosen = async {
-        let status = cluster.admin(http, reqwest::Method::GET, "/v1/cluster", None).await?;
+        let status = cluster.admin(http, reqwest::Method::GET, "/v1/cluster", None::<&()>).await?;
         let status: ClusterStatus = serde_json::from_str(&status.1).ok()?;
         let leader = status.leader_id?;
         let mut followers: Vec<u64> =
@@ -159,7 +162,7 @@ pub async fn remove_member(
         cluster.note("membership", FaultStatus::Skipped);
         return None;
     };
-    let answer = cluster.admin(http, reqwest::Method::DELETE, &format!("/v1/cluster/members/{id}"), None).await;
+    let answer = cluster.admin(http, reqwest::Method::DELETE, &format!("/v1/cluster/members/{id}"), None::<&()>).await;
     // 200: removed. A 4xx or 503 is a definite refusal; anything else (504, no answer) may
     // or may not have removed it.
     let status = match answer.as_ref().map(|a| a.0) {
@@ -172,27 +175,33 @@ pub async fn remove_member(
     (status == FaultStatus::Installed).then_some(id)
 }
 
+/// Adding a removed node back is tried this many times, this far apart (20 s: a change still in
+/// flight, or a learner still catching up, is refused meanwhile).
+const READD_ATTEMPTS: usize = 40;
+const READD_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Adds a removed node back as a learner, then promotes it once it has caught up.
 pub async fn readd_member(cluster: &Cluster, http: &reqwest::Client, id: u64, log: &mut std::fs::File, start: Instant) {
     let env = std::fs::read_to_string(cluster.dir.join(format!("node-{id}.env"))).unwrap_or_default();
     let Some(peer_addr) = env.lines().find_map(|line| line.strip_prefix("PEER_ADDR=")) else { return };
-    let request = json!({ "id": id, "peer_addr": peer_addr });
-    let mut outcome = None;
+    let request = AddLearnerRequest { id, peer_addr: peer_addr.to_string(), fresh: false };
     // Bounded: each step is retried while a change is in flight or the node catches up.
-    for _ in 0..40 {
-        let added = cluster.admin(http, reqwest::Method::POST, "/v1/cluster/learners", Some(request.clone())).await;
+    let add_and_promote = || async {
+        let added = cluster.admin(http, reqwest::Method::POST, "/v1/cluster/learners", Some(&request)).await;
         let promoted = match added {
             Some((200, _)) => {
-                cluster.admin(http, reqwest::Method::POST, "/v1/cluster/voters", Some(json!({ "id": id }))).await
+                cluster.admin(http, reqwest::Method::POST, "/v1/cluster/voters", Some(&NodeRef { id })).await
             }
             other => other,
         };
-        outcome = promoted.clone();
-        if matches!(promoted, Some((200, _))) {
-            break;
+        match promoted {
+            Some((200, body)) => Ok((200, body)),
+            other => Err(other),
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    };
+    let retries = ConstantBuilder::default().with_delay(READD_INTERVAL).with_max_times(READD_ATTEMPTS - 1);
+    let outcome = add_and_promote.retry(retries).await.unwrap_or_else(|last| last.unwrap_or((0, String::new())));
+    let outcome = (outcome.0 != 0).then_some(outcome);
     let status = outcome.as_ref().map(|a| a.0);
     cluster.record(log, start, &format!("membership re-add {id} -> HTTP {status:?}"));
     if status != Some(200) {
