@@ -68,6 +68,7 @@ impl Node {
             if !self.config().join_addrs().is_empty() {
                 self.rejoin_if_removed().await?;
             }
+            self.reregister_if_moved().await?;
             return Ok(());
         }
         if !self.config().join_addrs().is_empty() {
@@ -255,8 +256,11 @@ impl Node {
     /// lost its data, the leader must first reset how far it believes this log reaches, or the
     /// empty log looks like one that went backwards (openraft stops the leader for that).
     async fn join_cluster(&self) -> Result<(), String> {
-        self.ask_to_be_added(true).await?;
         let io = |e: std::io::Error| format!("data dir: {e}");
+        // Before asking: once added, the node replays a history whose memberships all leave it
+        // out, and none of them may be taken for its removal.
+        self.bootstrap_record().mark_awaiting_listing().map_err(io)?;
+        self.ask_to_be_added(true).await?;
         // A bootstrap cut short before `initialize` may have left the marker: a joined node
         // announces nothing.
         self.bootstrap_record().clear_announce_pending().map_err(io)?;
@@ -274,6 +278,34 @@ impl Node {
         let Some(index) = removed else { return Ok(()) };
         self.note_removed(index).await;
         tracing::info!("restarted with --join after being removed: asking to be added back");
+        self.ask_to_be_added(false).await
+    }
+
+    /// A node restarted with its data at another peer address is unreachable at the one the
+    /// membership lists. A learner started with `--join` asks to be added at the new one (the
+    /// leader then replaces it: removes it and adds it again); otherwise the node says what to do.
+    async fn reregister_if_moved(&self) -> Result<(), String> {
+        let metrics = self.raft_metrics();
+        let membership = metrics.membership_config.membership();
+        let Some(listed) = membership.get_node(&self.id()) else { return Ok(()) };
+        let advertised = self.config().advertised_peer_addr();
+        if listed.peer_addr == advertised {
+            return Ok(());
+        }
+        let is_voter = membership.voter_ids().any(|voter| voter == self.id());
+        if is_voter || self.config().join_addrs().is_empty() {
+            tracing::warn!(
+                "the membership lists this node's peer address as {listed}, but it now listens on {advertised}:                  peers cannot reach it. {what}",
+                listed = listed.peer_addr,
+                what = if is_voter {
+                    "A voter's address cannot change in place: start it at its old address, or remove it                      (quorumkv cluster remove ID) and join it again as a new node."
+                } else {
+                    "Restart it with --join <any member's client address> to register the new address."
+                },
+            );
+            return Ok(());
+        }
+        tracing::info!(old = %listed.peer_addr, new = %advertised, "restarted at a new peer address: registering it");
         self.ask_to_be_added(false).await
     }
 

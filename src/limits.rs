@@ -142,13 +142,18 @@ pub const ADMISSION_WAIT_MS: u64 = 1_000;
 pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 10_000;
 /// The client connection cap never goes below this, however low the descriptor limit.
 pub const MIN_CLIENT_CONNECTIONS: usize = 64;
-/// Descriptors kept from client connections: the peer listener's connections, this node's own
-/// connections to its peers (forwards and Raft streams), RocksDB's open files and the rest
-/// (snapshots, logs). Client load can never cost a node its place in the cluster.
+/// Descriptors kept from client connections: the peer listener's connections, the connections
+/// both listeners answer `503` beyond their caps, this node's own connections to its peers
+/// (forwards and Raft streams), RocksDB's open files and the rest. Client load can never cost a
+/// node its place in the cluster.
 pub const RESERVED_DESCRIPTORS: u64 = MAX_PEER_CONNECTIONS as u64
+    + 2 * MAX_REFUSING_CONNECTIONS as u64
     + (MAX_PEERS * (MAX_FORWARDS_IN_FLIGHT_PER_PEER + 8)) as u64
     + ROCKSDB_MAX_OPEN_FILES as u64
-    + 256;
+    + OTHER_DESCRIPTORS;
+/// Descriptors for everything else: snapshot files being written or sent, log files, the
+/// runtime's own (epoll, eventfds), standard streams.
+pub const OTHER_DESCRIPTORS: u64 = 256;
 /// Peer connections a node accepts at once: Raft streams and forwarded requests of up to
 /// [`MAX_PEERS`] peers.
 pub const MAX_PEER_CONNECTIONS: usize = 1_024;
@@ -255,3 +260,20 @@ const _: () = assert!(MAX_VALUE_BYTES_CEILING + MAX_KEY_BYTES_CEILING < MAX_PEER
 /// A list page also stops at about this many value bytes, so a page of large values stays a
 /// bounded response (at least one item is always returned).
 pub const MAX_LIST_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: the descriptors kept from client connections cover everything else a node can hold
+    /// open at one time, each counted at its bound: the peer listener's connections, the refused
+    /// connections each of the two listeners holds briefly beyond its cap, this node's
+    /// connections to its peers, RocksDB's files and the rest.
+    #[test]
+    fn the_descriptor_reserve_covers_everything_but_client_connections() {
+        let listeners = MAX_PEER_CONNECTIONS + 2 * MAX_REFUSING_CONNECTIONS;
+        let to_peers = MAX_PEERS * (MAX_FORWARDS_IN_FLIGHT_PER_PEER + 8);
+        let needed = (listeners + to_peers + ROCKSDB_MAX_OPEN_FILES as usize) as u64 + OTHER_DESCRIPTORS;
+        assert!(RESERVED_DESCRIPTORS >= needed, "{RESERVED_DESCRIPTORS} descriptors reserved, {needed} needed");
+    }
+}

@@ -26,6 +26,7 @@ use crate::network::CallError;
 use crate::node::Node;
 use crate::protocol;
 use crate::protocol::ProbeReply;
+use crate::store::MemberSince;
 use crate::types::LogId;
 use crate::types::NodeId;
 
@@ -52,8 +53,8 @@ impl Node {
             let (own, own_includes, is_leader) = self.own_membership();
             // As soon as it sees itself listed: the membership that later removes it may well
             // reach it before the silence does.
-            if own_includes && !member_since_noted {
-                member_since_noted = self.member_since(own, own_includes).await.is_some();
+            if !member_since_noted {
+                member_since_noted = matches!(self.member_since().await, Some(MemberSince::Listed(_)));
             }
             let own_index = own.map_or(0, |log_id| log_id.index());
             if let Some(removed_at) = self.removed_at() {
@@ -89,7 +90,8 @@ impl Node {
         let (own, own_includes, _) = self.own_membership();
         // Not part of any cluster yet (a joining node before the leader's first append).
         self.raft_metrics().membership_config.membership().nodes().next()?;
-        let member_since = self.member_since(own, own_includes).await;
+        // Unreadable: no removal can be proven; the node keeps serving, as before.
+        let member_since = self.member_since().await?;
         let mut peers: BTreeMap<NodeId, String> = self.config().initial_members().unwrap_or_default();
         let metrics = self.raft_metrics();
         for (id, member) in metrics.membership_config.membership().nodes() {
@@ -115,25 +117,29 @@ impl Node {
         proves_removal(own, own_includes, member_since, &newest)
     }
 
-    /// A membership that listed this node: recorded (durably, once) when its own lists it, so
-    /// that a node which was never a member, or has not yet replayed the membership that added
-    /// it, is never taken for a removed one. `None` when it has never seen itself listed.
-    async fn member_since(&self, own: Option<LogId>, own_includes: bool) -> Option<LogId> {
+    /// What this node knows of the memberships that listed it, after recording (durably, once)
+    /// the first one it sees itself in: its own membership, or the committed one. A node that
+    /// was never a member, or has not yet replayed the membership that added it, is thus never
+    /// taken for a removed one. `None` when the record cannot be read.
+    async fn member_since(&self) -> Option<MemberSince> {
+        let metrics = self.raft_metrics();
+        let listing = [&metrics.membership_config, &metrics.committed_membership_config]
+            .into_iter()
+            .find(|membership| membership.membership().get_node(&self.id()).is_some())
+            .and_then(|membership| *membership.log_id());
         let record = self.bootstrap_record().clone();
-        let noted = own.filter(|_| own_includes);
         let stored = tokio::task::spawn_blocking(move || {
-            if let Some(membership) = noted {
+            if let Some(membership) = listing {
                 record.note_member_since(membership)?;
             }
             record.member_since()
         })
         .await;
         match stored {
-            Ok(Ok(member_since)) => member_since,
-            // Without the record no removal can be proven; the node keeps serving, as before.
+            Ok(Ok(member_since)) => Some(member_since),
             other => {
                 tracing::warn!("cannot read or record the membership that listed this node: {other:?}");
-                noted
+                None
             }
         }
     }
@@ -178,20 +184,23 @@ impl Node {
 
 /// Whether a peer's answer proves this node was removed; the log index of the membership that
 /// removed it if so. This node's own membership is `own` (and lists it when `own_includes`);
-/// `member_since` is a membership that listed it (`None`: it has never seen itself listed).
+/// `member_since` is what it knows of the memberships that listed it.
 fn proves_removal(
     own: Option<LogId>,
     own_includes: bool,
-    member_since: Option<LogId>,
+    member_since: MemberSince,
     answer: &ProbeReply,
 ) -> Option<u64> {
-    // Never listed: not a member yet (a learner replaying the history before the membership
-    // that adds it), so not removed either.
-    let member_since = member_since?;
     let committed = answer.committed_membership?;
-    // A removal comes after the membership that listed the node.
-    if committed <= member_since {
-        return None;
+    match member_since {
+        // Joined and never listed yet: it replays the history from before it was added, so it
+        // is not a member yet, and not removed either.
+        MemberSince::NotYet => return None,
+        // A removal comes after the membership that listed the node.
+        MemberSince::Listed(listed) if committed <= listed => return None,
+        // A data dir from before the record (or a founder, listed from the start): the rules
+        // below alone, as before.
+        MemberSince::Listed(_) | MemberSince::Unrecorded => {}
     }
     // The membership at index 0 is the founders' (written by `initialize`): a node it leaves out
     // was never in it, so it cannot have been removed from it. A learner that joined and has
@@ -222,27 +231,35 @@ mod tests {
 
     /// Goal: only a committed membership that leaves this node out, and is newer both than its
     /// own and than one that listed it, proves a removal; the founders' membership (index 0)
-    /// never does, and a node that never saw itself listed is never taken for a removed one.
+    /// never does, and a node that joined and never saw itself listed is never taken for a
+    /// removed one.
     #[test]
     fn only_a_newer_committed_membership_without_this_node_proves_removal() {
+        use MemberSince::*;
         let founders = test_log_id(0, 1, 0);
         let (added, later, latest) = (test_log_id(1, 1, 4), test_log_id(1, 1, 7), test_log_id(2, 2, 9));
         // A voter listed in `later` that missed its removal at `latest`.
-        assert_eq!(proves_removal(Some(later), true, Some(later), &answer(Some(latest), false)), Some(9));
+        assert_eq!(proves_removal(Some(later), true, Listed(later), &answer(Some(latest), false)), Some(9));
+        // The same with nothing recorded (a data dir from before the record).
+        assert_eq!(proves_removal(Some(later), true, Unrecorded, &answer(Some(latest), false)), Some(9));
         // A newer membership that still lists it, or one no newer than its own: not removed.
-        assert_eq!(proves_removal(Some(later), true, Some(later), &answer(Some(latest), true)), None);
-        assert_eq!(proves_removal(Some(latest), true, Some(added), &answer(Some(later), false)), None);
-        assert_eq!(proves_removal(Some(later), true, Some(later), &answer(None, false)), None);
-        // It saw the membership that leaves it out after one that listed it (removed, restarted).
-        assert_eq!(proves_removal(Some(latest), false, Some(added), &answer(Some(latest), false)), Some(9));
+        assert_eq!(proves_removal(Some(later), true, Listed(later), &answer(Some(latest), true)), None);
+        assert_eq!(proves_removal(Some(latest), true, Listed(added), &answer(Some(later), false)), None);
+        assert_eq!(proves_removal(Some(later), true, Listed(later), &answer(None, false)), None);
+        // It saw the membership that leaves it out after one that listed it (removed, restarted),
+        // recorded or not.
+        assert_eq!(proves_removal(Some(latest), false, Listed(added), &answer(Some(latest), false)), Some(9));
+        assert_eq!(proves_removal(Some(latest), false, Unrecorded, &answer(Some(latest), false)), Some(9));
         // A joining learner that has only the founders' membership, asking founders that have
         // committed nothing since: it was never a member, so it was not removed.
-        assert_eq!(proves_removal(Some(founders), false, None, &answer(Some(founders), false)), None);
-        assert_eq!(proves_removal(None, false, None, &answer(Some(founders), false)), None);
-        // A learner replaying history, at `later` (before the membership adding it), while the
-        // peers' committed membership is `later` too: not yet a member, not removed.
-        assert_eq!(proves_removal(Some(later), false, None, &answer(Some(later), false)), None);
+        assert_eq!(proves_removal(Some(founders), false, NotYet, &answer(Some(founders), false)), None);
+        assert_eq!(proves_removal(Some(founders), false, Unrecorded, &answer(Some(founders), false)), None);
+        assert_eq!(proves_removal(None, false, NotYet, &answer(Some(founders), false)), None);
+        // A joining learner replaying history, at `later` (before the membership adding it),
+        // while the peers' committed membership is `later` too: not yet a member, not removed.
+        assert_eq!(proves_removal(Some(later), false, NotYet, &answer(Some(later), false)), None);
+        assert_eq!(proves_removal(Some(later), false, NotYet, &answer(Some(latest), false)), None);
         // A membership no newer than the one that listed it proves nothing, whatever it says.
-        assert_eq!(proves_removal(Some(latest), false, Some(latest), &answer(Some(later), false)), None);
+        assert_eq!(proves_removal(Some(latest), false, Listed(latest), &answer(Some(later), false)), None);
     }
 }

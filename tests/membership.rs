@@ -143,7 +143,7 @@ async fn wiped_voter_is_replaced_after_removal() {
 /// it is added back (with its data) and serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_member_stops_serving_and_comes_back_with_join() {
-    let mut cluster = Cluster::start_processes(3).await;
+    let mut cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     let removed = (1..=3).find(|id| *id != leader).expect("follower");
     cluster.put_ok(leader, "before", "1").await;
@@ -174,7 +174,7 @@ async fn a_removed_member_stops_serving_and_comes_back_with_join() {
     }
     assert_eq!(term(cluster.cluster_status(removed).await), Some(before), "the removed node campaigned");
 
-    cluster.terminate(removed).await;
+    cluster.stop(removed).await;
     cluster.spawn(removed);
     eventually("restarted as before, it is still removed", || async {
         let (status, body) = cluster.get(removed, "before", "stale").await;
@@ -182,7 +182,7 @@ async fn a_removed_member_stops_serving_and_comes_back_with_join() {
     })
     .await;
 
-    cluster.terminate(removed).await;
+    cluster.stop(removed).await;
     cluster.set_join(removed, true);
     cluster.spawn(removed);
     cluster.wait_voter(removed).await;
@@ -255,4 +255,29 @@ async fn a_voter_that_just_died_does_not_count_as_healthy() {
         cluster.http.post(cluster.url(leader, "/v1/cluster/voters")).json(&NodeRef { id: learner }).send().await;
     let status = response.expect("sent").status().as_u16();
     assert_eq!(status, 409, "a learner that just died was promoted");
+}
+
+/// Goal: a learner restarted with its data at another peer address (a container back with a new
+/// IP) is reached there: restarted with `--join`, it has the leader replicate to the new
+/// address, and it catches up on what was written while it was away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_back_at_a_new_address_is_reached_there() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.put_ok(leader, "before", "1").await;
+    let learner = cluster.add_joining_node(false);
+    eventually("the learner has the first write", || async {
+        (cluster.get(learner, "before", "stale").await == (200, "1".to_string())).then_some(())
+    })
+    .await;
+    cluster.stop(learner).await;
+    let new_addr = cluster.move_peer_addr(learner);
+    cluster.put_ok(leader, "while-away", "2").await;
+    cluster.spawn(learner);
+    eventually("the learner at its new address has the write made while it was away", || async {
+        (cluster.get(learner, "while-away", "stale").await == (200, "2".to_string())).then_some(())
+    })
+    .await;
+    let listed = member(&cluster, leader, learner).await.expect("the learner is listed");
+    assert_eq!((listed.peer_addr.as_str(), listed.voter), (new_addr.as_str(), false), "{listed:?}");
 }

@@ -179,7 +179,7 @@ async fn a_follower_catches_up_on_large_values() {
     const VALUE_BYTES: usize = 4 * 1024 * 1024;
     const WRITES: usize = 200;
     let value_limit = VALUE_BYTES.to_string();
-    let mut cluster = Cluster::start_processes_with_args(3, &["--max-value-bytes", &value_limit]).await;
+    let mut cluster = Cluster::start_with_args(3, &["--max-value-bytes", &value_limit]).await;
     let leader = cluster.wait_for_leader().await;
     let behind = (1..=3).find(|id| *id != leader).expect("follower");
     cluster.put_ok(leader, "first", "x").await;
@@ -187,7 +187,7 @@ async fn a_follower_catches_up_on_large_values() {
         (cluster.get(behind, "first", "stale").await == (200, "x".to_string())).then_some(())
     })
     .await;
-    assert!(cluster.terminate(behind).await.success());
+    cluster.stop(behind).await;
     let value =
         |i: usize| -> Vec<u8> { format!("{i:08}").into_bytes().into_iter().cycle().take(VALUE_BYTES).collect() };
     for i in 0..WRITES {

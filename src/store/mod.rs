@@ -62,6 +62,10 @@ pub(crate) const KEY_REMOVED: &[u8] = b"removed";
 /// The log id of a membership that listed this node (the first one it saw itself in): only a
 /// committed membership newer than it can have removed this node.
 pub(crate) const KEY_MEMBER_SINCE: &[u8] = b"member_since";
+/// Present from the moment a node asks to join with an empty data dir until it first sees
+/// itself listed: meanwhile no membership can prove it was removed (it replays a history from
+/// before it was added).
+pub(crate) const KEY_AWAITING_LISTING: &[u8] = b"awaiting_listing";
 /// Prefix of `peer_seen/<id>`: the peer is known to have held Raft state (announced itself,
 /// answered or sent a Raft RPC). A peer that later starts with an empty data dir was wiped.
 pub(crate) const PREFIX_PEER_SEEN: &[u8] = b"peer_seen/";
@@ -122,6 +126,18 @@ fn open_db(data_dir: &Path, lose_unsynced_writes: bool) -> io::Result<Arc<DB>> {
 
 fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("db")
+}
+
+/// What a node knows of the memberships that listed it (see `removal.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberSince {
+    /// This membership listed it (the first it saw itself in).
+    Listed(LogId),
+    /// It joined with an empty data dir and has not yet seen itself listed.
+    NotYet,
+    /// Nothing recorded: a data dir from before the record existed, or a founder that has not
+    /// yet looked (founders are listed from the start).
+    Unrecorded,
 }
 
 /// Bootstrap bookkeeping that lives beside the Raft state: the markers and the peers seen.
@@ -188,23 +204,39 @@ impl BootstrapRecord {
         result.map_err(io_error)
     }
 
-    /// The log id of the first membership this node saw itself in, if it has seen one.
-    pub fn member_since(&self) -> io::Result<Option<LogId>> {
-        match self.db.get_cf(cf(&self.db, CF_META), KEY_MEMBER_SINCE).map_err(io_error)? {
-            None => Ok(None),
-            Some(bytes) => codec::decode(&bytes).map(Some),
+    /// What this node knows of the memberships that listed it.
+    pub fn member_since(&self) -> io::Result<MemberSince> {
+        if let Some(bytes) = self.db.get_cf(cf(&self.db, CF_META), KEY_MEMBER_SINCE).map_err(io_error)? {
+            return codec::decode(&bytes).map(MemberSince::Listed);
         }
+        if self.has_meta(KEY_AWAITING_LISTING)? {
+            return Ok(MemberSince::NotYet);
+        }
+        Ok(MemberSince::Unrecorded)
     }
 
-    /// Durably records `membership` as one that listed this node, unless one is recorded already.
+    /// Durably records `membership` as one that listed this node, unless one is recorded already
+    /// (and ends a join's wait for its first listing).
     pub fn note_member_since(&self, membership: LogId) -> io::Result<()> {
-        if self.member_since()?.is_some() {
+        if matches!(self.member_since()?, MemberSince::Listed(_)) {
             return Ok(());
         }
+        let meta = cf(&self.db, CF_META);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(meta, KEY_MEMBER_SINCE, codec::encode(&membership)?);
+        batch.delete_cf(meta, KEY_AWAITING_LISTING);
         let mut write_options = rocksdb::WriteOptions::default();
         write_options.set_sync(true);
-        let meta = cf(&self.db, CF_META);
-        self.db.put_cf_opt(meta, KEY_MEMBER_SINCE, codec::encode(&membership)?, &write_options).map_err(io_error)
+        self.db.write_opt(batch, &write_options).map_err(io_error)
+    }
+
+    /// Durably marks that this node, with an empty data dir, is about to ask to join: until it
+    /// sees itself listed, no membership proves that it was removed.
+    pub fn mark_awaiting_listing(&self) -> io::Result<()> {
+        if matches!(self.member_since()?, MemberSince::Listed(_)) {
+            return Ok(());
+        }
+        self.put_synced(&[KEY_AWAITING_LISTING])
     }
 
     pub fn has_seen_peer(&self, peer: NodeId) -> io::Result<bool> {

@@ -35,6 +35,10 @@ pub enum Backend {
     Processes,
 }
 
+/// How long a restarted in-process node waits for its previous runtime's last tasks to let go
+/// of its RocksDB (a snapshot being written when it was stopped).
+const IN_PROCESS_REOPEN_DEADLINE: Duration = Duration::from_secs(20);
+
 /// A node running inside the test process. Dropping `stop` ends it abruptly (its runtime is
 /// dropped); sending on it, gracefully.
 struct InProcessNode {
@@ -56,7 +60,7 @@ pub struct NodeProcess {
     pub descriptor_limit: Option<u64>,
     child: Option<Child>,
     /// For [`Backend::InProcess`]: the listeners, bound when the node was added and held until
-    /// it starts (once), and the running node.
+    /// it first starts, and the running node.
     listeners: Option<(std::net::TcpListener, std::net::TcpListener)>,
     in_process: Option<InProcessNode>,
 }
@@ -268,6 +272,16 @@ impl Cluster {
             vec!["--join".into(), join.join(","), "--auto-promote".into(), auto_promote.to_string()];
     }
 
+    /// From its next start on, node `id` (stopped) listens for peers on another port: a node
+    /// that came back at another address. Returns the new address.
+    pub fn move_peer_addr(&mut self, id: u64) -> String {
+        assert!(!self.is_running(id), "move node {id} only while it is stopped");
+        let node = self.node_mut(id);
+        node.listeners = None;
+        node.peer_addr = format!("127.0.0.1:{}", free_port());
+        node.peer_addr.clone()
+    }
+
     /// From its next start on, node `id` runs with at most `limit` open descriptors.
     pub fn set_descriptor_limit(&mut self, id: u64, limit: u64) {
         self.needs_processes();
@@ -314,7 +328,7 @@ impl Cluster {
 
     /// kill -9: no chance to flush or hand over anything. An in-process node's runtime is dropped
     /// instead: it vanishes without handing over or draining, but RocksDB closes, so tests of what
-    /// survives a crash use processes; and it cannot be started again (see `start_in_process`).
+    /// survives a crash use processes.
     pub fn kill(&mut self, id: u64) {
         if let Some(mut node) = self.node_mut(id).in_process.take() {
             drop(node.stop.take());
@@ -366,6 +380,27 @@ impl Cluster {
         let pid = self.pid(id).expect("node running").to_string();
         let status = Command::new("kill").args([signal, &pid]).status().expect("kill");
         assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
+    /// Stops node `id` gracefully (it hands leadership away and drains) and waits until it has
+    /// stopped: SIGTERM for a process, the stop signal for an in-process node.
+    pub async fn stop(&mut self, id: u64) {
+        let Some(mut node) = self.node_mut(id).in_process.take() else {
+            let status = self.terminate(id).await;
+            assert!(status.success(), "node {id} exited with {status} after SIGTERM");
+            return;
+        };
+        let _ = node.stop.take().expect("a running node can be stopped").send(());
+        let thread = node.thread.take().expect("a running node has a thread");
+        // Within [`DEADLINE`]: the shutdown drains for 1.5 s, then in-flight requests and the peer
+        // listener get 5 s each at most.
+        eventually("an in-process node stops", || {
+            let finished = thread.is_finished();
+            async move { finished.then_some(()) }
+        })
+        .await;
+        let result = thread.join().expect("the node's thread did not panic");
+        assert!(result.is_ok(), "node {id} stopped with an error: {result:?}");
     }
 
     fn needs_processes(&self) {
@@ -535,9 +570,12 @@ fn start_in_process(node: &mut NodeProcess, extra_args: &[String]) -> InProcessN
     args.extend(["--client-addr".into(), node.client_addr.clone(), "--peer-addr".into(), node.peer_addr.clone()]);
     args.extend(node.entry_args.iter().chain(extra_args).chain(&node.node_args).cloned());
     let config = ServeArgs::try_parse_from(&args).unwrap_or_else(|e| panic!("serve arguments {args:?}: {e}")).config;
-    // Started once: a restart would reopen a RocksDB that a task of the old runtime (a snapshot
-    // still being built, the fsync thread) may not have closed yet. Restarts use processes.
-    let (client, peer) = node.listeners.take().expect("in-process nodes start once; restarts need start_processes");
+    // First start: the listeners bound when the node was added. A restart binds the same ports
+    // again: they lie below the ephemeral range, so no other socket has taken them meanwhile.
+    let (client, peer) = node.listeners.take().unwrap_or_else(|| {
+        let bind = |addr: &str| std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("rebind {addr}: {e}"));
+        (bind(&node.client_addr), bind(&node.peer_addr))
+    });
     for listener in [&client, &peer] {
         listener.set_nonblocking(true).expect("non-blocking");
     }
@@ -556,18 +594,37 @@ fn start_in_process(node: &mut NodeProcess, extra_args: &[String]) -> InProcessN
                 .build()
                 .map_err(|e| e.to_string())?;
             let result = runtime.block_on(async move {
-                let client = tokio::net::TcpListener::from_std(client).map_err(|e| e.to_string())?;
-                let peer = tokio::net::TcpListener::from_std(peer).map_err(|e| e.to_string())?;
-                let (graceful, graceful_stop) = tokio::sync::oneshot::channel::<()>();
-                let serving = quorumkv::server::serve_on(config, client, peer, async {
-                    let _ = graceful_stop.await;
-                });
+                let (graceful, graceful_stop) = tokio::sync::watch::channel(false);
+                let serving = async {
+                    // After a restart in this process, a task of the node's previous runtime (a
+                    // snapshot still being written, the fsync thread) may hold its RocksDB open a
+                    // little longer: RocksDB then refuses the second open, so wait for it.
+                    let deadline = Instant::now() + IN_PROCESS_REOPEN_DEADLINE;
+                    loop {
+                        let clone = |listener: &std::net::TcpListener| {
+                            let listener = listener.try_clone().map_err(|e| e.to_string())?;
+                            tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())
+                        };
+                        let mut graceful_stop = graceful_stop.clone();
+                        let stop = async move {
+                            let _ = graceful_stop.wait_for(|stop| *stop).await;
+                        };
+                        match quorumkv::server::serve_on(config.clone(), clone(&client)?, clone(&peer)?, stop).await {
+                            Err(error)
+                                if error.contains("lock hold by current process") && Instant::now() < deadline =>
+                            {
+                                tokio::time::sleep(POLL).await;
+                            }
+                            result => return result,
+                        }
+                    }
+                };
                 tokio::pin!(serving);
                 tokio::select! {
                     result = &mut serving => result,
                     message = stopped => match message {
                         Ok(()) => {
-                            let _ = graceful.send(());
+                            let _ = graceful.send(true);
                             serving.await
                         }
                         Err(_) => Ok(()),

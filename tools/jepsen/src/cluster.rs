@@ -52,6 +52,10 @@ impl Cluster {
             .env("QUORUMKV_NETNS_STATE_DIR", &self.dir)
             .env("QUORUMKV_STATE_DIR", &self.dir)
             .env("QUORUMKV_SERVE_ARGS", &self.serve_args)
+            .stdin(std::process::Stdio::null())
+            // Interrupted (Ctrl-C), the run drops this future and takes the cluster down: the
+            // script must not go on beside the teardown. Nodes it started are the teardown's.
+            .kill_on_drop(true)
             .output()
             .await;
         let output = match output {

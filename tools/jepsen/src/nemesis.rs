@@ -187,6 +187,13 @@ pub async fn readd_member(cluster: &Cluster, http: &reqwest::Client, id: u64, lo
     let request = AddLearnerRequest { id, peer_addr: peer_addr.to_string(), fresh: false };
     // Bounded: each step is retried while a change is in flight or the node catches up.
     let add_and_promote = || async {
+        // A promotion whose answer was lost may have happened: adding a voter as a learner is
+        // refused (409), so look first.
+        let status = cluster.admin(http, reqwest::Method::GET, "/v1/cluster", None::<&()>).await;
+        let status = status.and_then(|(_, body)| serde_json::from_str::<ClusterStatus>(&body).ok());
+        if status.is_some_and(|status| status.members.iter().any(|member| member.id == id && member.voter)) {
+            return Ok((200, "already a voter".to_string()));
+        }
         let added = cluster.admin(http, reqwest::Method::POST, "/v1/cluster/learners", Some(&request)).await;
         let promoted = match added {
             Some((200, _)) => {
