@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use backon::Retryable;
-
 use openraft::error::ChangeMembershipError;
 use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
@@ -21,10 +20,9 @@ use crate::limits;
 use crate::node::matched_index;
 use crate::node::Node;
 use crate::protocol;
+use crate::protocol::AdminCommand;
 use crate::types::Member;
 use crate::types::NodeId;
-
-use crate::protocol::AdminCommand;
 
 impl Node {
     /// Runs an administration request from any node: on the leader, or forwarded to it.

@@ -24,12 +24,12 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-use backon::Retryable;
 use std::time::Instant;
 
+use backon::Retryable;
 use openraft::error::InitializeError;
 use openraft::error::RaftError;
+use quorumkv_api::AddLearnerRequest;
 
 use crate::config::InitialClusterState;
 use crate::error::Error;
@@ -318,7 +318,7 @@ impl Node {
             .build()
             .map_err(|e| e.to_string())?;
         let request =
-            serde_json::json!({ "id": self.id(), "peer_addr": self.config().advertised_peer_addr(), "fresh": fresh });
+            AddLearnerRequest { id: self.id(), peer_addr: self.config().advertised_peer_addr().to_string(), fresh };
         let addrs = self.config().join_addrs();
         /// Why one attempt did not add this node.
         enum Refusal {

@@ -298,17 +298,17 @@ async fn run_client(endpoints: &str, command: Command) -> ExitCode {
                 print_answer(answer, false)
             }
             Command::Cluster { command: ClusterCommand::AddLearner { id, peer_addr } } => {
-                let body = serde_json::json!({ "id": id, "peer_addr": peer_addr, "fresh": false });
+                let body = quorumkv_api::AddLearnerRequest { id, peer_addr, fresh: false };
                 admin(&client, Method::POST, &["learners"], Some(body)).await
             }
             Command::Cluster { command: ClusterCommand::Promote { id } } => {
-                admin(&client, Method::POST, &["voters"], Some(serde_json::json!({ "id": id }))).await
+                admin(&client, Method::POST, &["voters"], Some(quorumkv_api::NodeRef { id })).await
             }
             Command::Cluster { command: ClusterCommand::Remove { id } } => {
-                admin(&client, Method::DELETE, &["members", &id.to_string()], None).await
+                admin(&client, Method::DELETE, &["members", &id.to_string()], None::<()>).await
             }
             Command::Cluster { command: ClusterCommand::TransferLeader { id } } => {
-                admin(&client, Method::POST, &["leader"], Some(serde_json::json!({ "id": id }))).await
+                admin(&client, Method::POST, &["leader"], Some(quorumkv_api::NodeRef { id })).await
             }
             Command::Cluster { command: ClusterCommand::Leader } => {
                 // One quick look, no retries: scripts poll it in loops of their own.
@@ -427,13 +427,17 @@ async fn admin(
     client: &Client,
     method: Method,
     path: &[&str],
-    body: Option<serde_json::Value>,
+    body: Option<impl serde::Serialize>,
 ) -> Result<ExitCode, ClientError> {
     let mut segments = vec!["v1".to_string(), "cluster".to_string()];
     segments.extend(path.iter().map(|s| s.to_string()));
     let mut headers = HeaderMap::new();
     headers.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let body = body.map(|b| Bytes::from(b.to_string()));
+    let body = match body.map(|body| serde_json::to_vec(&body)) {
+        Some(Ok(bytes)) => Some(Bytes::from(bytes)),
+        Some(Err(error)) => return Err(ClientError::Failed(format!("encoding the request: {error}"))),
+        None => None,
+    };
     let answer = client.request(method, &segments, &[], headers, body, Retry::OnlyIfNotSent).await?;
     print_answer(answer, false)
 }

@@ -10,10 +10,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-use backon::Retryable;
 use std::time::Instant;
 
+use backon::Retryable;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::ClientWriteError;
 use openraft::error::LinearizableReadError;
@@ -22,6 +21,9 @@ use openraft::raft::linearizable_read::Linearizer;
 use openraft::raft::linearizable_read::ReadLogId;
 use openraft::RaftMetrics;
 use openraft::ServerState;
+use quorumkv_api::ClusterStatus;
+use quorumkv_api::MemberStatus;
+use quorumkv_api::RaftRole;
 
 use crate::config::ServeConfig;
 use crate::error::Error;
@@ -47,9 +49,6 @@ use crate::types::CommandResult;
 use crate::types::NodeId;
 use crate::types::Raft;
 use crate::types::TypeConfig;
-use quorumkv_api::ClusterStatus;
-use quorumkv_api::MemberStatus;
-use quorumkv_api::RaftRole;
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
