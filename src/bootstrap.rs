@@ -68,7 +68,6 @@ impl Node {
             if !self.config().join_addrs().is_empty() {
                 self.rejoin_if_removed().await?;
             }
-            self.reregister_if_moved().await?;
             return Ok(());
         }
         if !self.config().join_addrs().is_empty() {
@@ -284,29 +283,39 @@ impl Node {
     /// A node restarted with its data at another peer address is unreachable at the one the
     /// membership lists. A learner started with `--join` asks to be added at the new one (the
     /// leader then replaces it: removes it and adds it again); otherwise the node says what to do.
-    async fn reregister_if_moved(&self) -> Result<(), String> {
+    /// Runs beside the node, not in its start-up: a node that merely restarted must not fail to
+    /// start because no leader answers yet.
+    pub async fn reregister_if_moved(&self) {
         let metrics = self.raft_metrics();
         let membership = metrics.membership_config.membership();
-        let Some(listed) = membership.get_node(&self.id()) else { return Ok(()) };
+        let Some(listed) = membership.get_node(&self.id()) else { return };
         let advertised = self.config().advertised_peer_addr();
         if listed.peer_addr == advertised {
-            return Ok(());
+            return;
         }
         let is_voter = membership.voter_ids().any(|voter| voter == self.id());
-        if is_voter || self.config().join_addrs().is_empty() {
-            tracing::warn!(
-                "the membership lists this node's peer address as {listed}, but it now listens on {advertised}:                  peers cannot reach it. {what}",
-                listed = listed.peer_addr,
-                what = if is_voter {
-                    "A voter's address cannot change in place: start it at its old address, or remove it                      (quorumkv cluster remove ID) and join it again as a new node."
-                } else {
-                    "Restart it with --join <any member's client address> to register the new address."
-                },
-            );
-            return Ok(());
-        }
-        tracing::info!(old = %listed.peer_addr, new = %advertised, "restarted at a new peer address: registering it");
-        self.ask_to_be_added(false).await
+        let unspecified = advertised.rsplit_once(':').is_some_and(|(host, _)| {
+            host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified())
+        });
+        let advice = if unspecified {
+            "It advertises an unspecified address: set --advertise-peer-addr to one its peers can reach."
+        } else if is_voter {
+            "A voter's address cannot change in place: start it at its old address, or remove it \
+             (quorumkv cluster remove ID) and join it again as a new node."
+        } else if self.config().join_addrs().is_empty() {
+            "Restart it with --join <any member's client address> to register the new address."
+        } else {
+            tracing::info!(old = %listed.peer_addr, new = %advertised, "restarted at a new peer address: registering it");
+            if let Err(error) = self.ask_to_be_added(false).await {
+                tracing::warn!("could not register the new peer address {advertised}: {error}");
+            }
+            return;
+        };
+        tracing::warn!(
+            "the membership lists this node's peer address as {listed}, but it now advertises {advertised}: \
+             peers cannot reach it. {advice}",
+            listed = listed.peer_addr,
+        );
     }
 
     /// Asks the cluster, through any member given to `--join`, to add this node as a learner

@@ -148,9 +148,15 @@ pub const MIN_CLIENT_CONNECTIONS: usize = 64;
 /// node its place in the cluster.
 pub const RESERVED_DESCRIPTORS: u64 = MAX_PEER_CONNECTIONS as u64
     + 2 * MAX_REFUSING_CONNECTIONS as u64
-    + (MAX_PEERS * (MAX_FORWARDS_IN_FLIGHT_PER_PEER + 8)) as u64
+    + (MAX_PEERS * (MAX_FORWARDS_IN_FLIGHT_PER_PEER + RAFT_CONNECTIONS_PER_PEER)) as u64
     + ROCKSDB_MAX_OPEN_FILES as u64
+    + SNAPSHOT_VIEW_MAX_OPEN_FILES as u64
     + OTHER_DESCRIPTORS;
+/// Connections a node holds to one peer for Raft itself (the append stream, votes, snapshot
+/// transfers, probes), with room for a pool's reconnects.
+pub const RAFT_CONNECTIONS_PER_PEER: usize = 8;
+/// Files the read-only view of a checkpoint keeps open while a snapshot is written from it.
+pub const SNAPSHOT_VIEW_MAX_OPEN_FILES: i32 = 64;
 /// Descriptors for everything else: snapshot files being written or sent, log files, the
 /// runtime's own (epoll, eventfds), standard streams.
 pub const OTHER_DESCRIPTORS: u64 = 256;
@@ -268,12 +274,15 @@ mod tests {
     /// Goal: the descriptors kept from client connections cover everything else a node can hold
     /// open at one time, each counted at its bound: the peer listener's connections, the refused
     /// connections each of the two listeners holds briefly beyond its cap, this node's
-    /// connections to its peers, RocksDB's files and the rest.
+    /// connections to its peers, RocksDB's files (the database's and a snapshot's checkpoint
+    /// view's) and the rest. It restates the sum, so it guards the accounting, not its inputs:
+    /// each input is bounded where it is used (`set_max_open_files`, the listeners' caps).
     #[test]
     fn the_descriptor_reserve_covers_everything_but_client_connections() {
         let listeners = MAX_PEER_CONNECTIONS + 2 * MAX_REFUSING_CONNECTIONS;
-        let to_peers = MAX_PEERS * (MAX_FORWARDS_IN_FLIGHT_PER_PEER + 8);
-        let needed = (listeners + to_peers + ROCKSDB_MAX_OPEN_FILES as usize) as u64 + OTHER_DESCRIPTORS;
+        let to_peers = MAX_PEERS * (MAX_FORWARDS_IN_FLIGHT_PER_PEER + RAFT_CONNECTIONS_PER_PEER);
+        let rocksdb = ROCKSDB_MAX_OPEN_FILES as usize + SNAPSHOT_VIEW_MAX_OPEN_FILES as usize;
+        let needed = (listeners + to_peers + rocksdb) as u64 + OTHER_DESCRIPTORS;
         assert!(RESERVED_DESCRIPTORS >= needed, "{RESERVED_DESCRIPTORS} descriptors reserved, {needed} needed");
     }
 }

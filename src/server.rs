@@ -100,6 +100,10 @@ pub async fn serve_on(
         let node = node.clone();
         async move { node.keep_fresh().await }
     }));
+    spawn(Box::pin({
+        let node = node.clone();
+        async move { node.reregister_if_moved().await }
+    }));
     if node.config().join.is_some() && node.config().auto_promote {
         let node = node.clone();
         spawn(Box::pin(async move { node.promote_self_when_caught_up().await }));

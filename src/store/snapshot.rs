@@ -255,6 +255,8 @@ fn build(db: &DB, store: &SnapshotStore) -> io::Result<Snapshot> {
 fn write_from_checkpoint(checkpoint_path: &Path, file_path: &Path) -> io::Result<SnapshotMeta> {
     let mut options = Options::default();
     options.set_compression_type(rocksdb::DBCompressionType::None);
+    // Counted in the descriptor reserve (RocksDB's default is no limit).
+    options.set_max_open_files(crate::limits::SNAPSHOT_VIEW_MAX_OPEN_FILES);
     let view = DB::open_cf_for_read_only(&options, checkpoint_path, [CF_LOG, CF_META, CF_KV, CF_SM], false)
         .map_err(io_error)?;
     let sm = cf(&view, CF_SM);

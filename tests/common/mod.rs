@@ -35,8 +35,8 @@ pub enum Backend {
     Processes,
 }
 
-/// How long a restarted in-process node waits for its previous runtime's last tasks to let go
-/// of its RocksDB (a snapshot being written when it was stopped).
+/// How long an in-process node restarted after [`Cluster::kill`] waits for its previous
+/// runtime's last tasks to let go of its RocksDB (a snapshot being written when it was killed).
 const IN_PROCESS_REOPEN_DEADLINE: Duration = Duration::from_secs(20);
 
 /// A node running inside the test process. Dropping `stop` ends it abruptly (its runtime is
@@ -63,6 +63,8 @@ pub struct NodeProcess {
     /// it first starts, and the running node.
     listeners: Option<(std::net::TcpListener, std::net::TcpListener)>,
     in_process: Option<InProcessNode>,
+    /// The in-process node was last stopped by [`Cluster::kill`].
+    stopped_abruptly: bool,
 }
 
 impl NodeProcess {
@@ -333,6 +335,7 @@ impl Cluster {
         if let Some(mut node) = self.node_mut(id).in_process.take() {
             drop(node.stop.take());
             let _ = node.thread.take().map(std::thread::JoinHandle::join);
+            self.node_mut(id).stopped_abruptly = true;
             return;
         }
         if let Some(mut child) = self.node_mut(id).child.take() {
@@ -551,6 +554,7 @@ fn new_node(backend: Backend, dir: &TempDir, id: u64, entry_args: Vec<String>) -
         child: None,
         listeners,
         in_process: None,
+        stopped_abruptly: false,
     }
 }
 
@@ -576,9 +580,8 @@ fn start_in_process(node: &mut NodeProcess, extra_args: &[String]) -> InProcessN
         let bind = |addr: &str| std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("rebind {addr}: {e}"));
         (bind(&node.client_addr), bind(&node.peer_addr))
     });
-    for listener in [&client, &peer] {
-        listener.set_nonblocking(true).expect("non-blocking");
-    }
+    let (client_addr, peer_addr) = (node.client_addr.clone(), node.peer_addr.clone());
+    let after_abrupt_stop = std::mem::take(&mut node.stopped_abruptly);
     let log = File::options().create(true).append(true).open(&node.log_path).expect("log file");
     let dispatch = quorumkv::logging::node_dispatch(node.id, "info,openraft=warn", log);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -596,22 +599,33 @@ fn start_in_process(node: &mut NodeProcess, extra_args: &[String]) -> InProcessN
             let result = runtime.block_on(async move {
                 let (graceful, graceful_stop) = tokio::sync::watch::channel(false);
                 let serving = async {
-                    // After a restart in this process, a task of the node's previous runtime (a
-                    // snapshot still being written, the fsync thread) may hold its RocksDB open a
-                    // little longer: RocksDB then refuses the second open, so wait for it.
                     let deadline = Instant::now() + IN_PROCESS_REOPEN_DEADLINE;
+                    let (mut client, mut peer) = (Some(client), Some(peer));
                     loop {
-                        let clone = |listener: &std::net::TcpListener| {
-                            let listener = listener.try_clone().map_err(|e| e.to_string())?;
+                        // The listeners themselves (not duplicates, which would keep the port
+                        // accepting after the node closes it); after a refused open, the same
+                        // ports bound again.
+                        let take = |listener: &mut Option<std::net::TcpListener>, addr: &str| {
+                            let listener = match listener.take() {
+                                Some(listener) => listener,
+                                None => std::net::TcpListener::bind(addr).map_err(|e| format!("rebind {addr}: {e}"))?,
+                            };
+                            listener.set_nonblocking(true).map_err(|e| e.to_string())?;
                             tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())
                         };
+                        let (client, peer) = (take(&mut client, &client_addr)?, take(&mut peer, &peer_addr)?);
                         let mut graceful_stop = graceful_stop.clone();
                         let stop = async move {
                             let _ = graceful_stop.wait_for(|stop| *stop).await;
                         };
-                        match quorumkv::server::serve_on(config.clone(), clone(&client)?, clone(&peer)?, stop).await {
+                        match quorumkv::server::serve_on(config.clone(), client, peer, stop).await {
+                            // Only after an abrupt stop may a task of the previous runtime (a
+                            // snapshot being written) still hold RocksDB; after a graceful one,
+                            // a refused reopen is a shutdown bug and fails the test.
                             Err(error)
-                                if error.contains("lock hold by current process") && Instant::now() < deadline =>
+                                if after_abrupt_stop
+                                    && error.contains("lock hold by current process")
+                                    && Instant::now() < deadline =>
                             {
                                 tokio::time::sleep(POLL).await;
                             }
