@@ -163,10 +163,8 @@ impl Node {
             NotAMember,
             Refused(Error),
         }
+        // Shutdown cancels this task (server.rs).
         let ask = || async {
-            if self.is_shutting_down() {
-                return Ok(());
-            }
             let metrics = self.raft_metrics();
             let membership = metrics.membership_config.membership();
             // A removed node's own (stale) membership may still list it as a voter.

@@ -254,9 +254,8 @@ impl Node {
     pub async fn register_client_addr(&self) {
         let client_addr = self.config.advertised_client_addr().to_string();
         let register = || async {
-            if self.shutting_down.load(Ordering::Acquire)
-                || self.kv.client_addrs().ok().and_then(|addrs| addrs.get(&self.id).cloned()).as_ref()
-                    == Some(&client_addr)
+            // Shutdown cancels this task (server.rs), so only the registration itself ends it.
+            if self.kv.client_addrs().ok().and_then(|addrs| addrs.get(&self.id).cloned()).as_ref() == Some(&client_addr)
             {
                 return Ok(());
             }

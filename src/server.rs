@@ -1,6 +1,7 @@
 //! Running one node: listeners, bootstrap, signal handling and graceful shutdown.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -80,33 +81,17 @@ pub async fn serve_on(
     // they are gone before the node closes its store.
     let background = TaskTracker::new();
     let cancel = CancellationToken::new();
-    let spawn = |task: BoxFuture<'static, ()>| {
-        let cancel = cancel.clone();
+    let beside = |task: fn(Arc<Node>) -> BoxFuture<'static, ()>| {
+        let (cancel, task) = (cancel.clone(), task(node.clone()));
         background.spawn(async move { cancel.run_until_cancelled(task).await });
     };
-    spawn(Box::pin({
-        let node = node.clone();
-        async move { node.register_client_addr().await }
-    }));
-    spawn(Box::pin({
-        let node = node.clone();
-        async move { node.watch_raft_changes().await }
-    }));
-    spawn(Box::pin({
-        let node = node.clone();
-        async move { node.watch_removal().await }
-    }));
-    spawn(Box::pin({
-        let node = node.clone();
-        async move { node.keep_fresh().await }
-    }));
-    spawn(Box::pin({
-        let node = node.clone();
-        async move { node.reregister_if_moved().await }
-    }));
+    beside(|node| Box::pin(async move { node.register_client_addr().await }));
+    beside(|node| Box::pin(async move { node.watch_raft_changes().await }));
+    beside(|node| Box::pin(async move { node.watch_removal().await }));
+    beside(|node| Box::pin(async move { node.keep_fresh().await }));
+    beside(|node| Box::pin(async move { node.reregister_if_moved().await }));
     if node.config().join.is_some() && node.config().auto_promote {
-        let node = node.clone();
-        spawn(Box::pin(async move { node.promote_self_when_caught_up().await }));
+        beside(|node| Box::pin(async move { node.promote_self_when_caught_up().await }));
     }
     background.close();
 
