@@ -69,9 +69,10 @@ start_quorumkv() {
     local n="$1" id members=""
     qkv_endpoints="" qkv_pids=()
     for ((id = 1; id <= n; id++)); do members+="${members:+,}$id=127.0.0.1:1908$id"; done
+    [[ -f "$out/peer-token" ]] || (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$out/peer-token")
     for ((id = 1; id <= n; id++)); do
         "$binary" serve --id "$id" --data-dir "$out/quorumkv-$n/node-$id" --client-addr "127.0.0.1:1808$id" \
-            --peer-addr "127.0.0.1:1908$id" --initial-cluster "$members" --log warn \
+            --peer-addr "127.0.0.1:1908$id" --initial-cluster "$members" --peer-token-file "$out/peer-token" --log warn \
             >>"$out/quorumkv-$n-node-$id.log" 2>&1 &
         started_pids+=($!) qkv_pids+=($!)
         qkv_endpoints+="${qkv_endpoints:+,}127.0.0.1:1808$id"

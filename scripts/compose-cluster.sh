@@ -3,6 +3,9 @@
 # Jepsen-style runner (like scripts/netns-cluster.sh, but every node is a container).
 #   scripts/compose-cluster.sh up [3|5]     # builds the image if missing, waits for a leader
 #   scripts/compose-cluster.sh down         # removes containers, network and volumes
+#   QUORUMKV_COMPOSE_TLS=1 scripts/compose-cluster.sh up 3
+#                                           # with cluster/docker-compose.tls.yml: HTTPS clients,
+#                                           # mutual TLS between nodes (certificates in $state/certs)
 # State (for scripts/faults/*): .quorumkv-compose/ or $QUORUMKV_STATE_DIR.
 set -euo pipefail
 
@@ -15,7 +18,11 @@ leader_deadline_seconds=60
 compose() {
     local files=(-f "$repo_dir/cluster/docker-compose.yml")
     if [[ "${nodes:-3}" == 5 ]]; then files+=(-f "$repo_dir/cluster/docker-compose.five.yml"); fi
-    QUORUMKV_IMAGE="$image" docker-compose -p "$project" "${files[@]}" "$@"
+    if [[ -f "$state_dir/certs/ca.pem" ]]; then files+=(-f "$repo_dir/cluster/docker-compose.tls.yml"); fi
+    # The cluster's peer token, made by `up`; `down` needs some value only to read the file.
+    local token
+    token=$(cat "$state_dir/peer-token" 2>/dev/null || echo "no-cluster-is-up-here")
+    QUORUMKV_CERTS_DIR="$state_dir/certs" QUORUMKV_PEER_TOKEN="$token" QUORUMKV_IMAGE="$image" docker-compose -p "$project" "${files[@]}" "$@"
 }
 
 down() {
@@ -42,6 +49,20 @@ up() {
     trap 'echo "compose-cluster: bring-up failed, cleaning up" >&2; down' ERR
     trap 'echo "compose-cluster: interrupted, cleaning up" >&2; down; exit 130' INT TERM
     mkdir -p "$state_dir"
+    (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$state_dir/peer-token")
+    # The host's CLI asks who leads (the image was built from it; build it if it is gone).
+    [[ -x "$repo_dir/target/debug/quorumkv" ]] || (cd "$repo_dir" && cargo build --quiet --locked --bin quorumkv)
+    local cli=("$repo_dir/target/debug/quorumkv")
+    if [[ "${QUORUMKV_COMPOSE_TLS:-0}" == 1 ]]; then
+        if [[ "$nodes" != 3 ]]; then
+            echo "TLS is set up for 3 nodes (cluster/docker-compose.tls.yml)" >&2
+            false
+        fi
+        "${cli[@]}" certs init "$state_dir/certs" --nodes 3 --hosts node1,node2,node3 >/dev/null
+        # The image runs as uid 10001, which must read the keys.
+        chown -R 10001:10001 "$state_dir/certs"
+        cli+=(--cacert "$state_dir/certs/ca.pem")
+    fi
     compose up -d >"$state_dir/compose-up.log" 2>&1
     {
         echo "NODES=$nodes"
@@ -56,10 +77,8 @@ PEER_ADDR=node$id:9080
 CONTAINER=$container
 ENV
     done
-    # The host's CLI asks who leads (the image was built from it; build it if it is gone).
-    [[ -x "$repo_dir/target/debug/quorumkv" ]] || (cd "$repo_dir" && cargo build --quiet --locked --bin quorumkv)
     local deadline=$((SECONDS + leader_deadline_seconds)) leader=""
-    until leader=$("$repo_dir/target/debug/quorumkv" --endpoints 127.0.0.1:8081 cluster leader 2>/dev/null); do
+    until leader=$("${cli[@]}" --endpoints 127.0.0.1:8081 cluster leader 2>/dev/null); do
         if ((SECONDS >= deadline)); then
             compose logs --no-color >"$state_dir/compose.log" 2>&1 || true
             echo "no leader after ${leader_deadline_seconds}s; logs in $state_dir/compose.log" >&2

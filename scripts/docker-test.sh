@@ -10,7 +10,10 @@
 #     accepting writes, the cut-off node cannot serve a linearizable read; heals, and the node
 #     catches up;
 #  5. runs `quorumkv verify` against it; tears the cluster down, runs a short Jepsen-style test against a fresh compose cluster
-#     (valid verdict required), then scripts/k8s-check.py.
+#     (valid verdict required);
+#  6. starts the compose cluster with TLS (cluster/docker-compose.tls.yml): writes and reads over
+#     HTTPS through every node, checks that a client not trusting the CA and plain HTTP get
+#     nothing, runs `quorumkv verify` over TLS; then scripts/k8s-check.py.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -98,6 +101,29 @@ scripts/compose-cluster.sh down >/dev/null
 step "a short Jepsen-style run against the containers"
 target/debug/quorumkv-jepsen --cluster compose --nemesis mix --time-limit-secs 30 --nemesis-interval-secs 6 \
     --seed 106 --out target/docker-test/jepsen || fail "the Jepsen-style run on the compose cluster was not valid"
+
+step "the compose cluster over TLS (cluster/docker-compose.tls.yml)"
+QUORUMKV_COMPOSE_TLS=1 scripts/compose-cluster.sh up 3
+tls_ca="$QUORUMKV_STATE_DIR/certs/ca.pem"
+tls_value_is() { [[ "$(curl -sf --max-time 5 --cacert "$tls_ca" "https://127.0.0.1:808$1/v1/kv/$2")" == "$3" ]]; }
+for id in 1 2 3; do
+    curl -sf --max-time 10 --cacert "$tls_ca" -X PUT "https://127.0.0.1:808$id/v1/kv/tls/$id" -d "tls-$id" >/dev/null ||
+        fail "PUT over HTTPS through node $id"
+done
+for id in 1 2 3; do
+    for key in 1 2 3; do
+        eventually "node $id reads tls/$key over HTTPS" tls_value_is "$id" "tls/$key" "tls-$key"
+    done
+done
+if curl -sf --max-time 10 "https://127.0.0.1:8081/health" >/dev/null 2>&1; then
+    fail "a client that does not trust the cluster's CA was answered"
+fi
+if curl -sf --max-time 10 "http://127.0.0.1:8081/health" >/dev/null 2>&1; then
+    fail "plain HTTP was answered on a TLS client port"
+fi
+target/debug/quorumkv --cacert "$tls_ca" --endpoints 127.0.0.1:8081,127.0.0.1:8082,127.0.0.1:8083 \
+    verify --duration-secs 5 || fail "quorumkv verify did not find the TLS compose cluster linearizable"
+scripts/compose-cluster.sh down >/dev/null
 
 step "Kubernetes manifests"
 /usr/bin/python3 scripts/k8s-check.py || fail "scripts/k8s-check.py"

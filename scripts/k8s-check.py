@@ -16,6 +16,7 @@ Usage: scripts/k8s-check.py   (needs Docker and the image: scripts/docker-image.
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ NETWORK = "qkv-k8s-check"
 PREFIX = "qkv-k8s-check-"
 DEADLINE_SECONDS = 60
 IMAGE = os.environ.get("QUORUMKV_IMAGE", "quorumkv:dev")
+PEER_TOKEN = secrets.token_hex(32)
 
 
 def fail(message):
@@ -96,8 +98,11 @@ def pod_environment(container, pod_name):
             env[item["name"]] = str(item["value"])
         elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
             env[item["name"]] = pod_name
+        elif item.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "quorumkv-peer-token":
+            # The Secret the operator creates (see the manifest): one random token per check.
+            env[item["name"]] = PEER_TOKEN
         else:
-            fail(f"env {item['name']}: only values and metadata.name are checked here")
+            fail(f"env {item['name']}: only values, metadata.name and the peer token Secret are checked here")
     return env
 
 

@@ -106,6 +106,8 @@ up() {
     trap 'echo "netns-cluster: interrupted, cleaning up" >&2; down; exit 130' INT TERM
     rm -rf "$state_dir"
     mkdir -p "$state_dir"
+    # The peer token every node presents (random, owner-only).
+    (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$state_dir/peer-token")
     # NODES counts learners too: the fault scripts act on every node.
     echo "NODES=$((nodes + learners))" >"$state_dir/cluster.env"
     echo "VOTERS=$nodes" >>"$state_dir/cluster.env"
@@ -127,7 +129,7 @@ up() {
         cat >"$state_dir/node-$id.cmd" <<CMD
 exec ip netns exec $(node_ns "$id") $binary serve --id $id --data-dir $state_dir/node-$id \
   --client-addr $subnet.$id:8080 --peer-addr $subnet.$id:9080 --initial-cluster $initial_cluster \
-  ${QUORUMKV_SERVE_ARGS:-}
+  --peer-token-file $state_dir/peer-token ${QUORUMKV_SERVE_ARGS:-}
 CMD
         start_node "$id"
     done
@@ -148,7 +150,7 @@ CMD
         cat >"$state_dir/node-$id.cmd" <<CMD
 exec ip netns exec $(node_ns "$id") $binary serve --id $id --data-dir $state_dir/node-$id \
   --client-addr $subnet.$id:8080 --peer-addr $subnet.$id:9080 --join $join --auto-promote false \
-  ${QUORUMKV_SERVE_ARGS:-}
+  --peer-token-file $state_dir/peer-token ${QUORUMKV_SERVE_ARGS:-}
 CMD
         start_node "$id"
         until curl -sf --max-time 1 "$subnet.$id:8080/ready" >/dev/null; do

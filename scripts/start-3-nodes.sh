@@ -6,9 +6,26 @@
 #   state:      $QUORUMKV_STATE_DIR (default ./.quorumkv): node-N/ data, node-N.log, node-N.pid
 #   options:    $QUORUMKV_SERVE_ARGS, further `quorumkv serve` arguments for every node
 #               (the fault runs pass injected faults this way)
+#   --tls:      HTTPS on the client ports and mutual TLS between the nodes, with development
+#               certificates made by `quorumkv certs init` in $QUORUMKV_STATE_DIR/certs (kept:
+#               once a state dir has certificates, its nodes always start with TLS)
+#
+# The nodes authenticate each other with a peer token, generated once into
+# $QUORUMKV_STATE_DIR/peer-token (and, with --tls, also with their certificates).
 #
 # Stop it with scripts/stop-3-nodes.sh.
 set -euo pipefail
+
+tls=false
+for arg in "$@"; do
+    case "$arg" in
+        --tls) tls=true ;;
+        *)
+            echo "usage: $0 [--tls]" >&2
+            exit 2
+            ;;
+    esac
+done
 
 cd "$(dirname "$0")/.."
 state_dir="${QUORUMKV_STATE_DIR:-$PWD/.quorumkv}"
@@ -20,6 +37,20 @@ echo "building quorumkv (the first build compiles RocksDB: about 10 minutes on 2
 cargo build --quiet --bin quorumkv
 
 mkdir -p "$state_dir"
+certs_dir="$state_dir/certs"
+if $tls && [[ ! -f "$certs_dir/ca.pem" ]]; then
+    "$binary" certs init "$certs_dir" --nodes 3 >/dev/null
+    echo "made development certificates in $certs_dir"
+fi
+[[ -f "$certs_dir/ca.pem" ]] && tls=true
+# The shared secret every node presents on the peer port: random, made once, owner-only.
+if [[ ! -f "$state_dir/peer-token" ]]; then
+    (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$state_dir/peer-token")
+fi
+client_tls_args=()
+if $tls; then
+    client_tls_args=(--cacert "$certs_dir/ca.pem")
+fi
 
 is_running() {
     local pid_file="$state_dir/node-$1.pid"
@@ -32,9 +63,16 @@ is_running() {
 printf 'NODES=3\nKIND=local\n' >"$state_dir/cluster.env"
 for id in 1 2 3; do
     printf 'CLIENT_ADDR=127.0.0.1:808%s\nPEER_ADDR=127.0.0.1:908%s\n' "$id" "$id" >"$state_dir/node-$id.env"
+    node_tls_args=""
+    if $tls; then
+        node_tls_args="--client-cert-file $certs_dir/node-$id.pem --client-key-file $certs_dir/node-$id-key.pem \
+  --peer-cert-file $certs_dir/node-$id.pem --peer-key-file $certs_dir/node-$id-key.pem \
+  --peer-trusted-ca-file $certs_dir/ca.pem"
+    fi
     cat >"$state_dir/node-$id.cmd" <<CMD
 exec $binary serve --id $id --data-dir $state_dir/node-$id \
   --client-addr 127.0.0.1:808$id --peer-addr 127.0.0.1:908$id --initial-cluster $initial_cluster \
+  --peer-token-file $state_dir/peer-token $node_tls_args \
   ${QUORUMKV_SERVE_ARGS:-}
 CMD
     if is_running "$id"; then
@@ -61,10 +99,24 @@ while [[ -z "$leader" ]]; do
             exit 1
         fi
     done
-    leader=$("$binary" --endpoints 127.0.0.1:8081 cluster leader 2>/dev/null || true)
+    leader=$("$binary" "${client_tls_args[@]}" --endpoints 127.0.0.1:8081 cluster leader 2>/dev/null || true)
     [[ -n "$leader" ]] || sleep 0.2
 done
 
+if $tls; then
+    cat <<USAGE
+cluster is up (TLS): leader is node $leader (pid $(cat "$state_dir/node-$leader.pid"))
+
+  curl --cacert $certs_dir/ca.pem -X PUT https://localhost:8081/v1/kv/greeting -d hello
+  curl --cacert $certs_dir/ca.pem https://localhost:8082/v1/kv/greeting
+  $binary --cacert $certs_dir/ca.pem get greeting      # or: export QUORUMKV_CACERT=$certs_dir/ca.pem
+
+  kill -9 \$(cat $state_dir/node-$leader.pid)    # kill the leader; the others elect a new one
+  scripts/start-3-nodes.sh                        # restart whatever is not running (TLS is kept)
+  scripts/stop-3-nodes.sh                         # stop all three (SIGTERM, graceful)
+USAGE
+    exit 0
+fi
 cat <<USAGE
 cluster is up: leader is node $leader (pid $(cat "$state_dir/node-$leader.pid"))
 

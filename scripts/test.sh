@@ -44,6 +44,17 @@ if ((verify_status != 0)); then
     echo "FAILED: quorumkv verify against scripts/start-3-nodes.sh exited $verify_status"
     exit 1
 fi
+# The same over TLS: `scripts/start-3-nodes.sh --tls` (HTTPS for clients, mutual TLS between
+# the nodes), checked through the CLI trusting only the cluster's development CA.
+tls_state_dir="$PWD/target/verify-3-nodes-tls"
+rm -rf "$tls_state_dir"
+QUORUMKV_STATE_DIR="$tls_state_dir" scripts/start-3-nodes.sh --tls
+target/debug/quorumkv --cacert "$tls_state_dir/certs/ca.pem" verify --duration-secs 5 || verify_status=$?
+QUORUMKV_STATE_DIR="$tls_state_dir" scripts/stop-3-nodes.sh
+if ((verify_status != 0)); then
+    echo "FAILED: quorumkv verify against scripts/start-3-nodes.sh --tls exited $verify_status"
+    exit 1
+fi
 
 # The benchmark tool, briefly, against 3-node and 1-node clusters of quorumkv and etcd (from
 # Debian's packages): proves `quorumkv bench` and scripts/bench-vs-etcd.sh work, times nothing.

@@ -322,10 +322,16 @@ impl Node {
     /// (`fresh`: with an empty log). Adding the same learner again is a no-op, so retrying after
     /// a lost answer is safe.
     async fn ask_to_be_added(&self, fresh: bool) -> Result<(), String> {
-        let http = reqwest::Client::builder()
-            .timeout(self.config().write_timeout() + Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string())?;
+        // The members' client ports speak TLS when this node's does (one cluster, one mode).
+        let mut builder = reqwest::Client::builder().timeout(self.config().write_timeout() + Duration::from_secs(5));
+        let scheme = match &self.tls().client_port_client {
+            Some(tls) => {
+                builder = builder.use_preconfigured_tls(tls.clone());
+                "https"
+            }
+            None => "http",
+        };
+        let http = builder.build().map_err(|e| e.to_string())?;
         let request =
             AddLearnerRequest { id: self.id(), peer_addr: self.config().advertised_peer_addr().to_string(), fresh };
         let addrs = self.config().join_addrs();
@@ -339,7 +345,7 @@ impl Node {
         let attempt = std::sync::atomic::AtomicUsize::new(0);
         let ask = || async {
             let addr = &addrs[attempt.fetch_add(1, Ordering::Relaxed) % addrs.len()];
-            match http.post(format!("http://{addr}/v1/cluster/learners")).json(&request).send().await {
+            match http.post(format!("{scheme}://{addr}/v1/cluster/learners")).json(&request).send().await {
                 Ok(response) if response.status().is_success() => {
                     tracing::info!(via = %addr, "added to the cluster as a learner");
                     Ok(())

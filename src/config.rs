@@ -72,6 +72,43 @@ pub struct ServeConfig {
     #[arg(long, env = "QUORUMKV_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
     pub initial_cluster_state: InitialClusterState,
 
+    /// Shared secret every member presents on the peer port (at least 16 bytes, printable
+    /// ASCII). Required when the peer port has no TLS. Prefer `--peer-token-file`: a flag's
+    /// value shows in the process list.
+    #[arg(long, env = "QUORUMKV_PEER_TOKEN", hide_env_values = true, conflicts_with = "peer_token_file")]
+    pub peer_token: Option<String>,
+
+    /// File holding the peer token (surrounding whitespace ignored).
+    #[arg(long, env = "QUORUMKV_PEER_TOKEN_FILE")]
+    pub peer_token_file: Option<PathBuf>,
+
+    /// PEM certificate (chain) this node presents on the peer port and to the peers it calls.
+    /// With `--peer-key-file` and `--peer-trusted-ca-file`: mutual TLS between peers.
+    #[arg(long, env = "QUORUMKV_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// PEM private key of `--peer-cert-file`.
+    #[arg(long, env = "QUORUMKV_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// PEM CA certificate(s) that sign every member's peer certificate; a peer presenting no
+    /// certificate signed by it gets a failed handshake.
+    #[arg(long, env = "QUORUMKV_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// PEM certificate (chain) of the client port: with `--client-key-file`, clients speak HTTPS.
+    #[arg(long, env = "QUORUMKV_CLIENT_CERT_FILE")]
+    pub client_cert_file: Option<PathBuf>,
+
+    /// PEM private key of `--client-cert-file`.
+    #[arg(long, env = "QUORUMKV_CLIENT_KEY_FILE")]
+    pub client_key_file: Option<PathBuf>,
+
+    /// PEM CA certificate(s) for client certificates: with it, every client must present a
+    /// certificate it signed.
+    #[arg(long, env = "QUORUMKV_CLIENT_TRUSTED_CA_FILE")]
+    pub client_trusted_ca_file: Option<PathBuf>,
+
     /// Leader heartbeat period.
     #[arg(long, env = "QUORUMKV_HEARTBEAT_INTERVAL_MS", default_value_t = limits::DEFAULT_HEARTBEAT_INTERVAL_MS)]
     pub heartbeat_interval_ms: u64,
@@ -208,7 +245,57 @@ impl ServeConfig {
                 limits::MAX_FAULT_FSYNC_DELAY_MS
             ));
         }
+        let peer_tls = [&self.peer_cert_file, &self.peer_key_file, &self.peer_trusted_ca_file];
+        if peer_tls.iter().any(|file| file.is_some()) && !peer_tls.iter().all(|file| file.is_some()) {
+            return Err("peer TLS needs all of --peer-cert-file, --peer-key-file and --peer-trusted-ca-file".into());
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return Err("--client-cert-file and --client-key-file go together".into());
+        }
+        if self.client_trusted_ca_file.is_some() && self.client_cert_file.is_none() {
+            return Err("--client-trusted-ca-file needs client TLS (--client-cert-file, --client-key-file)".into());
+        }
+        if !self.peer_tls() && self.peer_token.is_none() && self.peer_token_file.is_none() {
+            return Err("the peer port needs a credential: --peer-token-file (or --peer-token), the same on every \
+                        member, or mutual TLS (--peer-cert-file, --peer-key-file, --peer-trusted-ca-file); \
+                        `quorumkv certs init` makes both for a test cluster"
+                .into());
+        }
+        if let Some(token) = &self.peer_token {
+            check_peer_token(token)?;
+        }
+        let client_port_ca = self.client_trusted_ca_file.is_some() || self.peer_trusted_ca_file.is_some();
+        if self.join.is_some() && self.client_cert_file.is_some() && !client_port_ca {
+            return Err("joining a cluster whose client ports speak TLS needs a CA to check them: \
+                        --client-trusted-ca-file or --peer-trusted-ca-file"
+                .into());
+        }
         Ok(())
+    }
+
+    /// Whether the peer port speaks mutual TLS.
+    pub fn peer_tls(&self) -> bool {
+        self.peer_cert_file.is_some()
+    }
+
+    /// The peer token, from `--peer-token` or read from `--peer-token-file`.
+    pub fn load_peer_token(&self) -> Result<Option<String>, String> {
+        let token = match (&self.peer_token, &self.peer_token_file) {
+            (Some(token), _) => token.clone(),
+            (None, Some(file)) => {
+                let metadata =
+                    std::fs::metadata(file).map_err(|e| format!("--peer-token-file {}: {e}", file.display()))?;
+                if metadata.len() > limits::MAX_PEER_TOKEN_FILE_BYTES {
+                    return Err(format!("--peer-token-file {} is larger than a token can be", file.display()));
+                }
+                let text =
+                    std::fs::read_to_string(file).map_err(|e| format!("--peer-token-file {}: {e}", file.display()))?;
+                text.trim().to_string()
+            }
+            (None, None) => return Ok(None),
+        };
+        check_peer_token(&token)?;
+        Ok(Some(token))
     }
 
     pub fn advertised_client_addr(&self) -> &str {
@@ -298,7 +385,23 @@ impl ServeConfig {
 }
 
 fn join_addrs(join: &str) -> impl Iterator<Item = &str> {
-    join.split(',').map(|a| a.trim().trim_start_matches("http://")).filter(|a| !a.is_empty())
+    join.split(',')
+        .map(|a| a.trim().trim_start_matches("http://").trim_start_matches("https://"))
+        .filter(|a| !a.is_empty())
+}
+
+/// A token long enough not to be guessed, and sendable in an HTTP header.
+fn check_peer_token(token: &str) -> Result<(), String> {
+    if token.len() < limits::MIN_PEER_TOKEN_BYTES {
+        return Err(format!("the peer token must be at least {} bytes", limits::MIN_PEER_TOKEN_BYTES));
+    }
+    if token.len() > limits::MAX_PEER_TOKEN_BYTES {
+        return Err(format!("the peer token must be at most {} bytes", limits::MAX_PEER_TOKEN_BYTES));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the peer token must be printable ASCII without spaces".into());
+    }
+    Ok(())
 }
 
 fn check_addr(flag: &str, addr: &str) -> Result<(), String> {
@@ -359,7 +462,16 @@ mod tests {
         config: ServeConfig,
     }
 
+    /// `args`, with a peer token unless they give a peer credential themselves.
     fn parse(args: &[&str]) -> ServeConfig {
+        let mut argv = args.to_vec();
+        if !args.iter().any(|arg| arg.starts_with("--peer-token") || arg.starts_with("--peer-cert")) {
+            argv.extend_from_slice(&["--peer-token", TOKEN]);
+        }
+        parse_exact(&argv)
+    }
+
+    fn parse_exact(args: &[&str]) -> ServeConfig {
         let mut argv = vec!["quorumkv"];
         argv.extend_from_slice(args);
         Wrapper::try_parse_from(argv).expect("parse").config
@@ -385,9 +497,45 @@ mod tests {
         assert!(read_config_file(&dir.path().join("missing.env")).is_err());
     }
 
+    const TOKEN: &str = "0123456789abcdef0123";
+
     #[test]
-    fn defaults_are_valid() {
-        parse(&["--id", "1"]).validate().expect("defaults validate");
+    fn defaults_with_a_peer_token_are_valid() {
+        parse_exact(&["--id", "1", "--peer-token", TOKEN]).validate().expect("defaults validate");
+    }
+
+    /// Goal: no node starts with a peer port anyone can write through.
+    #[test]
+    fn the_peer_port_needs_a_token_or_mutual_tls() {
+        let error = parse_exact(&["--id", "1"]).validate().expect_err("no credential");
+        assert!(error.contains("--peer-token-file"), "{error}");
+        let tls = ["--peer-cert-file", "c.pem", "--peer-key-file", "k.pem", "--peer-trusted-ca-file", "ca.pem"];
+        let mut args = vec!["--id", "1"];
+        args.extend_from_slice(&tls);
+        parse(&args).validate().expect("mutual TLS without a token");
+        let error = parse(&["--id", "1", "--peer-cert-file", "c.pem"]).validate().expect_err("half TLS");
+        assert!(error.contains("--peer-trusted-ca-file"), "{error}");
+        let error = parse(&["--id", "1", "--peer-token", "short"]).validate().expect_err("short token");
+        assert!(error.contains("at least 16"), "{error}");
+        let error = parse(&["--id", "1", "--peer-token", "has space in it 0123"]).validate().expect_err("space");
+        assert!(error.contains("printable"), "{error}");
+        let error = parse(&["--id", "1", "--peer-token", TOKEN, "--client-trusted-ca-file", "ca.pem"])
+            .validate()
+            .expect_err("client CA without client TLS");
+        assert!(error.contains("--client-cert-file"), "{error}");
+    }
+
+    #[test]
+    fn the_peer_token_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, format!("{TOKEN}\n")).expect("write");
+        let path_text = path.to_str().expect("utf-8");
+        let config = parse(&["--id", "1", "--peer-token-file", path_text]);
+        config.validate().expect("valid");
+        assert_eq!(config.load_peer_token().expect("loads").as_deref(), Some(TOKEN));
+        std::fs::write(&path, "short\n").expect("write");
+        assert!(config.load_peer_token().expect_err("short").contains("at least 16"));
     }
 
     #[test]

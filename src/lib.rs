@@ -27,10 +27,12 @@
 //! | [`staleness`] | bounded-staleness reads, measured against the cluster's real commit point |
 //! | [`backup`] | consistent JSON-lines backups streamed from a node |
 //! | [`protocol`] | the peer wire format: every message, its path, its version byte, pinned bytes |
-//! | [`network`] | peer HTTP on `--peer-addr`: carries `protocol`'s Raft RPCs and forwarded requests |
+//! | [`network`] | peer HTTP on `--peer-addr`: carries `protocol`'s Raft RPCs and forwarded requests, each proven to come from a member (mutual TLS or peer token) |
 //! | [`store`] | RocksDB: Raft log and metadata (group commit), state machine, snapshots |
 //! | [`server`] | start-up (on addresses, or on listeners bound already), signals, graceful shutdown |
-//! | [`listener`] | accepting connections within limits: a cap per listener, header deadlines |
+//! | [`listener`] | accepting connections within limits: a cap per listener, header deadlines, TLS |
+//! | [`tls`] | TLS on both ports, mutual TLS between peers, certificates reloaded on change |
+//! | [`certs`] | `quorumkv certs init`: a development CA and node certificates |
 //! | [`logging`] | tracing output with the node id on every line |
 //! | [`metrics`] | Prometheus metrics served on `GET /metrics` |
 //!
@@ -56,6 +58,7 @@ pub mod admin;
 pub mod api;
 pub mod backup;
 pub mod bootstrap;
+pub mod certs;
 pub mod config;
 pub mod error;
 pub mod leader;
@@ -70,4 +73,5 @@ pub mod removal;
 pub mod server;
 pub mod staleness;
 pub mod store;
+pub mod tls;
 pub mod types;

@@ -236,6 +236,20 @@ pub const MAX_ADMIN_BODY_BYTES: usize = 4 * 1024;
 /// looks for, short of making writes time out.
 pub const MAX_FAULT_FSYNC_DELAY_MS: u64 = 10_000;
 
+/// Shortest peer token: 16 random bytes' worth of hex or base64 is beyond guessing; shorter
+/// ones are typing mistakes or placeholders.
+pub const MIN_PEER_TOKEN_BYTES: usize = 16;
+/// Longest peer token: it travels in a header on every peer request.
+pub const MAX_PEER_TOKEN_BYTES: usize = 512;
+/// Largest `--peer-token-file`: a token and some whitespace; anything bigger is the wrong file.
+pub const MAX_PEER_TOKEN_FILE_BYTES: u64 = 4 * 1024;
+/// A TLS handshake must finish within this after the connection is accepted, so a client that
+/// connects and sends nothing holds a connection slot no longer than one sending no headers.
+pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// How often certificate files are checked for changes (they also reload on SIGHUP): renewed
+/// certificates are in use within seconds, and a stat of two files costs nothing.
+pub const CERT_RELOAD_POLL_MS: u64 = 5_000;
+
 /// How long one freshness question to the leader may take (bounded-staleness reads).
 pub const FRESHNESS_TIMEOUT_MS: u64 = 1_000;
 /// The freshness keeper asks the leader once per heartbeat interval while bounded-staleness

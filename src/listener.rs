@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tokio::sync::Notify;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
@@ -137,6 +138,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ListenerLimits,
+    tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -174,9 +176,21 @@ pub async fn serve(
             connections.open.insert(id, Connection { close: close.clone(), activity: activity.clone() });
             id
         };
-        let (router, stop, connections) = (router.clone(), stop.clone(), connections.clone());
+        let (router, stop, connections, tls) = (router.clone(), stop.clone(), connections.clone(), tls.clone());
         tracker.spawn(async move {
-            serve_connection(stream, router, limits, close, activity, stop).await;
+            match tls {
+                None => serve_connection(stream, router, limits, close, activity, stop).await,
+                Some(acceptor) => {
+                    // The handshake has its own deadline: hyper's header timeout starts after it.
+                    let deadline = Duration::from_millis(limits::TLS_HANDSHAKE_TIMEOUT_MS);
+                    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, router, limits, close, activity, stop).await,
+                        // An untrusted or absent certificate ends here: nothing was served.
+                        Ok(Err(error)) => tracing::debug!(listener = name, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(listener = name, "TLS handshake timed out"),
+                    }
+                }
+            }
             connections.lock().unwrap_or_else(|p| p.into_inner()).open.remove(&id);
             drop(permit);
         });
@@ -244,7 +258,7 @@ fn refuse(name: &'static str, mut stream: TcpStream, refusals: &Arc<Semaphore>, 
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     router: Router,
     limits: ListenerLimits,
     close: Arc<Notify>,

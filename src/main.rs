@@ -40,6 +40,20 @@ struct Cli {
     #[arg(long, global = true, env = "QUORUMKV_CONFIG")]
     config: Option<String>,
 
+    /// CA certificate (PEM) to trust for `https://` endpoints; endpoints without a scheme are
+    /// then `https://`. Only this CA is trusted.
+    #[arg(long, global = true, env = "QUORUMKV_CACERT")]
+    cacert: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) to present, for clusters that require one.
+    #[arg(long = "cert", id = "cert_file", global = true, env = "QUORUMKV_CERT", requires = "key_file")]
+    cert_file: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of `--cert`. (The ids are not `cert`/`key`: `key` names the
+    /// subcommands' key argument.)
+    #[arg(long = "key", id = "key_file", global = true, env = "QUORUMKV_KEY", requires = "cert_file")]
+    key_file: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -109,10 +123,31 @@ enum Command {
     },
     /// Exit 0 when the first endpoint answers `/health` (for container health checks).
     Health,
+    /// Development certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Cluster commands.
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create DIR/ca.pem, a certificate per node (node-N.pem, valid for localhost, 127.0.0.1,
+    /// ::1 and --hosts, as server and as client), client.pem for the CLI, and a peer-token.
+    /// For test clusters: production certificates come from your own CA.
+    Init {
+        dir: std::path::PathBuf,
+        /// Node certificates to create.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// More host names or addresses every node certificate is valid for, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
     },
 }
 
@@ -149,7 +184,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let tls = quorumkv_api::client::ClientTls { ca_file: cli.cacert, cert_file: cli.cert_file, key_file: cli.key_file };
     match cli.command {
+        Command::Certs { command: CertsCommand::Init { dir, nodes, hosts } } => {
+            match quorumkv::certs::init(&quorumkv::certs::CertsInit { dir: &dir, nodes, hosts }) {
+                Ok(()) => {
+                    println!(
+                        "wrote a development CA, {nodes} node certificates, client.pem and peer-token to {}",
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve(config) => {
             quorumkv::logging::init(config.id, &config.log);
             let result = runtime.block_on(quorumkv::server::serve(*config));
@@ -164,7 +215,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Bench(options) => match runtime.block_on(quorumkv_bench::run(*options, &cli.endpoints)) {
+        Command::Bench(options) => match runtime.block_on(quorumkv_bench::run(*options, &cli.endpoints, &tls)) {
             Ok(report) => {
                 report.print();
                 ExitCode::SUCCESS
@@ -175,18 +226,26 @@ fn main() -> ExitCode {
             }
         },
         Command::Verify { duration_secs, clients, keys, json } => {
-            runtime.block_on(verify(&cli.endpoints, duration_secs, clients, keys, json))
+            runtime.block_on(verify(&cli.endpoints, &tls, duration_secs, clients, keys, json))
         }
-        command => runtime.block_on(run_client(&cli.endpoints, command)),
+        command => runtime.block_on(run_client(&cli.endpoints, &tls, command)),
     }
 }
 
 /// Exit status of `verify` when the checker ran out of budget (as `quorumkv-jepsen`'s).
 const EXIT_VERIFY_UNDECIDED: u8 = 4;
 
-async fn verify(endpoints: &str, duration_secs: u64, clients: usize, keys: usize, json: bool) -> ExitCode {
+async fn verify(
+    endpoints: &str,
+    tls: &quorumkv_api::client::ClientTls,
+    duration_secs: u64,
+    clients: usize,
+    keys: usize,
+    json: bool,
+) -> ExitCode {
     use quorumkv_jepsen::checker::Verdict;
-    let endpoints = match quorumkv_api::client::parse_endpoints(endpoints) {
+    let scheme = if tls.is_on() { "https" } else { "http" };
+    let endpoints = match quorumkv_api::client::parse_endpoints_with_scheme(endpoints, scheme) {
         Ok(urls) => urls.iter().map(|url| url.as_str().trim_end_matches('/').to_string()).collect(),
         Err(error) => {
             eprintln!("error: {error}");
@@ -199,6 +258,7 @@ async fn verify(endpoints: &str, duration_secs: u64, clients: usize, keys: usize
         clients,
         keys,
         step_budget: quorumkv_jepsen::checker::DEFAULT_STEP_BUDGET,
+        tls: tls.clone(),
     };
     let report = match quorumkv_jepsen::verify::verify(&options).await {
         Ok(report) => report,
@@ -233,11 +293,13 @@ async fn verify(endpoints: &str, duration_secs: u64, clients: usize, keys: usize
     }
 }
 
-async fn run_client(endpoints: &str, command: Command) -> ExitCode {
+async fn run_client(endpoints: &str, tls: &quorumkv_api::client::ClientTls, command: Command) -> ExitCode {
     let result = async {
-        let mut client = Client::new(endpoints)?;
+        let mut client = Client::with_tls(endpoints, tls)?;
         match command {
-            Command::Serve(_) | Command::Bench(_) | Command::Verify { .. } => unreachable!("handled by main"),
+            Command::Serve(_) | Command::Bench(_) | Command::Verify { .. } | Command::Certs { .. } => {
+                unreachable!("handled by main")
+            }
             Command::Put { key, value, if_match, create_only } => {
                 let value = match value {
                     Some(value) => Bytes::from(value),
@@ -283,7 +345,7 @@ async fn run_client(endpoints: &str, command: Command) -> ExitCode {
             }
             Command::Health => {
                 let only_first = endpoints.split(',').next().unwrap_or_default();
-                let client = Client::new(only_first)?;
+                let client = Client::with_tls(only_first, tls)?;
                 let segments = vec!["health".to_string()];
                 let answer =
                     client.request(Method::GET, &segments, &[], HeaderMap::new(), None, Retry::Idempotent).await?;
@@ -467,5 +529,24 @@ fn print_answer(answer: Answer, raw: bool) -> Result<ExitCode, ClientError> {
     } else {
         eprintln!("{} {}", answer.status, String::from_utf8_lossy(&answer.body));
         Ok(ExitCode::FAILURE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Goal: the flags' definitions are consistent (clap's own checks: unique ids, valid
+    /// `requires`), and the global TLS flags reach the subcommands that have a `key` argument.
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+        let cli =
+            Cli::try_parse_from(["quorumkv", "--cacert", "ca.pem", "--cert", "c.pem", "--key", "k.pem", "get", "k"])
+                .expect("parses");
+        assert_eq!(cli.key_file.as_deref(), Some(std::path::Path::new("k.pem")));
+        assert!(matches!(cli.command, Command::Get { key, .. } if key == "k"));
     }
 }

@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::metrics::RaftGauges;
 use crate::network::PeerClient;
 use crate::network::PeerClients;
+use crate::network::PeerCredentials;
 use crate::network::PeerNetwork;
 use crate::protocol;
 use crate::protocol::ForwardedWrite;
@@ -44,6 +45,7 @@ use crate::store::KvReader;
 use crate::store::Page;
 use crate::store::SnapshotStore;
 use crate::store::StoredValue;
+use crate::tls::NodeTls;
 use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::NodeId;
@@ -88,6 +90,10 @@ pub struct Node {
     kv: KvReader,
     snapshots: SnapshotStore,
     peers: PeerClients,
+    /// What this node presents to and demands of its peers (token, mutual TLS).
+    peer_credentials: PeerCredentials,
+    /// The listeners' TLS, and how this node calls other nodes' client ports.
+    tls: Arc<NodeTls>,
     bootstrap: BootstrapRecord,
     /// False until the node has decided to resume or bootstrap (and, bootstrapping, has been
     /// recorded by every founder): peers get 503 for Raft RPCs, and this node sends none.
@@ -134,7 +140,17 @@ impl Node {
         let bootstrap = BootstrapRecord::new(&log_store);
         let kv = state_machine.reader();
         let snapshots = state_machine.snapshots();
-        let peers = PeerClients::new(bootstrap.clone());
+        let tls = Arc::new(NodeTls::from_config(&config)?);
+        let peer_credentials =
+            PeerCredentials { token: config.load_peer_token()?.map(Arc::from), tls: tls.peer_client.clone() };
+        if tls.peer.is_none() {
+            tracing::warn!(
+                "PEER TRAFFIC IS NOT ENCRYPTED: the peer port authenticates members by the peer token \
+                 only, and anyone on the network path can read replicated data and the token. Use mutual \
+                 TLS (--peer-cert-file, --peer-key-file, --peer-trusted-ca-file) outside a trusted network."
+            );
+        }
+        let peers = PeerClients::new(bootstrap.clone(), peer_credentials.clone());
         let serving_raft = Arc::new(AtomicBool::new(false));
         let network = PeerNetwork::new(peers.clone(), serving_raft.clone());
         let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
@@ -152,6 +168,8 @@ impl Node {
             kv,
             snapshots,
             peers,
+            peer_credentials,
+            tls,
             bootstrap,
             serving_raft,
             draining: AtomicBool::new(false),
@@ -182,6 +200,14 @@ impl Node {
 
     pub fn config(&self) -> &ServeConfig {
         &self.config
+    }
+
+    pub fn peer_credentials(&self) -> &PeerCredentials {
+        &self.peer_credentials
+    }
+
+    pub fn tls(&self) -> &Arc<NodeTls> {
+        &self.tls
     }
 
     pub fn raft(&self) -> &Raft {
@@ -292,6 +318,7 @@ impl Node {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
+        command.check(self.config.max_key_bytes, self.config.max_value_bytes)?;
         let timeout = self.config.write_timeout();
         let started = Instant::now();
         match tokio::time::timeout(timeout, self.raft.client_write(command)).await {

@@ -58,13 +58,21 @@ pub async fn serve_on(
 
     let (stop_peer, peer_stopped) = watch::channel(false);
     let (stop_client, client_stopped) = watch::channel(false);
-    let peer_server =
-        tokio::spawn(listener::serve("peer", peer_listener, peer_router(node.clone()), peer_limits, peer_stopped));
+    let acceptor = |tls: &Option<crate::tls::ListenerTls>| tls.as_ref().map(|tls| tls.acceptor.clone());
+    let peer_server = tokio::spawn(listener::serve(
+        "peer",
+        peer_listener,
+        peer_router(node.clone()),
+        peer_limits,
+        acceptor(&node.tls().peer),
+        peer_stopped,
+    ));
     let client_server = tokio::spawn(listener::serve(
         "client",
         client_listener,
         client_router(node.clone()),
         client_limits,
+        acceptor(&node.tls().client),
         client_stopped,
     ));
 
@@ -90,6 +98,7 @@ pub async fn serve_on(
     beside(|node| Box::pin(async move { node.watch_removal().await }));
     beside(|node| Box::pin(async move { node.keep_fresh().await }));
     beside(|node| Box::pin(async move { node.reregister_if_moved().await }));
+    beside(|node| Box::pin(async move { node.tls().clone().reload_on_change().await }));
     if node.config().join.is_some() && node.config().auto_promote {
         beside(|node| Box::pin(async move { node.promote_self_when_caught_up().await }));
     }

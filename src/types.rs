@@ -59,6 +59,56 @@ pub enum Command {
     },
 }
 
+/// Longest client address a node may register (a host name of 253 bytes and a port).
+pub const MAX_CLIENT_ADDR_BYTES: usize = 260;
+
+/// The rules every key follows, wherever the write came from.
+pub fn check_key(key: &str, max_key_bytes: usize) -> Result<(), crate::error::Error> {
+    use crate::error::Error;
+    if key.is_empty() {
+        return Err(Error::InvalidKey("the key is empty".into()));
+    }
+    if key.len() > max_key_bytes {
+        return Err(Error::KeyTooLarge { size: key.len(), limit: max_key_bytes });
+    }
+    if key.chars().any(char::is_control) {
+        return Err(Error::InvalidKey("the key contains control characters".into()));
+    }
+    Ok(())
+}
+
+impl Command {
+    /// Checks the command against the node's limits before it is proposed. The client API
+    /// checks the same on the way in; the leader checks again because a forwarded write comes
+    /// from a peer, and a peer's bug (or a stolen peer credential) must not put into the log
+    /// what no client could.
+    pub fn check(&self, max_key_bytes: usize, max_value_bytes: usize) -> Result<(), crate::error::Error> {
+        use crate::error::Error;
+        match self {
+            Command::Put { key, value, .. } => {
+                check_key(key, max_key_bytes)?;
+                if value.len() > max_value_bytes {
+                    return Err(Error::ValueTooLarge { size: value.len(), limit: max_value_bytes });
+                }
+                Ok(())
+            }
+            Command::Delete { key, .. } => check_key(key, max_key_bytes),
+            Command::RegisterClientAddr { node_id, client_addr } => {
+                let valid = *node_id != 0
+                    && client_addr.len() <= MAX_CLIENT_ADDR_BYTES
+                    && client_addr.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok() && !host.chars().any(char::is_control)
+                    });
+                if valid {
+                    Ok(())
+                } else {
+                    Err(Error::InvalidParameter(format!("invalid client address registration {self}")))
+                }
+            }
+        }
+    }
+}
+
 /// The deterministic result of applying one log entry.
 ///
 /// A failed precondition is a result, not an error: every replica computes the same one.

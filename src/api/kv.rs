@@ -145,16 +145,7 @@ fn etag(revision: u64) -> HeaderValue {
 
 fn parse_key(node: &Node, key: KeyPath) -> Result<String, Error> {
     let Path(key) = key.map_err(|rejection| Error::InvalidKey(rejection.body_text()))?;
-    let limit = node.config().max_key_bytes;
-    if key.is_empty() {
-        return Err(Error::InvalidKey("the key is empty".into()));
-    }
-    if key.len() > limit {
-        return Err(Error::KeyTooLarge { size: key.len(), limit });
-    }
-    if key.chars().any(char::is_control) {
-        return Err(Error::InvalidKey("the key contains control characters".into()));
-    }
+    crate::types::check_key(&key, node.config().max_key_bytes)?;
     Ok(key)
 }
 

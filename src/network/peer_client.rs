@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use super::PeerCredentials;
 use crate::limits::CLIENT_POOL_IDLE_TIMEOUT_MS;
 use crate::limits::FORWARD_SLOT_WAIT_MS;
 use crate::limits::MAX_FORWARDS_IN_FLIGHT_PER_PEER;
@@ -129,27 +130,44 @@ impl PeerClient {
 pub struct PeerClients {
     clients: Arc<Mutex<HashMap<NodeId, PeerClient>>>,
     bootstrap: BootstrapRecord,
+    credentials: PeerCredentials,
 }
 
 impl PeerClients {
-    pub fn new(bootstrap: BootstrapRecord) -> Self {
-        Self { clients: Arc::new(Mutex::new(HashMap::new())), bootstrap }
+    pub fn new(bootstrap: BootstrapRecord, credentials: PeerCredentials) -> Self {
+        Self { clients: Arc::new(Mutex::new(HashMap::new())), bootstrap, credentials }
     }
 
     pub fn get(&self, target: NodeId, peer_addr: &str) -> PeerClient {
-        let base_url = format!("http://{peer_addr}");
+        let scheme = if self.credentials.tls.is_some() { "https" } else { "http" };
+        let base_url = format!("{scheme}://{peer_addr}");
         let mut clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(client) = clients.get(&target) {
             if client.base_url == base_url {
                 return client.clone();
             }
         }
-        let http = reqwest::Client::builder()
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &self.credentials.token {
+            // Checked in `Config::validate` to be printable ASCII, so always a valid header.
+            if let Ok(mut value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+                value.set_sensitive(true);
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+            }
+        }
+        let mut builder = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
             .pool_idle_timeout(Duration::from_millis(CLIENT_POOL_IDLE_TIMEOUT_MS))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .default_headers(headers);
+        if let Some(tls) = &self.credentials.tls {
+            builder = builder.use_preconfigured_tls(tls.clone());
+        }
+        // A client that cannot be built would send without credentials: fail every call instead.
+        let http = builder.build().unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot build the HTTP client for peer {target}");
+            reqwest::Client::builder().https_only(true).build().unwrap_or_default()
+        });
         let forwards = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS_IN_FLIGHT_PER_PEER));
         let client = PeerClient { target, base_url, http, bootstrap: self.bootstrap.clone(), forwards };
         clients.insert(target, client.clone());

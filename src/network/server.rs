@@ -16,6 +16,7 @@ use futures::StreamExt;
 use openraft::raft::AppendEntriesResponse;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use subtle::ConstantTimeEq;
 
 use crate::limits::MAX_CONCURRENT_FORWARDED_REQUESTS;
 use crate::limits::MAX_PEER_MESSAGE_BYTES;
@@ -48,7 +49,28 @@ pub fn peer_router(node: Arc<Node>) -> Router {
         .route(protocol::Announce::PATH, post(announce))
         .merge(forwarded)
         .layer(DefaultBodyLimit::max(MAX_PEER_MESSAGE_BYTES))
+        .layer(axum::middleware::from_fn_with_state(node.peer_credentials().token.clone(), require_peer_token))
         .with_state(node)
+}
+
+/// Refuses, before any handler reads the body, a request without the peer token (when one is
+/// configured): `401`, which the sender counts as a definite refusal (nothing ran).
+async fn require_peer_token(
+    State(expected): State<Option<Arc<str>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(expected) = expected {
+        let presented = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+        let matches = presented.is_some_and(|token| bool::from(token.ct_eq(expected.as_bytes())));
+        if !matches {
+            return Rejection::new(StatusCode::UNAUTHORIZED, "peer token missing or wrong".into()).into_response();
+        }
+    }
+    next.run(request).await
 }
 
 fn reply<T: Serialize>(value: &T) -> Response {

@@ -25,6 +25,13 @@ use tempfile::TempDir;
 /// Generous bound for anything a healthy cluster does (elections, catch-up) on a loaded CI box.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(50);
+/// The peer token of every test cluster's nodes, unless a test gives its nodes a peer
+/// credential of its own (a token, or mutual TLS alone).
+pub const PEER_TOKEN: &str = "quorumkv-test-peer-token-0001";
+
+fn has_peer_credential(args: &[String]) -> bool {
+    args.iter().any(|arg| arg.starts_with("--peer-token") || arg.starts_with("--peer-cert-file"))
+}
 
 /// How a cluster's nodes run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +86,8 @@ pub struct Cluster {
     /// Given to every `quorumkv serve` this cluster starts.
     extra_args: Vec<String>,
     pub http: reqwest::Client,
+    /// `https` once [`Cluster::use_client_tls`] was called.
+    scheme: &'static str,
     _dir: TempDir,
 }
 
@@ -181,7 +190,7 @@ impl Cluster {
         }
         let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("http client");
         let extra_args = extra_args.iter().map(|a| a.to_string()).collect();
-        let mut cluster = Cluster { backend, nodes, extra_args, http, _dir: dir };
+        let mut cluster = Cluster { backend, nodes, extra_args, http, scheme: "http", _dir: dir };
         for (id, args) in node_args {
             cluster.set_node_args(*id, args);
         }
@@ -259,6 +268,11 @@ impl Cluster {
             .args(&extra_args)
             .args(&node.node_args)
             .env("QUORUMKV_LOG", "info,openraft=warn")
+            .envs(if has_peer_credential(&extra_args) || has_peer_credential(&node.node_args) {
+                None
+            } else {
+                Some(("QUORUMKV_PEER_TOKEN", PEER_TOKEN))
+            })
             .stdout(log.try_clone().expect("log clone"))
             .stderr(log)
             .spawn()
@@ -429,7 +443,21 @@ impl Cluster {
     }
 
     pub fn url(&self, id: u64, path: &str) -> String {
-        format!("http://{}{path}", self.node(id).client_addr)
+        format!("{}://{}{path}", self.scheme, self.node(id).client_addr)
+    }
+
+    /// From now on, talk HTTPS to the client ports, trusting only the CA in `ca_file`.
+    pub fn use_client_tls(&mut self, ca_file: &std::path::Path) {
+        let pem = std::fs::read(ca_file).expect("CA file");
+        let ca = reqwest::Certificate::from_pem(&pem).expect("CA certificate");
+        let builder = reqwest::Client::builder().timeout(Duration::from_secs(15)).add_root_certificate(ca);
+        self.http = builder.build().expect("https client");
+        self.scheme = "https";
+    }
+
+    /// The directory the cluster's data dirs and logs live in (removed with the cluster).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     /// GET a body of the API's type `T` from node `id`; panics when it does not answer one.
@@ -573,6 +601,9 @@ fn start_in_process(node: &mut NodeProcess, extra_args: &[String]) -> InProcessN
     args.extend(["--data-dir".into(), node.data_dir.display().to_string()]);
     args.extend(["--client-addr".into(), node.client_addr.clone(), "--peer-addr".into(), node.peer_addr.clone()]);
     args.extend(node.entry_args.iter().chain(extra_args).chain(&node.node_args).cloned());
+    if !has_peer_credential(&args) {
+        args.extend(["--peer-token".into(), PEER_TOKEN.into()]);
+    }
     let config = ServeArgs::try_parse_from(&args).unwrap_or_else(|e| panic!("serve arguments {args:?}: {e}")).config;
     // First start: the listeners bound when the node was added. A restart binds the same ports
     // again: they lie below the ephemeral range, so no other socket has taken them meanwhile.

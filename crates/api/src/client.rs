@@ -55,14 +55,63 @@ pub enum Retry {
     OnlyIfNotSent,
 }
 
+/// How a client speaks TLS to the client port: the CA it trusts (`--cacert`), and the
+/// certificate it presents when the cluster requires one (`--cert`, `--key`). Only the named
+/// CA is trusted: no bundled or system roots.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl ClientTls {
+    /// Whether TLS was asked for (endpoints without a scheme are then `https://`).
+    pub fn is_on(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some()
+    }
+
+    /// `builder` trusting the CA and presenting the certificate.
+    pub fn configure(&self, mut builder: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder, ClientError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| ClientError::Failed(format!("cannot read {}: {e}", path.display())))
+        };
+        if let Some(ca_file) = &self.ca_file {
+            let certs = reqwest::Certificate::from_pem_bundle(&read(ca_file)?)
+                .map_err(|e| ClientError::Failed(format!("no CA certificate in {}: {e}", ca_file.display())))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert_file), Some(key_file)) => {
+                let mut pem = read(cert_file)?;
+                pem.extend_from_slice(b"\n");
+                pem.extend(read(key_file)?);
+                let identity = reqwest::Identity::from_pem(&pem)
+                    .map_err(|e| ClientError::Failed(format!("unusable client certificate or key: {e}")))?;
+                builder = builder.identity(identity);
+            }
+            (None, None) => {}
+            _ => return Err(ClientError::Failed("a client certificate needs both --cert and --key".into())),
+        }
+        Ok(builder)
+    }
+}
+
 /// Parses a comma-separated endpoint list (`host:port` or URLs; `http://` when no scheme).
 pub fn parse_endpoints(endpoints: &str) -> Result<Vec<Url>, ClientError> {
+    parse_endpoints_with_scheme(endpoints, "http")
+}
+
+/// [`parse_endpoints`], with `scheme` for endpoints given without one.
+pub fn parse_endpoints_with_scheme(endpoints: &str, scheme: &str) -> Result<Vec<Url>, ClientError> {
     let endpoints: Vec<Url> = endpoints
         .split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty())
         .map(|e| {
-            let with_scheme = if e.contains("://") { e.to_string() } else { format!("http://{e}") };
+            let with_scheme = if e.contains("://") { e.to_string() } else { format!("{scheme}://{e}") };
             Url::parse(&with_scheme).map_err(|err| ClientError::Failed(format!("bad endpoint {e:?}: {err}")))
         })
         .collect::<Result<_, _>>()?;
@@ -74,8 +123,14 @@ pub fn parse_endpoints(endpoints: &str) -> Result<Vec<Url>, ClientError> {
 
 impl Client {
     pub fn new(endpoints: &str) -> Result<Self, ClientError> {
-        let endpoints = parse_endpoints(endpoints)?;
-        let http = reqwest::Client::builder()
+        Self::with_tls(endpoints, &ClientTls::default())
+    }
+
+    /// A client speaking TLS as `tls` says (plain HTTP when it is empty).
+    pub fn with_tls(endpoints: &str, tls: &ClientTls) -> Result<Self, ClientError> {
+        let endpoints = parse_endpoints_with_scheme(endpoints, if tls.is_on() { "https" } else { "http" })?;
+        let builder = tls.configure(reqwest::Client::builder())?;
+        let http = builder
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(limits::CLIENT_CONNECT_TIMEOUT_MS))
             .timeout(Duration::from_millis(limits::CLIENT_REQUEST_TIMEOUT_MS))
@@ -113,7 +168,8 @@ impl Client {
     /// Moves the leader's client address to the front, when some endpoint knows it.
     pub async fn prefer_leader(&mut self) {
         let Ok(status) = self.cluster_status_once().await else { return };
-        if let Some(Ok(url)) = status.leader_client_addr().map(|a| Url::parse(&format!("http://{a}"))) {
+        let scheme = self.endpoints.first().map_or("http", |endpoint| endpoint.scheme()).to_string();
+        if let Some(Ok(url)) = status.leader_client_addr().map(|a| Url::parse(&format!("{scheme}://{a}"))) {
             self.endpoints.retain(|e| e.host_str() != url.host_str() || e.port() != url.port());
             self.endpoints.insert(0, url);
             self.current.store(0, std::sync::atomic::Ordering::Relaxed);

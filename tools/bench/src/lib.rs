@@ -186,6 +186,8 @@ impl Report {
 struct Shared {
     options: BenchOptions,
     endpoints: Vec<String>,
+    /// TLS to the client port (`--cacert`, `--cert`, `--key` of the CLI).
+    tls: quorumkv_api::client::ClientTls,
     deadline: Instant,
     /// Requests started, for `--requests` and `populate`.
     issued: AtomicU64,
@@ -215,9 +217,14 @@ struct Tally {
 }
 
 /// Runs the benchmark against `endpoints` (comma-separated `host:port` or URLs).
-pub async fn run(options: BenchOptions, endpoints: &str) -> Result<Report, String> {
+pub async fn run(
+    options: BenchOptions,
+    endpoints: &str,
+    tls: &quorumkv_api::client::ClientTls,
+) -> Result<Report, String> {
     options.validate()?;
-    let endpoints = quorumkv_api::client::parse_endpoints(endpoints)
+    let scheme = if tls.is_on() { "https" } else { "http" };
+    let endpoints = quorumkv_api::client::parse_endpoints_with_scheme(endpoints, scheme)
         .map_err(|e| e.to_string())?
         .iter()
         .map(|url| url.as_str().trim_end_matches('/').to_string())
@@ -226,6 +233,7 @@ pub async fn run(options: BenchOptions, endpoints: &str) -> Result<Report, Strin
     let shared = Arc::new(Shared {
         deadline: started + Duration::from_secs(options.duration_secs),
         options: options.clone(),
+        tls: tls.clone(),
         endpoints,
         issued: AtomicU64::new(0),
         finished: AtomicU64::new(0),
@@ -310,7 +318,8 @@ enum RequestResult {
 async fn worker(shared: Arc<Shared>, index: usize) -> Result<Tally, String> {
     let options = &shared.options;
     // One connection per worker: a pool of its own, so connections are never shared.
-    let http = reqwest::Client::builder()
+    let builder = shared.tls.configure(reqwest::Client::builder()).map_err(|e| e.to_string())?;
+    let http = builder
         .tcp_nodelay(true)
         .pool_max_idle_per_host(1)
         .timeout(REQUEST_TIMEOUT)

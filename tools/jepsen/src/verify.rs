@@ -51,6 +51,8 @@ pub struct VerifyOptions {
     pub clients: usize,
     pub keys: usize,
     pub step_budget: u64,
+    /// TLS to the client port (`https://` endpoints): the CA, and a client certificate.
+    pub tls: quorumkv_api::client::ClientTls,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -96,7 +98,8 @@ pub async fn verify(options: &VerifyOptions) -> Result<VerifyReport, String> {
     options.validate()?;
     let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let prefix = format!("{RESERVED_PREFIX}{run_id:x}-{}/", std::process::id());
-    let http = reqwest::Client::builder().timeout(CLIENT_TIMEOUT).build().map_err(|e| e.to_string())?;
+    let builder = options.tls.configure(reqwest::Client::builder()).map_err(|e| e.to_string())?;
+    let http = builder.timeout(CLIENT_TIMEOUT).build().map_err(|e| e.to_string())?;
     let history: History = Arc::new(Mutex::new(Vec::new()));
     let start = Instant::now();
     let deadline = start + options.duration;

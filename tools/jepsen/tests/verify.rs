@@ -79,6 +79,7 @@ fn options(endpoint: String) -> VerifyOptions {
         clients: 4,
         keys: 2,
         step_budget: quorumkv_jepsen::checker::DEFAULT_STEP_BUDGET,
+        tls: Default::default(),
     }
 }
 

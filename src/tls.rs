@@ -1,0 +1,251 @@
+//! Transport security: TLS on the client and peer listeners, mutual TLS between peers, and
+//! certificates that reload without a restart (a change to their files, or SIGHUP).
+//!
+//! One rustls crypto provider, `ring` (see Cargo.toml for why not aws-lc-rs). Each listener's
+//! certificate and key sit behind a [`ReloadableCert`], which rustls asks for the current pair
+//! on every handshake, so a renewed certificate is used by the next connection without
+//! rebuilding any configuration. The trusted CAs are read once at start-up: changing a CA takes
+//! a restart (README, "Security"), as with rqlite.
+
+use std::fmt;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::RwLock;
+use std::time::Duration;
+use std::time::SystemTime;
+
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::PrivateKeyDer;
+use rustls::server::ResolvesServerCert;
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ServeConfig;
+use crate::limits;
+
+/// The one crypto provider of every TLS configuration here.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate chain and its private key, read from PEM files and read again when either
+/// file changes. A new pair that does not load (half-written, or a key that does not match)
+/// is refused and the previous pair stays in use.
+pub struct ReloadableCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// The files' modification times when `current` was read.
+    loaded_from: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
+}
+
+impl fmt::Debug for ReloadableCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadableCert").field("cert_file", &self.cert_file).finish_non_exhaustive()
+    }
+}
+
+impl ReloadableCert {
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<Self>, String> {
+        let stamps = (modified(cert_file), modified(key_file));
+        let pair = load_certified_key(cert_file, key_file)?;
+        Ok(Arc::new(Self {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            current: RwLock::new(pair),
+            loaded_from: Mutex::new(stamps),
+        }))
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the files again if they changed since the last load (or always, with `force`).
+    /// `Ok(true)` when a new pair is in use.
+    pub fn reload(&self, force: bool) -> Result<bool, String> {
+        let stamps = (modified(&self.cert_file), modified(&self.key_file));
+        if !force && *self.loaded_from.lock().unwrap_or_else(|p| p.into_inner()) == stamps {
+            return Ok(false);
+        }
+        // Recorded first: a pair that fails to load is not retried until the files change again.
+        *self.loaded_from.lock().unwrap_or_else(|p| p.into_inner()) = stamps;
+        let pair = load_certified_key(&self.cert_file, &self.key_file)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = pair;
+        Ok(true)
+    }
+}
+
+impl ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _client_hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for ReloadableCert {
+    fn resolve(&self, _root_hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let chain = load_certs(cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", key_file.display()))?;
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("unusable private key in {}: {e}", key_file.display()))?;
+    let pair = CertifiedKey::new(chain, signing_key);
+    pair.keys_match().map_err(|e| {
+        format!("the key in {} does not belong to the certificate in {}: {e}", key_file.display(), cert_file.display())
+    })?;
+    Ok(Arc::new(pair))
+}
+
+fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| format!("cannot read certificates from {}: {e}", file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", file.display()));
+    }
+    Ok(certs)
+}
+
+/// The CA certificates in a PEM file, as trust roots.
+pub fn load_roots(ca_file: &Path) -> Result<Arc<RootCertStore>, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(ca_file)? {
+        roots.add(cert).map_err(|e| format!("unusable CA certificate in {}: {e}", ca_file.display()))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A listener's TLS: its acceptor and the certificate it presents.
+pub struct ListenerTls {
+    pub acceptor: TlsAcceptor,
+    cert: Arc<ReloadableCert>,
+}
+
+/// The TLS of one node, built from its configuration: what each listener accepts, and what it
+/// presents when it calls a peer (or, joining, another node's client port).
+pub struct NodeTls {
+    /// `None`: the client port speaks plain HTTP.
+    pub client: Option<ListenerTls>,
+    /// `None`: the peer port speaks plain HTTP and a peer token is required instead.
+    pub peer: Option<ListenerTls>,
+    /// How this node calls its peers: their CA, and its certificate as client identity.
+    pub peer_client: Option<rustls::ClientConfig>,
+    /// How this node calls other nodes' client ports (to join): the client CA if one is given,
+    /// else the peer CA, presenting its client-port certificate.
+    pub client_port_client: Option<rustls::ClientConfig>,
+}
+
+impl NodeTls {
+    pub fn from_config(config: &ServeConfig) -> Result<Self, String> {
+        let mut tls = NodeTls { client: None, peer: None, peer_client: None, client_port_client: None };
+        if let (Some(cert_file), Some(key_file), Some(ca_file)) =
+            (&config.peer_cert_file, &config.peer_key_file, &config.peer_trusted_ca_file)
+        {
+            let cert = ReloadableCert::load(cert_file, key_file)?;
+            let roots = load_roots(ca_file)?;
+            // Mutual TLS: a peer without a certificate signed by the peer CA fails the handshake.
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+                .build()
+                .map_err(|e| format!("--peer-trusted-ca-file: {e}"))?;
+            let server = server_config(verifier, cert.clone())?;
+            tls.peer_client = Some(client_config(roots, cert.clone())?);
+            tls.peer = Some(ListenerTls { acceptor: TlsAcceptor::from(Arc::new(server)), cert });
+        }
+        if let (Some(cert_file), Some(key_file)) = (&config.client_cert_file, &config.client_key_file) {
+            let cert = ReloadableCert::load(cert_file, key_file)?;
+            let verifier = match &config.client_trusted_ca_file {
+                // With a client CA, every client must present a certificate it signed.
+                Some(ca_file) => WebPkiClientVerifier::builder_with_provider(load_roots(ca_file)?, provider())
+                    .build()
+                    .map_err(|e| format!("--client-trusted-ca-file: {e}"))?,
+                None => WebPkiClientVerifier::no_client_auth(),
+            };
+            let server = server_config(verifier, cert.clone())?;
+            let ca_file = config.client_trusted_ca_file.as_ref().or(config.peer_trusted_ca_file.as_ref());
+            if let Some(ca_file) = ca_file {
+                tls.client_port_client = Some(client_config(load_roots(ca_file)?, cert.clone())?);
+            }
+            tls.client = Some(ListenerTls { acceptor: TlsAcceptor::from(Arc::new(server)), cert });
+        }
+        Ok(tls)
+    }
+
+    fn certs(&self) -> impl Iterator<Item = (&'static str, &Arc<ReloadableCert>)> {
+        let client = self.client.as_ref().map(|tls| ("client", &tls.cert));
+        let peer = self.peer.as_ref().map(|tls| ("peer", &tls.cert));
+        client.into_iter().chain(peer)
+    }
+
+    /// Reloads the certificates whose files changed (all of them, with `force`), logging what
+    /// happened; a pair that fails to load leaves the previous one in use.
+    pub fn reload(&self, force: bool) {
+        for (port, cert) in self.certs() {
+            match cert.reload(force) {
+                Ok(true) => tracing::info!(port, file = %cert.cert_file.display(), "TLS certificate reloaded"),
+                Ok(false) => {}
+                Err(error) => tracing::error!(port, "TLS certificate not reloaded, the previous one stays: {error}"),
+            }
+        }
+    }
+
+    /// Reloads certificates on SIGHUP, and whenever their files change (checked every
+    /// [`limits::CERT_RELOAD_POLL_MS`]). Runs until cancelled.
+    pub async fn reload_on_change(self: Arc<Self>) {
+        if self.certs().next().is_none() {
+            return;
+        }
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut poll = tokio::time::interval(Duration::from_millis(limits::CERT_RELOAD_POLL_MS));
+        loop {
+            let forced = tokio::select! {
+                _ = poll.tick() => false,
+                Some(()) = async { hangup.as_mut()?.recv().await } => true,
+            };
+            self.reload(forced);
+        }
+    }
+}
+
+fn server_config(
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    cert: Arc<ReloadableCert>,
+) -> Result<rustls::ServerConfig, String> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert);
+    // The listeners speak HTTP/1.1 only (`listener.rs`).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn client_config(roots: Arc<RootCertStore>, cert: Arc<ReloadableCert>) -> Result<rustls::ClientConfig, String> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(cert))
+}
