@@ -59,6 +59,9 @@ up() {
             false
         fi
         "${cli[@]}" certs init "$state_dir/certs" --nodes 3 --hosts node1,node2,node3 >/dev/null
+        # The CAs' keys stay on the host: the containers get certificates, never a way to make them.
+        mkdir -p "$state_dir/ca-keys"
+        mv "$state_dir/certs/ca-key.pem" "$state_dir/certs/client-ca-key.pem" "$state_dir/ca-keys/"
         # The image runs as uid 10001, which must read the keys.
         chown -R 10001:10001 "$state_dir/certs"
         cli+=(--cacert "$state_dir/certs/ca.pem")

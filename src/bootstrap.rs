@@ -345,7 +345,11 @@ impl Node {
         let attempt = std::sync::atomic::AtomicUsize::new(0);
         let ask = || async {
             let addr = &addrs[attempt.fetch_add(1, Ordering::Relaxed) % addrs.len()];
-            match http.post(format!("{scheme}://{addr}/v1/cluster/learners")).json(&request).send().await {
+            let mut post = http.post(format!("{scheme}://{addr}/v1/cluster/learners")).json(&request);
+            if let Some(token) = &self.peer_credentials().token {
+                post = post.bearer_auth(token);
+            }
+            match post.send().await {
                 Ok(response) if response.status().is_success() => {
                     tracing::info!(via = %addr, "added to the cluster as a learner");
                     Ok(())

@@ -1,6 +1,7 @@
 //! `quorumkv certs init DIR`: a development CA, a certificate for every node (valid as server
-//! and as client, for the peer and the client port), a client certificate for the CLI, and a
-//! peer token: everything `scripts/start-3-nodes.sh --tls` needs, made with `rcgen`.
+//! and as client, for the peer and the client port), a client certificate for the CLI from a
+//! second CA (never a member's), and a peer token: everything `scripts/start-3-nodes.sh --tls`
+//! needs, made with `rcgen`.
 //!
 //! For test clusters and trying TLS out. In production, certificates come from the
 //! organisation's CA (README, "Security"); quorumkv only reads PEM files.
@@ -39,8 +40,8 @@ pub struct CertsInit<'a> {
     pub hosts: Vec<String>,
 }
 
-/// Writes `ca.pem`, `ca-key.pem`, `node-N.pem`/`node-N-key.pem`, `client.pem`/`client-key.pem`
-/// and `peer-token` into the directory (created when missing). Refuses a directory that
+/// Writes `ca.pem`, `ca-key.pem`, `node-N.pem`/`node-N-key.pem`, `client-ca.pem`,
+/// `client-ca-key.pem`, `client.pem`/`client-key.pem` and `peer-token` into the directory (created when missing). Refuses a directory that
 /// already holds a CA, so an existing cluster's certificates are never overwritten.
 pub fn init(request: &CertsInit<'_>) -> Result<(), String> {
     if !(1..=MAX_DEVELOPMENT_NODES).contains(&request.nodes) {
@@ -87,7 +88,26 @@ pub fn init(request: &CertsInit<'_>) -> Result<(), String> {
         let usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         leaf(&format!("node-{id}"), names.clone(), usages)?;
     }
-    leaf("client", Vec::new(), vec![ExtendedKeyUsagePurpose::ClientAuth])?;
+    // The CLI's certificate comes from a CA of its own: the peer port trusts every certificate
+    // of the peer CA as a member, and a client must never be one.
+    let mut client_ca_params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+    client_ca_params.distinguished_name.push(DnType::CommonName, "quorumkv development client CA");
+    client_ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    client_ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    validity(&mut client_ca_params);
+    let client_ca =
+        CertifiedIssuer::self_signed(client_ca_params, KeyPair::generate().map_err(failed)?).map_err(failed)?;
+    write_file(&dir.join("client-ca-key.pem"), client_ca.key().serialize_pem().as_bytes(), true)?;
+    write_file(&dir.join("client-ca.pem"), client_ca.pem().as_bytes(), false)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+    params.distinguished_name.push(DnType::CommonName, "client");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    validity(&mut params);
+    let key = KeyPair::generate().map_err(failed)?;
+    let cert = params.signed_by(&key, &client_ca).map_err(failed)?;
+    write_file(&dir.join("client-key.pem"), key.serialize_pem().as_bytes(), true)?;
+    write_file(&dir.join("client.pem"), cert.pem().as_bytes(), false)?;
     write_file(&dir.join("peer-token"), format!("{}\n", random_token()?).as_bytes(), true)
 }
 
@@ -135,6 +155,35 @@ mod tests {
             let server_name = rustls::pki_types::ServerName::try_from(name).expect("name");
             cert.verify_is_valid_for_subject_name(&server_name).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         }
+        // The CLI's certificate is not one of the peer CA's (which would make it a member).
+        let client_pem = std::fs::read(dir.path().join("client.pem")).expect("read");
+        let client_der = rustls::pki_types::CertificateDer::from_pem_slice(&client_pem).expect("pem");
+        let ca_pem = std::fs::read(dir.path().join("ca.pem")).expect("read");
+        let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(&ca_pem).expect("pem");
+        let anchors = [webpki::anchor_from_trusted_cert(&ca_der).expect("anchor")];
+        let client = webpki::EndEntityCert::try_from(&client_der).expect("parses");
+        let verified = client.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &[],
+            rustls::pki_types::UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        );
+        assert!(verified.is_err(), "client.pem must not chain to the peer CA");
+        // The same check passes for a node's certificate (so the refusal above is the CA's).
+        let node = cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &[],
+            rustls::pki_types::UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        );
+        assert!(node.is_ok(), "node-1.pem chains to the peer CA: {:?}", node.err());
+        assert!(dir.path().join("client-ca.pem").exists());
         let token = std::fs::read_to_string(dir.path().join("peer-token")).expect("token");
         assert_eq!(token.trim().len(), 2 * GENERATED_TOKEN_BYTES);
         use std::os::unix::fs::PermissionsExt;

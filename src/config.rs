@@ -24,6 +24,25 @@ pub enum InitialClusterState {
     Existing,
 }
 
+/// The peer token as given on the command line: its `Debug` shows no secret, so a logged or
+/// printed configuration never carries it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerToken(pub String);
+
+impl std::fmt::Debug for PeerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerToken(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for PeerToken {
+    type Err = std::convert::Infallible;
+
+    fn from_str(token: &str) -> Result<Self, Self::Err> {
+        Ok(PeerToken(token.to_string()))
+    }
+}
+
 /// `quorumkv serve` options.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
@@ -76,7 +95,7 @@ pub struct ServeConfig {
     /// ASCII). Required when the peer port has no TLS. Prefer `--peer-token-file`: a flag's
     /// value shows in the process list.
     #[arg(long, env = "QUORUMKV_PEER_TOKEN", hide_env_values = true, conflicts_with = "peer_token_file")]
-    pub peer_token: Option<String>,
+    pub peer_token: Option<PeerToken>,
 
     /// File holding the peer token (surrounding whitespace ignored).
     #[arg(long, env = "QUORUMKV_PEER_TOKEN_FILE")]
@@ -178,6 +197,13 @@ impl ServeConfig {
         check_addr("--client-addr", &self.client_addr)?;
         check_addr("--peer-addr", &self.peer_addr)?;
         check_addr("--advertise-client-addr", self.advertised_client_addr())?;
+        if !crate::types::valid_client_addr(self.advertised_client_addr()) {
+            return Err(format!(
+                "--advertise-client-addr {:?} is not a host:port of at most {} bytes",
+                self.advertised_client_addr(),
+                crate::types::MAX_CLIENT_ADDR_BYTES
+            ));
+        }
         check_addr("--advertise-peer-addr", self.advertised_peer_addr())?;
         if let Some(join) = &self.join {
             if self.initial_cluster.is_some() {
@@ -261,7 +287,7 @@ impl ServeConfig {
                         `quorumkv certs init` makes both for a test cluster"
                 .into());
         }
-        if let Some(token) = &self.peer_token {
+        if let Some(PeerToken(token)) = &self.peer_token {
             check_peer_token(token)?;
         }
         let client_port_ca = self.client_trusted_ca_file.is_some() || self.peer_trusted_ca_file.is_some();
@@ -281,7 +307,7 @@ impl ServeConfig {
     /// The peer token, from `--peer-token` or read from `--peer-token-file`.
     pub fn load_peer_token(&self) -> Result<Option<String>, String> {
         let token = match (&self.peer_token, &self.peer_token_file) {
-            (Some(token), _) => token.clone(),
+            (Some(PeerToken(token)), _) => token.clone(),
             (None, Some(file)) => {
                 let metadata =
                     std::fs::metadata(file).map_err(|e| format!("--peer-token-file {}: {e}", file.display()))?;

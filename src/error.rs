@@ -57,6 +57,8 @@ pub enum Error {
     RequestTimeout { limit_ms: u64 },
     #[error("too many requests in flight on this node; retry shortly or use another node")]
     Overloaded,
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
 }
 
 impl Error {
@@ -65,6 +67,7 @@ impl Error {
         match self {
             Error::InvalidKey(_) | Error::InvalidParameter(_) | Error::InvalidHeader(_) => 400,
             Error::KeyNotFound | Error::RouteNotFound | Error::MemberNotFound(_) => 404,
+            Error::Unauthorized(_) => 401,
             Error::RequestTimeout { .. } => 408,
             Error::Conflict(_) => 409,
             Error::Overloaded => 429,
@@ -102,6 +105,7 @@ impl Error {
             Error::Removed { .. } => "removed",
             Error::RequestTimeout { .. } => "request_timeout",
             Error::Overloaded => "too_many_requests",
+            Error::Unauthorized(_) => "unauthorized",
         }
     }
 

@@ -164,7 +164,7 @@ fn after_failed_forward(error: &CallError, effect: Effect) -> Option<Error> {
         // Not sent, and retrying would only queue again behind the same requests.
         CallError::Busy(_) => Some(Error::Overloaded),
         // Not run, and sending it again would be refused again (e.g. another protocol version).
-        CallError::Refused(..) => Some(Error::Unavailable(error.to_string())),
+        CallError::Refused(..) | CallError::Unauthorized(_) => Some(Error::Unavailable(error.to_string())),
         // Certainly not run: the leader was unreachable or not serving yet.
         CallError::NotSent(..) | CallError::NotReady(_) => None,
         // It may have run: a read point changes nothing, a write's outcome is unknown.

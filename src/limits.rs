@@ -81,6 +81,10 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
 /// A whole snapshot transfer, from the first byte sent to the receiver's install, must finish
 /// in this time (a few hundred MB take seconds on a LAN; 10 minutes covers tens of GB).
 pub const SNAPSHOT_TRANSFER_TIMEOUT_MS: u64 = 600_000;
+/// A peer message's body (not a snapshot's: that has [`SNAPSHOT_IDLE_TIMEOUT_MS`]) must arrive
+/// within this, or it gets `408`: the largest message at the ceilings takes its sender well
+/// under this (which has given up long before), and a trickling body cannot hold its task.
+pub const PEER_BODY_READ_TIMEOUT_MS: u64 = 30_000;
 /// A snapshot receiver gives up when no byte arrives for this long: a sender whose host died
 /// or was cut off without closing the connection must not hold a partial file forever.
 pub const SNAPSHOT_IDLE_TIMEOUT_MS: u64 = 30_000;
@@ -246,6 +250,9 @@ pub const MAX_PEER_TOKEN_FILE_BYTES: u64 = 4 * 1024;
 /// A TLS handshake must finish within this after the connection is accepted, so a client that
 /// connects and sends nothing holds a connection slot no longer than one sending no headers.
 pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Largest certificate, key or CA file read: a chain of a few certificates is a few KiB; the
+/// files are read every [`CERT_RELOAD_POLL_MS`].
+pub const MAX_PEM_FILE_BYTES: u64 = 1024 * 1024;
 /// How often certificate files are checked for changes (they also reload on SIGHUP): renewed
 /// certificates are in use within seconds, and a stat of two files costs nothing.
 pub const CERT_RELOAD_POLL_MS: u64 = 5_000;

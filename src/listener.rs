@@ -6,7 +6,8 @@
 //! client listener closes the oldest connection that has been idle for longer than clients keep
 //! pooled connections (so no client is caught sending its next request into it), or that never
 //! carried a request for a few seconds; when there is none, the new connection is answered `503`
-//! with `Connection: close` (a definite refusal, never a reset the client could not interpret). Request headers must arrive within a deadline, which
+//! with `Connection: close` (a definite refusal, never a reset the client could not interpret;
+//! on a TLS listener, where a plain-text answer would read as a broken handshake, it is closed). Request headers must arrive within a deadline, which
 //! also closes connections left idle. On stop, the listening socket is closed at once (new
 //! connections are refused, not left unread in the backlog), and open connections finish.
 
@@ -159,7 +160,13 @@ pub async fn serve(
             () = stopped(&mut stop) => break,
         };
         let Some(permit) = make_room(&permits, &connections, limits.evict_idle_after).await else {
-            refuse(name, stream, &refusals, &tracker);
+            if tls.is_some() {
+                // A plain-text 503 would read as a broken handshake to a TLS client: close.
+                tracing::warn!(listener = name, "connection limit reached; closed a TLS connection unanswered");
+                drop(stream);
+            } else {
+                refuse(name, stream, &refusals, &tracker);
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -181,13 +188,25 @@ pub async fn serve(
             match tls {
                 None => serve_connection(stream, router, limits, close, activity, stop).await,
                 Some(acceptor) => {
-                    // The handshake has its own deadline: hyper's header timeout starts after it.
+                    // The handshake has its own deadline (hyper's header timeout starts after
+                    // it), and gives way to an eviction or a stop like an idle connection.
                     let deadline = Duration::from_millis(limits::TLS_HANDSHAKE_TIMEOUT_MS);
-                    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, router, limits, close, activity, stop).await,
+                    let mut stopping = stop.clone();
+                    let handshake = tokio::select! {
+                        handshake = tokio::time::timeout(deadline, acceptor.accept(stream)) => Some(handshake),
+                        _ = close.notified() => None,
+                        () = stopped(&mut stopping) => None,
+                    };
+                    match handshake {
+                        Some(Ok(Ok(stream))) => {
+                            // Idle from now, not from the accept: the handshake was not idleness.
+                            *activity.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                            serve_connection(stream, router, limits, close, activity, stop).await
+                        }
                         // An untrusted or absent certificate ends here: nothing was served.
-                        Ok(Err(error)) => tracing::debug!(listener = name, %error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(listener = name, "TLS handshake timed out"),
+                        Some(Ok(Err(error))) => tracing::debug!(listener = name, %error, "TLS handshake failed"),
+                        Some(Err(_)) => tracing::debug!(listener = name, "TLS handshake timed out"),
+                        None => {}
                     }
                 }
             }

@@ -138,7 +138,8 @@ enum Command {
 #[derive(Subcommand)]
 enum CertsCommand {
     /// Create DIR/ca.pem, a certificate per node (node-N.pem, valid for localhost, 127.0.0.1,
-    /// ::1 and --hosts, as server and as client), client.pem for the CLI, and a peer-token.
+    /// ::1 and --hosts, as server and as client), client.pem for the CLI (signed by a second
+    /// CA, client-ca.pem: for --client-trusted-ca-file), and a peer-token.
     /// For test clusters: production certificates come from your own CA.
     Init {
         dir: std::path::PathBuf,
@@ -161,7 +162,14 @@ enum ClusterCommand {
     /// List members (id, addresses, voter or learner).
     Members,
     /// Add a node as a learner (it then needs `quorumkv serve --join`, or already runs).
-    AddLearner { id: u64, peer_addr: String },
+    AddLearner {
+        id: u64,
+        peer_addr: String,
+        /// The cluster's peer token: without peer TLS, the cluster will send it to the new
+        /// node, so only a holder of it may add one.
+        #[arg(long, env = "QUORUMKV_PEER_TOKEN_FILE")]
+        peer_token_file: Option<std::path::PathBuf>,
+    },
     /// Promote a caught-up learner to voter.
     Promote { id: u64 },
     /// Remove a voter or learner; refused when the remaining voters would lack a healthy quorum.
@@ -359,18 +367,26 @@ async fn run_client(endpoints: &str, tls: &quorumkv_api::client::ClientTls, comm
                     client.request(Method::GET, &segments, &[], HeaderMap::new(), None, Retry::Idempotent).await?;
                 print_answer(answer, false)
             }
-            Command::Cluster { command: ClusterCommand::AddLearner { id, peer_addr } } => {
+            Command::Cluster { command: ClusterCommand::AddLearner { id, peer_addr, peer_token_file } } => {
                 let body = quorumkv_api::AddLearnerRequest { id, peer_addr, fresh: false };
-                admin(&client, Method::POST, &["learners"], Some(body)).await
+                let mut headers = HeaderMap::new();
+                if let Some(file) = peer_token_file {
+                    let token = std::fs::read_to_string(&file)
+                        .map_err(|e| ClientError::Failed(format!("--peer-token-file {}: {e}", file.display())))?;
+                    let value = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                        .map_err(|_| ClientError::Failed("the peer token is not a valid header value".into()))?;
+                    headers.insert(reqwest::header::AUTHORIZATION, value);
+                }
+                admin(&client, Method::POST, &["learners"], headers, Some(body)).await
             }
             Command::Cluster { command: ClusterCommand::Promote { id } } => {
-                admin(&client, Method::POST, &["voters"], Some(quorumkv_api::NodeRef { id })).await
+                admin(&client, Method::POST, &["voters"], HeaderMap::new(), Some(quorumkv_api::NodeRef { id })).await
             }
             Command::Cluster { command: ClusterCommand::Remove { id } } => {
-                admin(&client, Method::DELETE, &["members", &id.to_string()], None::<()>).await
+                admin(&client, Method::DELETE, &["members", &id.to_string()], HeaderMap::new(), None::<()>).await
             }
             Command::Cluster { command: ClusterCommand::TransferLeader { id } } => {
-                admin(&client, Method::POST, &["leader"], Some(quorumkv_api::NodeRef { id })).await
+                admin(&client, Method::POST, &["leader"], HeaderMap::new(), Some(quorumkv_api::NodeRef { id })).await
             }
             Command::Cluster { command: ClusterCommand::Leader } => {
                 // One quick look, no retries: scripts poll it in loops of their own.
@@ -489,11 +505,11 @@ async fn admin(
     client: &Client,
     method: Method,
     path: &[&str],
+    mut headers: HeaderMap,
     body: Option<impl serde::Serialize>,
 ) -> Result<ExitCode, ClientError> {
     let mut segments = vec!["v1".to_string(), "cluster".to_string()];
     segments.extend(path.iter().map(|s| s.to_string()));
-    let mut headers = HeaderMap::new();
     headers.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let body = match body.map(|body| serde_json::to_vec(&body)) {
         Some(Ok(bytes)) => Some(Bytes::from(bytes)),

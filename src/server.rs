@@ -76,15 +76,6 @@ pub async fn serve_on(
         client_stopped,
     ));
 
-    if let Err(error) = node.bootstrap_or_resume().await {
-        node.shutdown().await;
-        return Err(error);
-    }
-    tracing::info!(
-        client_addr = %node.config().client_addr,
-        peer_addr = %node.config().peer_addr,
-        "node {} serving", node.id()
-    );
     // The node's background loops run until shutdown cancels them, tracked so shutdown knows
     // they are gone before the node closes its store.
     let background = TaskTracker::new();
@@ -93,12 +84,26 @@ pub async fn serve_on(
         let (cancel, task) = (cancel.clone(), task(node.clone()));
         background.spawn(async move { cancel.run_until_cancelled(task).await });
     };
+    // Before bootstrapping, which can wait long for the founders: SIGHUP (a renewal hook's
+    // reload) must never find the process without its handler, whose default is to exit.
+    beside(|node| Box::pin(async move { node.tls().clone().reload_on_change().await }));
+    if let Err(error) = node.bootstrap_or_resume().await {
+        cancel.cancel();
+        background.close();
+        background.wait().await;
+        node.shutdown().await;
+        return Err(error);
+    }
+    tracing::info!(
+        client_addr = %node.config().client_addr,
+        peer_addr = %node.config().peer_addr,
+        "node {} serving", node.id()
+    );
     beside(|node| Box::pin(async move { node.register_client_addr().await }));
     beside(|node| Box::pin(async move { node.watch_raft_changes().await }));
     beside(|node| Box::pin(async move { node.watch_removal().await }));
     beside(|node| Box::pin(async move { node.keep_fresh().await }));
     beside(|node| Box::pin(async move { node.reregister_if_moved().await }));
-    beside(|node| Box::pin(async move { node.tls().clone().reload_on_change().await }));
     if node.config().join.is_some() && node.config().auto_promote {
         beside(|node| Box::pin(async move { node.promote_self_when_caught_up().await }));
     }

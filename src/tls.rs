@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::RwLock;
 use std::time::Duration;
-use std::time::SystemTime;
 
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
@@ -36,14 +35,16 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// A certificate chain and its private key, read from PEM files and read again when either
-/// file changes. A new pair that does not load (half-written, or a key that does not match)
-/// is refused and the previous pair stays in use.
+/// file's contents change. A new pair that does not load (half-written, or a key that does not
+/// match) is refused and the previous pair stays in use; it is tried again once the files
+/// change again (a write in progress finishes, and the contents differ once more).
 pub struct ReloadableCert {
     cert_file: PathBuf,
     key_file: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
-    /// The files' modification times when `current` was read.
-    loaded_from: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
+    /// The files' contents when they were last read (whether or not they loaded). Contents,
+    /// not modification times: a copy that keeps times, or a coarse clock, hides a change.
+    last_read: Mutex<(Vec<u8>, Vec<u8>)>,
 }
 
 impl fmt::Debug for ReloadableCert {
@@ -54,13 +55,13 @@ impl fmt::Debug for ReloadableCert {
 
 impl ReloadableCert {
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<Self>, String> {
-        let stamps = (modified(cert_file), modified(key_file));
-        let pair = load_certified_key(cert_file, key_file)?;
+        let contents = read_pair(cert_file, key_file)?;
+        let pair = certified_key(&contents, cert_file, key_file)?;
         Ok(Arc::new(Self {
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
             current: RwLock::new(pair),
-            loaded_from: Mutex::new(stamps),
+            last_read: Mutex::new(contents),
         }))
     }
 
@@ -68,16 +69,19 @@ impl ReloadableCert {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Reads the files again if they changed since the last load (or always, with `force`).
-    /// `Ok(true)` when a new pair is in use.
+    /// Reads the files again and loads them if their contents changed since the last read (or
+    /// always, with `force`). `Ok(true)` when a new pair is in use.
     pub fn reload(&self, force: bool) -> Result<bool, String> {
-        let stamps = (modified(&self.cert_file), modified(&self.key_file));
-        if !force && *self.loaded_from.lock().unwrap_or_else(|p| p.into_inner()) == stamps {
-            return Ok(false);
+        let contents = read_pair(&self.cert_file, &self.key_file)?;
+        {
+            let mut last_read = self.last_read.lock().unwrap_or_else(|p| p.into_inner());
+            if !force && *last_read == contents {
+                return Ok(false);
+            }
+            // Recorded first: a pair that fails to load is not retried until the files change.
+            *last_read = contents.clone();
         }
-        // Recorded first: a pair that fails to load is not retried until the files change again.
-        *self.loaded_from.lock().unwrap_or_else(|p| p.into_inner()) = stamps;
-        let pair = load_certified_key(&self.cert_file, &self.key_file)?;
+        let pair = certified_key(&contents, &self.cert_file, &self.key_file)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = pair;
         Ok(true)
     }
@@ -99,13 +103,26 @@ impl ResolvesClientCert for ReloadableCert {
     }
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// Both files' contents, each at most [`limits::MAX_PEM_FILE_BYTES`].
+fn read_pair(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
+    Ok((read_pem_file(cert_file)?, read_pem_file(key_file)?))
 }
 
-fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, String> {
-    let chain = load_certs(cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(key_file)
+fn read_pem_file(file: &Path) -> Result<Vec<u8>, String> {
+    let length = std::fs::metadata(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?.len();
+    if length > limits::MAX_PEM_FILE_BYTES {
+        return Err(format!("{} is larger than a certificate file can be", file.display()));
+    }
+    std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))
+}
+
+fn certified_key(
+    contents: &(Vec<u8>, Vec<u8>),
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<Arc<CertifiedKey>, String> {
+    let chain = parse_certs(&contents.0, cert_file)?;
+    let key = PrivateKeyDer::from_pem_slice(&contents.1)
         .map_err(|e| format!("cannot read a private key from {}: {e}", key_file.display()))?;
     let signing_key = provider()
         .key_provider
@@ -118,9 +135,9 @@ fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<Arc<Certified
     Ok(Arc::new(pair))
 }
 
-fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
-        .and_then(|certs| certs.collect())
+fn parse_certs(pem: &[u8], file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
         .map_err(|e| format!("cannot read certificates from {}: {e}", file.display()))?;
     if certs.is_empty() {
         return Err(format!("{} holds no certificate", file.display()));
@@ -131,7 +148,7 @@ fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 /// The CA certificates in a PEM file, as trust roots.
 pub fn load_roots(ca_file: &Path) -> Result<Arc<RootCertStore>, String> {
     let mut roots = RootCertStore::empty();
-    for cert in load_certs(ca_file)? {
+    for cert in parse_certs(&read_pem_file(ca_file)?, ca_file)? {
         roots.add(cert).map_err(|e| format!("unusable CA certificate in {}: {e}", ca_file.display()))?;
     }
     Ok(Arc::new(roots))

@@ -62,6 +62,16 @@ pub enum Command {
 /// Longest client address a node may register (a host name of 253 bytes and a port).
 pub const MAX_CLIENT_ADDR_BYTES: usize = 260;
 
+/// The rule a registered client address follows (`host:port`, short, no control characters);
+/// `ServeConfig::validate` applies it to the advertised address too, so a node never starts
+/// with an address its registration would be refused for.
+pub fn valid_client_addr(addr: &str) -> bool {
+    addr.len() <= MAX_CLIENT_ADDR_BYTES
+        && addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok() && !host.chars().any(char::is_control)
+        })
+}
+
 /// The rules every key follows, wherever the write came from.
 pub fn check_key(key: &str, max_key_bytes: usize) -> Result<(), crate::error::Error> {
     use crate::error::Error;
@@ -94,12 +104,7 @@ impl Command {
             }
             Command::Delete { key, .. } => check_key(key, max_key_bytes),
             Command::RegisterClientAddr { node_id, client_addr } => {
-                let valid = *node_id != 0
-                    && client_addr.len() <= MAX_CLIENT_ADDR_BYTES
-                    && client_addr.rsplit_once(':').is_some_and(|(host, port)| {
-                        !host.is_empty() && port.parse::<u16>().is_ok() && !host.chars().any(char::is_control)
-                    });
-                if valid {
+                if *node_id != 0 && valid_client_addr(client_addr) {
                     Ok(())
                 } else {
                     Err(Error::InvalidParameter(format!("invalid client address registration {self}")))

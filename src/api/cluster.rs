@@ -61,7 +61,23 @@ pub(super) async fn members(State(node): State<Arc<Node>>) -> Result<Json<Vec<Me
 }
 
 /// `POST /v1/cluster/learners {"id", "peer_addr"}`.
-pub(super) async fn add_learner(State(node): State<Arc<Node>>, body: Body) -> Result<Json<ClusterStatus>, Error> {
+pub(super) async fn add_learner(
+    State(node): State<Arc<Node>>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<Json<ClusterStatus>, Error> {
+    // Without peer TLS, the leader will hand the new address the peer token on every message:
+    // only a holder of the token may name one (or anyone could collect it). With peer TLS, a
+    // stranger's address has no certificate of the peer CA and gets nothing.
+    if let (false, Some(token)) = (node.config().peer_tls(), &node.peer_credentials().token) {
+        if !crate::network::bearer_matches(token, headers.get(axum::http::header::AUTHORIZATION)) {
+            return Err(Error::Unauthorized(
+                "without peer TLS, adding a learner needs the peer token (Authorization: Bearer; the CLI's \
+                 --peer-token-file), since the cluster will send it to the new node"
+                    .into(),
+            ));
+        }
+    }
     let request: AddLearnerRequest = parse_json(body).await?;
     if request.id == 0 || !request.peer_addr.contains(':') {
         return Err(Error::InvalidParameter("id must be at least 1 and peer_addr host:port".into()));

@@ -20,6 +20,17 @@ pub use server::peer_router;
 
 use std::sync::Arc;
 
+/// Whether an `Authorization` header holds `Bearer <token>`. The SHA-256 digests of both
+/// are compared in constant time, so neither the token's bytes nor its length leak.
+pub fn bearer_matches(token: &str, header: Option<&axum::http::HeaderValue>) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(presented) = header.and_then(|value| value.as_bytes().strip_prefix(b"Bearer ")) else {
+        return false;
+    };
+    let digest = |bytes: &[u8]| ring::digest::digest(&ring::digest::SHA256, bytes);
+    bool::from(digest(presented).as_ref().ct_eq(digest(token.as_bytes()).as_ref()))
+}
+
 /// What this node presents to its peers, and demands of them.
 #[derive(Clone, Default)]
 pub struct PeerCredentials {

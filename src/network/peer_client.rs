@@ -35,6 +35,10 @@ pub enum CallError {
     /// Sent, but no valid answer arrived in time: the peer may have acted on it.
     #[error("peer {0} did not answer: {1}")]
     NoAnswer(NodeId, String),
+    /// The peer refused this node's credential (`401`: another peer token): nothing ran, and
+    /// nothing will until an operator fixes the configuration.
+    #[error("peer {0} refused this node's peer token (the members' tokens differ)")]
+    Unauthorized(NodeId),
     /// Not sent: this node already forwards as many requests to the peer as it may.
     #[error("too many requests already forwarded to peer {0}")]
     Busy(NodeId),
@@ -45,7 +49,9 @@ pub enum CallError {
 pub struct PeerClient {
     target: NodeId,
     base_url: String,
-    http: reqwest::Client,
+    /// `Err`: the client could not be built (reported as not sent on every call, never as a
+    /// request sent without this node's credentials).
+    http: Result<reqwest::Client, String>,
     /// Where the peer is recorded as holding Raft state once it answers a Raft RPC.
     bootstrap: BootstrapRecord,
     /// Slots for requests forwarded to this peer ([`MAX_FORWARDS_IN_FLIGHT_PER_PEER`]): each
@@ -83,8 +89,8 @@ impl PeerClient {
         body: reqwest::Body,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let response = self
-            .http
+        let http = self.http.as_ref().map_err(|error| CallError::NotSent(self.target, error.clone()))?;
+        let response = http
             .post(format!("{}{path}", self.base_url))
             .timeout(timeout)
             .body(body)
@@ -94,6 +100,9 @@ impl PeerClient {
         let status = response.status();
         if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
             return Err(CallError::NotReady(self.target));
+        }
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(CallError::Unauthorized(self.target));
         }
         if status.is_client_error() {
             // Refused before the handler ran, whether or not the reason arrives whole.
@@ -109,7 +118,7 @@ impl PeerClient {
     }
 
     fn classify(&self, error: reqwest::Error) -> CallError {
-        if error.is_connect() {
+        if quorumkv_api::client::certainly_not_sent(&error) {
             CallError::NotSent(self.target, error.to_string())
         } else {
             CallError::NoAnswer(self.target, error.to_string())
@@ -164,9 +173,9 @@ impl PeerClients {
             builder = builder.use_preconfigured_tls(tls.clone());
         }
         // A client that cannot be built would send without credentials: fail every call instead.
-        let http = builder.build().unwrap_or_else(|error| {
+        let http = builder.build().map_err(|error| {
             tracing::error!(%error, "cannot build the HTTP client for peer {target}");
-            reqwest::Client::builder().https_only(true).build().unwrap_or_default()
+            format!("cannot build the HTTP client: {error}")
         });
         let forwards = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS_IN_FLIGHT_PER_PEER));
         let client = PeerClient { target, base_url, http, bootstrap: self.bootstrap.clone(), forwards };

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -16,11 +15,11 @@ use futures::StreamExt;
 use openraft::raft::AppendEntriesResponse;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use subtle::ConstantTimeEq;
 
 use crate::limits::MAX_CONCURRENT_FORWARDED_REQUESTS;
 use crate::limits::MAX_PEER_MESSAGE_BYTES;
 use crate::limits::MAX_SNAPSHOT_HEADER_BYTES;
+use crate::limits::PEER_BODY_READ_TIMEOUT_MS;
 use crate::limits::SNAPSHOT_IDLE_TIMEOUT_MS;
 use crate::node::Node;
 use crate::protocol;
@@ -48,7 +47,6 @@ pub fn peer_router(node: Arc<Node>) -> Router {
         .route(protocol::Probe::PATH, post(probe))
         .route(protocol::Announce::PATH, post(announce))
         .merge(forwarded)
-        .layer(DefaultBodyLimit::max(MAX_PEER_MESSAGE_BYTES))
         .layer(axum::middleware::from_fn_with_state(node.peer_credentials().token.clone(), require_peer_token))
         .with_state(node)
 }
@@ -61,16 +59,48 @@ async fn require_peer_token(
     next: axum::middleware::Next,
 ) -> Response {
     if let Some(expected) = expected {
-        let presented = request
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
-        let matches = presented.is_some_and(|token| bool::from(token.ct_eq(expected.as_bytes())));
-        if !matches {
-            return Rejection::new(StatusCode::UNAUTHORIZED, "peer token missing or wrong".into()).into_response();
+        if !super::bearer_matches(&expected, request.headers().get(axum::http::header::AUTHORIZATION)) {
+            let mut response =
+                Rejection::new(StatusCode::UNAUTHORIZED, "peer token missing or wrong".into()).into_response();
+            // The connection is not kept for a sender without the token.
+            response
+                .headers_mut()
+                .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            return response;
         }
     }
     next.run(request).await
+}
+
+/// A peer message's whole body, at most [`MAX_PEER_MESSAGE_BYTES`] and read within
+/// [`PEER_BODY_READ_TIMEOUT_MS`]: a declared length over the limit is refused (`413`) before a
+/// byte is read, and a body that trickles in or never comes (`408`) cannot hold a connection
+/// and its task for ever. (axum's body limit counts bytes as they arrive, with no deadline.)
+struct PeerBody(Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for PeerBody {
+    type Rejection = Rejection;
+
+    async fn from_request(request: axum::extract::Request, _state: &S) -> Result<Self, Rejection> {
+        let declared = request
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        let too_large = || Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, "peer message too large".into());
+        if declared.is_some_and(|length| length > MAX_PEER_MESSAGE_BYTES as u64) {
+            return Err(too_large());
+        }
+        let read = axum::body::to_bytes(request.into_body(), MAX_PEER_MESSAGE_BYTES);
+        match tokio::time::timeout(std::time::Duration::from_millis(PEER_BODY_READ_TIMEOUT_MS), read).await {
+            Ok(Ok(body)) => Ok(PeerBody(body)),
+            Ok(Err(error)) => match error.into_inner().downcast_ref::<http_body_util::LengthLimitError>() {
+                Some(_) => Err(too_large()),
+                None => Err(Rejection::new(StatusCode::BAD_REQUEST, "peer message body could not be read".into())),
+            },
+            Err(_) => Err(Rejection::new(StatusCode::REQUEST_TIMEOUT, "peer message body too slow".into())),
+        }
+    }
 }
 
 fn reply<T: Serialize>(value: &T) -> Response {
@@ -134,7 +164,7 @@ impl IntoResponse for Rejection {
     }
 }
 
-async fn append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn append(State(node): State<Arc<Node>>, PeerBody(body): PeerBody) -> Response {
     let run = async {
         require_raft(&node)?;
         let request: <protocol::Append as Rpc>::Request = parse(&body)?;
@@ -148,7 +178,7 @@ async fn append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     answer::<<protocol::Append as Rpc>::Reply>(run.await)
 }
 
-async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn vote(State(node): State<Arc<Node>>, PeerBody(body): PeerBody) -> Response {
     let run = async {
         require_raft(&node)?;
         let request: <protocol::RequestVote as Rpc>::Request = parse(&body)?;
@@ -158,7 +188,7 @@ async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     answer::<<protocol::RequestVote as Rpc>::Reply>(run.await)
 }
 
-async fn pre_vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn pre_vote(State(node): State<Arc<Node>>, PeerBody(body): PeerBody) -> Response {
     let run = async {
         require_raft(&node)?;
         let request: <protocol::PreVote as Rpc>::Request = parse(&body)?;
@@ -237,7 +267,7 @@ async fn snapshot(State(node): State<Arc<Node>>, body: Body) -> Response {
     answer(run.await)
 }
 
-async fn transfer_leader(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn transfer_leader(State(node): State<Arc<Node>>, PeerBody(body): PeerBody) -> Response {
     let run = async {
         require_raft(&node)?;
         let request: <protocol::TransferLeader as Rpc>::Request = parse(&body)?;
@@ -259,29 +289,29 @@ async fn serve_rpc<R: Rpc, Answer: Future<Output = R::Reply>>(
     }
 }
 
-async fn forwarded_write(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn forwarded_write(State(node): State<Arc<Node>>, PeerBody(body): PeerBody) -> Response {
     serve_rpc::<protocol::ForwardWrite, _>(&body, |request| async move {
         node.write_as_leader(request.command, request.ack).await
     })
     .await
 }
 
-async fn forwarded_admin(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn forwarded_admin(State(node): State<Arc<Node>>, PeerBody(body): PeerBody) -> Response {
     serve_rpc::<protocol::Admin, _>(&body, |command| async move { node.admin_as_leader(command).await }).await
 }
 
-async fn read_index(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn read_index(State(node): State<Arc<Node>>, PeerBody(body): PeerBody) -> Response {
     serve_rpc::<protocol::ReadIndex, _>(&body, |policy| async move { node.read_index_as_leader(policy).await }).await
 }
 
-async fn freshness(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn freshness(State(node): State<Arc<Node>>, PeerBody(body): PeerBody) -> Response {
     serve_rpc::<protocol::Freshness, _>(&body, |()| async move { node.freshness_as_leader() }).await
 }
 
-async fn probe(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn probe(State(node): State<Arc<Node>>, PeerBody(body): PeerBody) -> Response {
     serve_rpc::<protocol::Probe, _>(&body, |asker| async move { node.probe_reply(asker) }).await
 }
 
-async fn announce(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn announce(State(node): State<Arc<Node>>, PeerBody(body): PeerBody) -> Response {
     serve_rpc::<protocol::Announce, _>(&body, |peer| async move { node.record_announcement(peer).await }).await
 }

@@ -29,6 +29,15 @@ const POLL: Duration = Duration::from_millis(50);
 /// credential of its own (a token, or mutual TLS alone).
 pub const PEER_TOKEN: &str = "quorumkv-test-peer-token-0001";
 
+/// The harness's HTTP client. It sends the peer token to the client ports too: adding a
+/// learner needs it (without peer TLS); every other route ignores it.
+fn test_http_client(builder: reqwest::ClientBuilder) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let token = format!("Bearer {PEER_TOKEN}").parse().expect("header value");
+    headers.insert(reqwest::header::AUTHORIZATION, token);
+    builder.timeout(Duration::from_secs(15)).default_headers(headers).build().expect("http client")
+}
+
 fn has_peer_credential(args: &[String]) -> bool {
     args.iter().any(|arg| arg.starts_with("--peer-token") || arg.starts_with("--peer-cert-file"))
 }
@@ -188,7 +197,7 @@ impl Cluster {
         for node in &mut nodes {
             node.entry_args = vec!["--initial-cluster".into(), initial_cluster.clone()];
         }
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("http client");
+        let http = test_http_client(reqwest::Client::builder());
         let extra_args = extra_args.iter().map(|a| a.to_string()).collect();
         let mut cluster = Cluster { backend, nodes, extra_args, http, scheme: "http", _dir: dir };
         for (id, args) in node_args {
@@ -450,8 +459,7 @@ impl Cluster {
     pub fn use_client_tls(&mut self, ca_file: &std::path::Path) {
         let pem = std::fs::read(ca_file).expect("CA file");
         let ca = reqwest::Certificate::from_pem(&pem).expect("CA certificate");
-        let builder = reqwest::Client::builder().timeout(Duration::from_secs(15)).add_root_certificate(ca);
-        self.http = builder.build().expect("https client");
+        self.http = test_http_client(reqwest::Client::builder().add_root_certificate(ca));
         self.scheme = "https";
     }
 

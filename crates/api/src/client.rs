@@ -99,6 +99,52 @@ impl ClientTls {
     }
 }
 
+/// Whether a failed request certainly never reached the server's HTTP layer: the connection
+/// was refused, or the server refused the TLS handshake. Under TLS 1.3 the client finishes its
+/// handshake before the server has judged the client's certificate, so the server's refusal
+/// (an alert such as "certificate required" or "unknown CA") arrives only when the response is
+/// read, not as a connect error; rustls never passes a byte of the request to the server then.
+pub fn certainly_not_sent(error: &reqwest::Error) -> bool {
+    error.is_connect() || refused_by_tls(error)
+}
+
+fn refused_by_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::AlertDescription as Alert;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        let tls = current
+            .downcast_ref::<rustls::Error>()
+            .or_else(|| current.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()?.downcast_ref()));
+        if let Some(rustls::Error::AlertReceived(alert)) = tls {
+            return matches!(
+                alert,
+                Alert::CertificateRequired
+                    | Alert::BadCertificate
+                    | Alert::UnknownCA
+                    | Alert::CertificateExpired
+                    | Alert::CertificateRevoked
+                    | Alert::CertificateUnknown
+                    | Alert::UnsupportedCertificate
+                    | Alert::AccessDenied
+                    | Alert::HandshakeFailure
+                    | Alert::DecryptError
+            );
+        }
+        if let Some(error) = tls {
+            // This side refused the handshake (an untrusted server certificate, no common
+            // version or cipher): nothing was sent. Any other TLS error may come mid-stream.
+            return matches!(
+                error,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::PeerIncompatible(_)
+                    | rustls::Error::NoCertificatesPresented
+            );
+        }
+        cause = current.source();
+    }
+    false
+}
+
 /// Parses a comma-separated endpoint list (`host:port` or URLs; `http://` when no scheme).
 pub fn parse_endpoints(endpoints: &str) -> Result<Vec<Url>, ClientError> {
     parse_endpoints_with_scheme(endpoints, "http")
@@ -129,6 +175,10 @@ impl Client {
     /// A client speaking TLS as `tls` says (plain HTTP when it is empty).
     pub fn with_tls(endpoints: &str, tls: &ClientTls) -> Result<Self, ClientError> {
         let endpoints = parse_endpoints_with_scheme(endpoints, if tls.is_on() { "https" } else { "http" })?;
+        if tls.is_on() && endpoints.iter().any(|endpoint| endpoint.scheme() == "http") {
+            // Never plain HTTP by accident when TLS was asked for.
+            return Err(ClientError::Failed("--cacert/--cert given, but an endpoint is http://".into()));
+        }
         let builder = tls.configure(reqwest::Client::builder())?;
         let http = builder
             .tcp_nodelay(true)
@@ -272,7 +322,9 @@ impl Client {
         let response = match builder.send().await {
             Ok(response) => response,
             // A refused connection never carried the request; a read may be retried anyway.
-            Err(error) if error.is_connect() || retry == Retry::Idempotent => return retry_after(error.to_string()),
+            Err(error) if certainly_not_sent(&error) || retry == Retry::Idempotent => {
+                return retry_after(error.to_string())
+            }
             Err(error) => return Err(ClientError::Unknown(format!("{endpoint}: {error}"))),
         };
         let status = response.status();

@@ -391,7 +391,7 @@ fn b64(bytes: &[u8]) -> String {
 fn transport_error(error: reqwest::Error) -> RequestResult {
     let kind = if error.is_timeout() {
         "timeout"
-    } else if error.is_connect() {
+    } else if quorumkv_api::client::certainly_not_sent(&error) {
         "connect"
     } else {
         "transport"

@@ -185,6 +185,10 @@ impl Cluster {
         let mut answer = None;
         for endpoint in &self.endpoints {
             let mut request = http.request(method.clone(), format!("{endpoint}{path}"));
+            // The cluster scripts' peer token: adding a learner needs it (without peer TLS).
+            if let Ok(token) = std::fs::read_to_string(self.dir.join("peer-token")) {
+                request = request.bearer_auth(token.trim());
+            }
             if let Some(body) = body {
                 request = request.json(body);
             }

@@ -136,7 +136,7 @@ impl Client {
                     Err(error) => Exchange::Lost(error.to_string()),
                 }
             }
-            Err(error) if error.is_connect() => Exchange::NotSent(error.to_string()),
+            Err(error) if quorumkv_api::client::certainly_not_sent(&error) => Exchange::NotSent(error.to_string()),
             Err(error) => Exchange::Lost(error.to_string()),
         }
     }
