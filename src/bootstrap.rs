@@ -346,7 +346,9 @@ impl Node {
         let ask = || async {
             let addr = &addrs[attempt.fetch_add(1, Ordering::Relaxed) % addrs.len()];
             let mut post = http.post(format!("{scheme}://{addr}/v1/cluster/learners")).json(&request);
-            if let Some(token) = &self.peer_credentials().token {
+            // Only without peer TLS (where adding a learner needs it): with peer TLS the token
+            // is a second factor of the peer port and must not cross a plain client port.
+            if let (false, Some(token)) = (self.config().peer_tls(), &self.peer_credentials().token) {
                 post = post.bearer_auth(token);
             }
             match post.send().await {

@@ -164,7 +164,7 @@ fn after_failed_forward(error: &CallError, effect: Effect) -> Option<Error> {
         // Not sent, and retrying would only queue again behind the same requests.
         CallError::Busy(_) => Some(Error::Overloaded),
         // Not run, and sending it again would be refused again (e.g. another protocol version).
-        CallError::Refused(..) | CallError::Unauthorized(_) => Some(Error::Unavailable(error.to_string())),
+        CallError::Refused(..) | CallError::Unauthorized(..) => Some(Error::Unavailable(error.to_string())),
         // Certainly not run: the leader was unreachable or not serving yet.
         CallError::NotSent(..) | CallError::NotReady(_) => None,
         // It may have run: a read point changes nothing, a write's outcome is unknown.
@@ -192,6 +192,8 @@ mod tests {
             assert_eq!(after_failed_forward(&CallError::Busy(2), effect), Some(Error::Overloaded));
             let refused = CallError::Refused(2, "HTTP 400: peer protocol version 2".into());
             assert!(matches!(after_failed_forward(&refused, effect), Some(Error::Unavailable(_))));
+            let unauthorized = CallError::Unauthorized(2, "peer token".into());
+            assert!(matches!(after_failed_forward(&unauthorized, effect), Some(Error::Unavailable(_))));
         }
         assert!(after_failed_forward(&no_answer, Effect::None).is_none());
         let unknown = after_failed_forward(&no_answer, Effect::Changes).expect("not retried");

@@ -371,6 +371,11 @@ async fn run_client(endpoints: &str, tls: &quorumkv_api::client::ClientTls, comm
                 let body = quorumkv_api::AddLearnerRequest { id, peer_addr, fresh: false };
                 let mut headers = HeaderMap::new();
                 if let Some(file) = peer_token_file {
+                    let too_large =
+                        std::fs::metadata(&file).is_ok_and(|m| m.len() > quorumkv::limits::MAX_PEER_TOKEN_FILE_BYTES);
+                    if too_large {
+                        return Err(ClientError::Failed(format!("--peer-token-file {} is too large", file.display())));
+                    }
                     let token = std::fs::read_to_string(&file)
                         .map_err(|e| ClientError::Failed(format!("--peer-token-file {}: {e}", file.display())))?;
                     let value = HeaderValue::from_str(&format!("Bearer {}", token.trim()))

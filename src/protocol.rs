@@ -310,6 +310,7 @@ mod tests {
             (Error::Removed { membership_index: 12 }, "0101100c"),
             (Error::RequestTimeout { limit_ms: 30000 }, "010111b0ea01"),
             (Error::Overloaded, "010112"),
+            (Error::Unauthorized("a".into()), "0101130161"),
         ];
         for (error, expected) in cases {
             pinned::<Result<(), Error>>(Err(error), expected);

@@ -44,6 +44,8 @@ pub async fn serve_on(
     stop: impl Future<Output = ()>,
 ) -> Result<(), String> {
     config.validate()?;
+    // First of all: from here on a SIGHUP (a certificate renewal's reload) is handled, not fatal.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let client_limits = ListenerLimits {
         max_connections: client_connection_cap(config.max_client_connections),
         header_timeout: Duration::from_millis(limits::CLIENT_HEADER_TIMEOUT_MS),
@@ -84,9 +86,10 @@ pub async fn serve_on(
         let (cancel, task) = (cancel.clone(), task(node.clone()));
         background.spawn(async move { cancel.run_until_cancelled(task).await });
     };
-    // Before bootstrapping, which can wait long for the founders: SIGHUP (a renewal hook's
-    // reload) must never find the process without its handler, whose default is to exit.
-    beside(|node| Box::pin(async move { node.tls().clone().reload_on_change().await }));
+    // Before bootstrapping, which can wait long for the founders: certificates renewed
+    // meanwhile are picked up.
+    let (reload, tls) = (cancel.clone(), node.tls().clone());
+    background.spawn(async move { reload.run_until_cancelled(tls.reload_on_change(hangup)).await });
     if let Err(error) = node.bootstrap_or_resume().await {
         cancel.cancel();
         background.close();

@@ -109,11 +109,15 @@ fn read_pair(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), St
 }
 
 fn read_pem_file(file: &Path) -> Result<Vec<u8>, String> {
-    let length = std::fs::metadata(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?.len();
-    if length > limits::MAX_PEM_FILE_BYTES {
+    use std::io::Read;
+    let mut contents = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|opened| opened.take(limits::MAX_PEM_FILE_BYTES + 1).read_to_end(&mut contents))
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    if contents.len() as u64 > limits::MAX_PEM_FILE_BYTES {
         return Err(format!("{} is larger than a certificate file can be", file.display()));
     }
-    std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))
+    Ok(contents)
 }
 
 fn certified_key(
@@ -147,9 +151,16 @@ fn parse_certs(pem: &[u8], file: &Path) -> Result<Vec<CertificateDer<'static>>, 
 
 /// The CA certificates in a PEM file, as trust roots.
 pub fn load_roots(ca_file: &Path) -> Result<Arc<RootCertStore>, String> {
+    load_roots_of(&[&ca_file.to_path_buf()])
+}
+
+/// The CA certificates in all these PEM files, as trust roots.
+fn load_roots_of(ca_files: &[&PathBuf]) -> Result<Arc<RootCertStore>, String> {
     let mut roots = RootCertStore::empty();
-    for cert in parse_certs(&read_pem_file(ca_file)?, ca_file)? {
-        roots.add(cert).map_err(|e| format!("unusable CA certificate in {}: {e}", ca_file.display()))?;
+    for ca_file in ca_files {
+        for cert in parse_certs(&read_pem_file(ca_file)?, ca_file)? {
+            roots.add(cert).map_err(|e| format!("unusable CA certificate in {}: {e}", ca_file.display()))?;
+        }
     }
     Ok(Arc::new(roots))
 }
@@ -169,8 +180,8 @@ pub struct NodeTls {
     pub peer: Option<ListenerTls>,
     /// How this node calls its peers: their CA, and its certificate as client identity.
     pub peer_client: Option<rustls::ClientConfig>,
-    /// How this node calls other nodes' client ports (to join): the client CA if one is given,
-    /// else the peer CA, presenting its client-port certificate.
+    /// How this node calls other nodes' client ports (to join): trusting the client and the
+    /// peer CA, presenting its peer certificate (its client-port one without peer TLS).
     pub client_port_client: Option<rustls::ClientConfig>,
 }
 
@@ -192,17 +203,24 @@ impl NodeTls {
         }
         if let (Some(cert_file), Some(key_file)) = (&config.client_cert_file, &config.client_key_file) {
             let cert = ReloadableCert::load(cert_file, key_file)?;
+            // The CAs whose certificates a client port accepts (when it requires client
+            // certificates) and trusts as the other members' client-port certificates (when this
+            // node joins): the client CA and the peer CA. Members call each other's client
+            // ports to join, presenting their peer certificate.
+            let ca_files: Vec<&PathBuf> =
+                [&config.client_trusted_ca_file, &config.peer_trusted_ca_file].into_iter().flatten().collect();
             let verifier = match &config.client_trusted_ca_file {
-                // With a client CA, every client must present a certificate it signed.
-                Some(ca_file) => WebPkiClientVerifier::builder_with_provider(load_roots(ca_file)?, provider())
+                // With a client CA, every client must present a certificate it (or the peer CA,
+                // for members) signed.
+                Some(_) => WebPkiClientVerifier::builder_with_provider(load_roots_of(&ca_files)?, provider())
                     .build()
                     .map_err(|e| format!("--client-trusted-ca-file: {e}"))?,
                 None => WebPkiClientVerifier::no_client_auth(),
             };
             let server = server_config(verifier, cert.clone())?;
-            let ca_file = config.client_trusted_ca_file.as_ref().or(config.peer_trusted_ca_file.as_ref());
-            if let Some(ca_file) = ca_file {
-                tls.client_port_client = Some(client_config(load_roots(ca_file)?, cert.clone())?);
+            if !ca_files.is_empty() {
+                let identity = tls.peer.as_ref().map_or(cert.clone(), |peer| peer.cert.clone());
+                tls.client_port_client = Some(client_config(load_roots_of(&ca_files)?, identity)?);
             }
             tls.client = Some(ListenerTls { acceptor: TlsAcceptor::from(Arc::new(server)), cert });
         }
@@ -229,17 +247,20 @@ impl NodeTls {
 
     /// Reloads certificates on SIGHUP, and whenever their files change (checked every
     /// [`limits::CERT_RELOAD_POLL_MS`]). Runs until cancelled.
-    pub async fn reload_on_change(self: Arc<Self>) {
-        if self.certs().next().is_none() {
-            return;
-        }
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    /// `hangup` is the SIGHUP stream, made as the node starts (before its storage opens), so the
+    /// signal never finds the process without a handler: its default action is to exit. Without
+    /// certificates a SIGHUP is logged and ignored.
+    pub async fn reload_on_change(self: Arc<Self>, mut hangup: Option<tokio::signal::unix::Signal>) {
         let mut poll = tokio::time::interval(Duration::from_millis(limits::CERT_RELOAD_POLL_MS));
+        let has_certs = self.certs().next().is_some();
         loop {
             let forced = tokio::select! {
-                _ = poll.tick() => false,
+                _ = poll.tick(), if has_certs => false,
                 Some(()) = async { hangup.as_mut()?.recv().await } => true,
             };
+            if forced && !has_certs {
+                tracing::info!("SIGHUP: no TLS certificates to reload");
+            }
             self.reload(forced);
         }
     }

@@ -51,7 +51,10 @@ async fn hostile_client_requests_get_4xx_and_change_nothing() {
     let huge_header = format!("x-big: {}\r\n", "a".repeat(1024 * 1024));
     let long_uri = format!("GET /v1/kv/{} HTTP/1.1\r\nhost: x\r\n\r\n", "k".repeat(1024 * 1024));
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("invalid UTF-8, percent-encoded", b"PUT /v1/kv/%FF%FE HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\nv".to_vec()),
+        (
+            "invalid UTF-8, percent-encoded",
+            b"PUT /v1/kv/%FF%FE HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\nv".to_vec(),
+        ),
         ("invalid UTF-8, raw", b"PUT /v1/kv/\xff\xfe HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\nv".to_vec()),
         ("a NUL in the key", b"PUT /v1/kv/a%00b HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\nv".to_vec()),
         ("a header without a colon", b"GET /v1/kv/k HTTP/1.1\r\nhost x\r\n\r\n".to_vec()),
@@ -63,20 +66,36 @@ async fn hostile_client_requests_get_4xx_and_change_nothing() {
             "a declared body far over the value limit",
             format!("PUT /v1/kv/big HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", 64 * 1024 * 1024).into_bytes(),
         ),
-        ("two content lengths", b"PUT /v1/kv/k HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nvv".to_vec()),
-        ("bad chunked encoding", b"PUT /v1/kv/k HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n".to_vec()),
-        ("If-Match not ASCII", b"PUT /v1/kv/k HTTP/1.1\r\nhost: x\r\nif-match: \xff\r\ncontent-length: 1\r\n\r\nv".to_vec()),
+        (
+            "two content lengths",
+            b"PUT /v1/kv/k HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nvv".to_vec(),
+        ),
+        (
+            "bad chunked encoding",
+            b"PUT /v1/kv/k HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+        ),
+        (
+            "If-Match not ASCII",
+            b"PUT /v1/kv/k HTTP/1.1\r\nhost: x\r\nif-match: \xff\r\ncontent-length: 1\r\n\r\nv".to_vec(),
+        ),
         ("a cluster path with a trick", b"DELETE /v1/cluster/members/..%2F1 HTTP/1.1\r\nhost: x\r\n\r\n".to_vec()),
         ("a member id that is not a number", b"DELETE /v1/cluster/members/-1 HTTP/1.1\r\nhost: x\r\n\r\n".to_vec()),
         (
-            "a learner request that is not JSON",
-            b"POST /v1/cluster/learners HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 3\r\n\r\n{{{".to_vec(),
+            "a learner request that is not JSON (with the token, so the JSON is what is judged)",
+            format!(
+                "POST /v1/cluster/learners HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {PEER_TOKEN}\r\n\
+                 content-type: application/json\r\ncontent-length: 3\r\n\r\n{{{{{{"
+            )
+            .into_bytes(),
         ),
     ];
     for (what, request) in &cases {
         let status = raw_status(&addr, request).await;
         assert!((400..500).contains(&status), "{what}: answered {status}, not a 4xx");
     }
+    // The last case passes the token check: its 4xx is the JSON's.
+    let (what, request) = cases.last().expect("cases");
+    assert_eq!(raw_status(&addr, request).await, 400, "{what}");
     let (status, body) = cluster.get(leader, "k", "linearizable").await;
     assert_eq!((status, body.as_str()), (200, "v"), "the node serves and the key is unchanged");
     let page: Page = cluster.get_json(leader, "/v1/kv").await;

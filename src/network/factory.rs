@@ -46,7 +46,7 @@ use crate::types::Vote;
 /// refused, e.g. by a peer of another protocol version).
 fn backs_off(error: &CallError) -> bool {
     match error {
-        CallError::NotSent(..) | CallError::NotReady(_) | CallError::Busy(_) | CallError::Unauthorized(_) => true,
+        CallError::NotSent(..) | CallError::NotReady(_) | CallError::Busy(_) | CallError::Unauthorized(..) => true,
         CallError::NoAnswer(..) | CallError::Refused(..) => false,
     }
 }

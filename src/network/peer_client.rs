@@ -35,10 +35,11 @@ pub enum CallError {
     /// Sent, but no valid answer arrived in time: the peer may have acted on it.
     #[error("peer {0} did not answer: {1}")]
     NoAnswer(NodeId, String),
-    /// The peer refused this node's credential (`401`: another peer token): nothing ran, and
-    /// nothing will until an operator fixes the configuration.
-    #[error("peer {0} refused this node's peer token (the members' tokens differ)")]
-    Unauthorized(NodeId),
+    /// The credentials did not match: the peer refused this node's (`401`: another peer
+    /// token; or its certificate at the TLS handshake), or this node refused the peer's
+    /// certificate. Nothing ran, and nothing will until an operator fixes the configuration.
+    #[error("peer {0}: credentials refused ({1})")]
+    Unauthorized(NodeId, String),
     /// Not sent: this node already forwards as many requests to the peer as it may.
     #[error("too many requests already forwarded to peer {0}")]
     Busy(NodeId),
@@ -102,7 +103,7 @@ impl PeerClient {
             return Err(CallError::NotReady(self.target));
         }
         if status == reqwest::StatusCode::UNAUTHORIZED {
-            return Err(CallError::Unauthorized(self.target));
+            return Err(CallError::Unauthorized(self.target, "its peer token differs from this node's".into()));
         }
         if status.is_client_error() {
             // Refused before the handler ran, whether or not the reason arrives whole.
@@ -118,7 +119,9 @@ impl PeerClient {
     }
 
     fn classify(&self, error: reqwest::Error) -> CallError {
-        if quorumkv_api::client::certainly_not_sent(&error) {
+        if quorumkv_api::client::refused_at_tls_handshake(&error) {
+            CallError::Unauthorized(self.target, error.to_string())
+        } else if quorumkv_api::client::certainly_not_sent(&error) {
             CallError::NotSent(self.target, error.to_string())
         } else {
             CallError::NoAnswer(self.target, error.to_string())

@@ -457,9 +457,24 @@ impl Cluster {
 
     /// From now on, talk HTTPS to the client ports, trusting only the CA in `ca_file`.
     pub fn use_client_tls(&mut self, ca_file: &std::path::Path) {
+        self.use_client_tls_as(ca_file, None);
+    }
+
+    /// [`Cluster::use_client_tls`], presenting a client certificate (`cert`, `key` files).
+    pub fn use_client_tls_as(
+        &mut self,
+        ca_file: &std::path::Path,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+    ) {
         let pem = std::fs::read(ca_file).expect("CA file");
         let ca = reqwest::Certificate::from_pem(&pem).expect("CA certificate");
-        self.http = test_http_client(reqwest::Client::builder().add_root_certificate(ca));
+        let mut builder = reqwest::Client::builder().add_root_certificate(ca);
+        if let Some((cert, key)) = identity {
+            let mut pem = std::fs::read(cert).expect("certificate");
+            pem.extend(std::fs::read(key).expect("key"));
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).expect("identity"));
+        }
+        self.http = test_http_client(builder);
         self.scheme = "https";
     }
 

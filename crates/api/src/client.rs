@@ -108,6 +108,12 @@ pub fn certainly_not_sent(error: &reqwest::Error) -> bool {
     error.is_connect() || refused_by_tls(error)
 }
 
+/// Whether the request failed because one side refused the other's certificate (or no common
+/// TLS version or cipher): a configuration problem, not a network one; nothing was sent.
+pub fn refused_at_tls_handshake(error: &reqwest::Error) -> bool {
+    refused_by_tls(error)
+}
+
 fn refused_by_tls(error: &(dyn std::error::Error + 'static)) -> bool {
     use rustls::AlertDescription as Alert;
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
