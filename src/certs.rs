@@ -60,23 +60,33 @@ pub fn init(request: &CertsInit<'_>) -> Result<(), String> {
         params.not_after = now + time::Duration::days(DEVELOPMENT_CERT_VALIDITY_DAYS);
     };
 
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
-    ca_params.distinguished_name.push(DnType::CommonName, "quorumkv development CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    validity(&mut ca_params);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(failed)?).map_err(failed)?;
-    write_file(&dir.join("ca-key.pem"), ca.key().serialize_pem().as_bytes(), true)?;
-    write_file(&dir.join("ca.pem"), ca.pem().as_bytes(), false)?;
+    // A CA, written as `<file>.pem` and `<file>-key.pem`.
+    let make_ca = |common_name: &str, file: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        validity(&mut params);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().map_err(failed)?).map_err(failed)?;
+        write_file(&dir.join(format!("{file}-key.pem")), ca.key().serialize_pem().as_bytes(), true)?;
+        write_file(&dir.join(format!("{file}.pem")), ca.pem().as_bytes(), false)?;
+        Ok::<_, String>(ca)
+    };
+    let ca = make_ca("quorumkv development CA", "ca")?;
 
-    let leaf = |name: &str, names: Vec<String>, usages: Vec<ExtendedKeyUsagePurpose>| -> Result<(), String> {
+    // A certificate `name` signed by `issuer`, written as `<name>.pem` and `<name>-key.pem`.
+    let leaf = |issuer: &CertifiedIssuer<'_, KeyPair>,
+                name: &str,
+                names: Vec<String>,
+                usages: Vec<ExtendedKeyUsagePurpose>|
+     -> Result<(), String> {
         let mut params = CertificateParams::new(names).map_err(failed)?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = usages;
         validity(&mut params);
         let key = KeyPair::generate().map_err(failed)?;
-        let cert = params.signed_by(&key, &ca).map_err(failed)?;
+        let cert = params.signed_by(&key, issuer).map_err(failed)?;
         write_file(&dir.join(format!("{name}-key.pem")), key.serialize_pem().as_bytes(), true)?;
         write_file(&dir.join(format!("{name}.pem")), cert.pem().as_bytes(), false)
     };
@@ -86,28 +96,12 @@ pub fn init(request: &CertsInit<'_>) -> Result<(), String> {
         // Server and client: a node's certificate is presented by its listeners and when it
         // calls its peers.
         let usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        leaf(&format!("node-{id}"), names.clone(), usages)?;
+        leaf(&ca, &format!("node-{id}"), names.clone(), usages)?;
     }
     // The CLI's certificate comes from a CA of its own: the peer port trusts every certificate
     // of the peer CA as a member, and a client must never be one.
-    let mut client_ca_params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
-    client_ca_params.distinguished_name.push(DnType::CommonName, "quorumkv development client CA");
-    client_ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    client_ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    validity(&mut client_ca_params);
-    let client_ca =
-        CertifiedIssuer::self_signed(client_ca_params, KeyPair::generate().map_err(failed)?).map_err(failed)?;
-    write_file(&dir.join("client-ca-key.pem"), client_ca.key().serialize_pem().as_bytes(), true)?;
-    write_file(&dir.join("client-ca.pem"), client_ca.pem().as_bytes(), false)?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
-    params.distinguished_name.push(DnType::CommonName, "client");
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    validity(&mut params);
-    let key = KeyPair::generate().map_err(failed)?;
-    let cert = params.signed_by(&key, &client_ca).map_err(failed)?;
-    write_file(&dir.join("client-key.pem"), key.serialize_pem().as_bytes(), true)?;
-    write_file(&dir.join("client.pem"), cert.pem().as_bytes(), false)?;
+    let client_ca = make_ca("quorumkv development client CA", "client-ca")?;
+    leaf(&client_ca, "client", Vec::new(), vec![ExtendedKeyUsagePurpose::ClientAuth])?;
     write_file(&dir.join("peer-token"), format!("{}\n", random_token()?).as_bytes(), true)
 }
 
@@ -162,26 +156,14 @@ mod tests {
         let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(&ca_pem).expect("pem");
         let anchors = [webpki::anchor_from_trusted_cert(&ca_der).expect("anchor")];
         let client = webpki::EndEntityCert::try_from(&client_der).expect("parses");
-        let verified = client.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &anchors,
-            &[],
-            rustls::pki_types::UnixTime::now(),
-            webpki::KeyUsage::client_auth(),
-            None,
-            None,
-        );
-        assert!(verified.is_err(), "client.pem must not chain to the peer CA");
+        let chains_to_ca = |cert: &webpki::EndEntityCert<'_>| {
+            let now = rustls::pki_types::UnixTime::now();
+            let usage = webpki::KeyUsage::client_auth();
+            cert.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &anchors, &[], now, usage, None, None).map(|_| ())
+        };
+        assert!(chains_to_ca(&client).is_err(), "client.pem must not chain to the peer CA");
         // The same check passes for a node's certificate (so the refusal above is the CA's).
-        let node = cert.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &anchors,
-            &[],
-            rustls::pki_types::UnixTime::now(),
-            webpki::KeyUsage::client_auth(),
-            None,
-            None,
-        );
+        let node = chains_to_ca(&cert);
         assert!(node.is_ok(), "node-1.pem chains to the peer CA: {:?}", node.err());
         assert!(dir.path().join("client-ca.pem").exists());
         let token = std::fs::read_to_string(dir.path().join("peer-token")).expect("token");
