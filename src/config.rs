@@ -304,10 +304,13 @@ impl ServeConfig {
         self.peer_cert_file.is_some()
     }
 
-    /// The peer token, from `--peer-token` or read from `--peer-token-file`.
-    pub fn load_peer_token(&self) -> Result<Option<String>, String> {
-        let token = match (&self.peer_token, &self.peer_token_file) {
-            (Some(PeerToken(token)), _) => token.clone(),
+    /// The peer tokens, from `--peer-token` or read from `--peer-token-file`: one token per
+    /// line (blank lines and surrounding whitespace ignored). The first is the one this node
+    /// sends; every one is accepted, so a token can be rotated by a rolling restart (add the new
+    /// one second, then move it first, then drop the old one). Empty without a token.
+    pub fn load_peer_tokens(&self) -> Result<Vec<String>, String> {
+        let tokens = match (&self.peer_token, &self.peer_token_file) {
+            (Some(PeerToken(token)), _) => vec![token.clone()],
             (None, Some(file)) => {
                 let metadata =
                     std::fs::metadata(file).map_err(|e| format!("--peer-token-file {}: {e}", file.display()))?;
@@ -316,12 +319,19 @@ impl ServeConfig {
                 }
                 let text =
                     std::fs::read_to_string(file).map_err(|e| format!("--peer-token-file {}: {e}", file.display()))?;
-                text.trim().to_string()
+                let tokens: Vec<String> =
+                    text.lines().map(str::trim).filter(|line| !line.is_empty()).map(str::to_string).collect();
+                if tokens.is_empty() {
+                    return Err(format!("--peer-token-file {} holds no token", file.display()));
+                }
+                tokens
             }
-            (None, None) => return Ok(None),
+            (None, None) => return Ok(Vec::new()),
         };
-        check_peer_token(&token)?;
-        Ok(Some(token))
+        for token in &tokens {
+            check_peer_token(token)?;
+        }
+        Ok(tokens)
     }
 
     pub fn advertised_client_addr(&self) -> &str {
@@ -559,9 +569,14 @@ mod tests {
         let path_text = path.to_str().expect("utf-8");
         let config = parse(&["--id", "1", "--peer-token-file", path_text]);
         config.validate().expect("valid");
-        assert_eq!(config.load_peer_token().expect("loads").as_deref(), Some(TOKEN));
-        std::fs::write(&path, "short\n").expect("write");
-        assert!(config.load_peer_token().expect_err("short").contains("at least 16"));
+        assert_eq!(config.load_peer_tokens().expect("loads"), [TOKEN]);
+        // Several tokens, one per line: for rotation.
+        std::fs::write(&path, format!("\n  {TOKEN}  \n\nsecond-token-0123456789\n")).expect("write");
+        assert_eq!(config.load_peer_tokens().expect("loads"), [TOKEN, "second-token-0123456789"]);
+        std::fs::write(&path, format!("{TOKEN}\nshort\n")).expect("write");
+        assert!(config.load_peer_tokens().expect_err("short").contains("at least 16"));
+        std::fs::write(&path, "\n \n").expect("write");
+        assert!(config.load_peer_tokens().expect_err("empty").contains("holds no token"));
     }
 
     #[test]

@@ -141,8 +141,7 @@ impl Node {
         let kv = state_machine.reader();
         let snapshots = state_machine.snapshots();
         let tls = Arc::new(NodeTls::from_config(&config)?);
-        let peer_credentials =
-            PeerCredentials { token: config.load_peer_token()?.map(Arc::from), tls: tls.peer_client.clone() };
+        let peer_credentials = PeerCredentials::new(config.load_peer_tokens()?, tls.peer_client.clone());
         if tls.peer.is_none() {
             tracing::warn!(
                 "PEER TRAFFIC IS NOT ENCRYPTED: the peer port authenticates members by the peer token \

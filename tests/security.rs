@@ -116,6 +116,27 @@ async fn adding_a_learner_without_peer_tls_needs_the_peer_token() {
     assert_eq!(members(cluster.cluster_status(leader).await.expect("status")), [1, 7]);
 }
 
+/// Goal: a peer token file may hold several tokens (rotation): every one is accepted on the
+/// peer port, anything else is refused.
+#[tokio::test]
+async fn every_token_of_the_peer_token_file_is_accepted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("peer-token");
+    std::fs::write(&file, "new-token-0123456789abcdef\n\nold-token-0123456789abcdef\n").expect("write");
+    let file = file.display().to_string();
+    let cluster = Cluster::start_with_args(1, &["--peer-token-file", &file]).await;
+    let leader = cluster.wait_for_leader().await;
+    let url = format!("http://{}{}", cluster.node(leader).peer_addr, protocol::Freshness::PATH);
+    let http = reqwest::Client::new();
+    for (token, expected) in
+        [("new-token-0123456789abcdef", 200), ("old-token-0123456789abcdef", 200), (PEER_TOKEN, 401)]
+    {
+        let body = protocol::encode(&()).expect("encode");
+        let status = post(&http, url.clone(), Some(token), body).await;
+        assert_eq!(status, expected, "token {token}");
+    }
+}
+
 /// Goal: the leader checks a forwarded write against the key and value limits again (a
 /// buggy peer, or one whose credential was stolen, puts nothing in the log a client could not).
 #[tokio::test]

@@ -69,14 +69,15 @@ pub(super) async fn add_learner(
     // Without peer TLS, the leader will hand the new address the peer token on every message:
     // only a holder of the token may name one (or anyone could collect it). With peer TLS, a
     // stranger's address has no certificate of the peer CA and gets nothing.
-    if let (false, Some(token)) = (node.config().peer_tls(), &node.peer_credentials().token) {
-        if !crate::network::bearer_matches(token, headers.get(axum::http::header::AUTHORIZATION)) {
-            return Err(Error::Unauthorized(
-                "without peer TLS, adding a learner needs the peer token (Authorization: Bearer; the CLI's \
-                 --peer-token-file), since the cluster will send it to the new node"
-                    .into(),
-            ));
-        }
+    let accepted = &node.peer_credentials().accepted;
+    let authorization = headers.get(axum::http::header::AUTHORIZATION);
+    if !node.config().peer_tls() && !accepted.is_empty() && !crate::network::bearer_matches_any(accepted, authorization)
+    {
+        return Err(Error::Unauthorized(
+            "without peer TLS, adding a learner needs the peer token (Authorization: Bearer; the CLI's \
+             --peer-token-file), since the cluster will send it to the new node"
+                .into(),
+        ));
     }
     let request: AddLearnerRequest = parse_json(body).await?;
     if request.id == 0 || !request.peer_addr.contains(':') {

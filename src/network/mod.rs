@@ -20,6 +20,11 @@ pub use server::peer_router;
 
 use std::sync::Arc;
 
+/// Whether an `Authorization` header holds `Bearer <one of the tokens>`.
+pub fn bearer_matches_any(tokens: &[Arc<str>], header: Option<&axum::http::HeaderValue>) -> bool {
+    tokens.iter().any(|token| bearer_matches(token, header))
+}
+
 /// Whether an `Authorization` header holds `Bearer <token>`. The SHA-256 digests of both
 /// are compared in constant time, so neither the token's bytes nor its length leak.
 pub fn bearer_matches(token: &str, header: Option<&axum::http::HeaderValue>) -> bool {
@@ -34,8 +39,18 @@ pub fn bearer_matches(token: &str, header: Option<&axum::http::HeaderValue>) -> 
 /// What this node presents to its peers, and demands of them.
 #[derive(Clone, Default)]
 pub struct PeerCredentials {
-    /// The shared peer token, when one is configured.
+    /// The peer token this node sends, when one is configured (the first of `accepted`).
     pub token: Option<Arc<str>>,
+    /// Every peer token this node accepts (several while one is being rotated).
+    pub accepted: Arc<[Arc<str>]>,
     /// Mutual TLS: the peer CA and this node's certificate (`None`: plain HTTP).
     pub tls: Option<rustls::ClientConfig>,
+}
+
+impl PeerCredentials {
+    /// `tokens`: the first is sent, all are accepted.
+    pub fn new(tokens: Vec<String>, tls: Option<rustls::ClientConfig>) -> Self {
+        let accepted: Arc<[Arc<str>]> = tokens.into_iter().map(Arc::from).collect();
+        Self { token: accepted.first().cloned(), accepted, tls }
+    }
 }

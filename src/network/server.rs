@@ -47,27 +47,24 @@ pub fn peer_router(node: Arc<Node>) -> Router {
         .route(protocol::Probe::PATH, post(probe))
         .route(protocol::Announce::PATH, post(announce))
         .merge(forwarded)
-        .layer(axum::middleware::from_fn_with_state(node.peer_credentials().token.clone(), require_peer_token))
+        .layer(axum::middleware::from_fn_with_state(node.peer_credentials().accepted.clone(), require_peer_token))
         .with_state(node)
 }
 
 /// Refuses, before any handler reads the body, a request without the peer token (when one is
 /// configured): `401`, which the sender counts as a definite refusal (nothing ran).
 async fn require_peer_token(
-    State(expected): State<Option<Arc<str>>>,
+    State(accepted): State<Arc<[Arc<str>]>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Some(expected) = expected {
-        if !super::bearer_matches(&expected, request.headers().get(axum::http::header::AUTHORIZATION)) {
-            let mut response =
-                Rejection::new(StatusCode::UNAUTHORIZED, "peer token missing or wrong".into()).into_response();
-            // The connection is not kept for a sender without the token.
-            response
-                .headers_mut()
-                .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
-            return response;
-        }
+    let authorization = request.headers().get(axum::http::header::AUTHORIZATION);
+    if !accepted.is_empty() && !super::bearer_matches_any(&accepted, authorization) {
+        let mut response =
+            Rejection::new(StatusCode::UNAUTHORIZED, "peer token missing or wrong".into()).into_response();
+        // The connection is not kept for a sender without the token.
+        response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        return response;
     }
     next.run(request).await
 }
