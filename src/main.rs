@@ -378,7 +378,9 @@ async fn run_client(endpoints: &str, tls: &quorumkv_api::client::ClientTls, comm
                     }
                     let token = std::fs::read_to_string(&file)
                         .map_err(|e| ClientError::Failed(format!("--peer-token-file {}: {e}", file.display())))?;
-                    let value = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                    // The token this node would send: a rotating file's first line (as `serve`).
+                    let token = token.lines().map(str::trim).find(|line| !line.is_empty()).unwrap_or_default();
+                    let value = HeaderValue::from_str(&format!("Bearer {token}"))
                         .map_err(|_| ClientError::Failed("the peer token is not a valid header value".into()))?;
                     headers.insert(reqwest::header::AUTHORIZATION, value);
                 }

@@ -113,3 +113,34 @@ async fn cluster_leader_asks_each_endpoint_once() {
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1, "asked more than once: {stderr}");
 }
+
+/// Goal: `cluster add-learner --peer-token-file` sends the token a node would send, the first
+/// line of a file that holds several during a rotation (it sent an invalid header, and failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_learner_sends_the_first_token_of_a_rotating_file() {
+    let router = Router::new().route(
+        "/v1/cluster/learners",
+        axum::routing::post(|headers: axum::http::HeaderMap| async move {
+            match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+                Some("Bearer first-token-0123456789") => (StatusCode::OK, "{}"),
+                _ => (StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized","message":"x","outcome":"failed"}"#),
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("peer-token");
+    std::fs::write(&file, "\n first-token-0123456789 \nsecond-token-0123456789\n").expect("write");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_quorumkv"))
+            .args(["--endpoints", &endpoint, "cluster", "add-learner", "5", "127.0.0.1:1", "--peer-token-file"])
+            .arg(&file)
+            .output()
+            .expect("run the CLI")
+    })
+    .await
+    .expect("join");
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+}

@@ -20,29 +20,35 @@ pub use server::peer_router;
 
 use std::sync::Arc;
 
-/// Whether an `Authorization` header holds `Bearer <one of the tokens>`.
-pub fn bearer_matches_any(tokens: &[Arc<str>], header: Option<&axum::http::HeaderValue>) -> bool {
-    tokens.iter().any(|token| bearer_matches(token, header))
+/// The SHA-256 digest of a peer token: what is kept to check presented tokens against.
+pub type TokenDigest = [u8; 32];
+
+fn token_digest(token: &[u8]) -> TokenDigest {
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token).as_ref());
+    digest
 }
 
-/// Whether an `Authorization` header holds `Bearer <token>`. The SHA-256 digests of both
-/// are compared in constant time, so neither the token's bytes nor its length leak.
-pub fn bearer_matches(token: &str, header: Option<&axum::http::HeaderValue>) -> bool {
+/// Whether an `Authorization` header holds `Bearer <a token whose digest is accepted>`. The
+/// presented token is hashed once and the digests compared in constant time, so neither the
+/// tokens' bytes nor their length leak; the accepted digests are computed once, at start-up,
+/// not on every peer request.
+pub fn bearer_matches_any(accepted: &[TokenDigest], header: Option<&axum::http::HeaderValue>) -> bool {
     use subtle::ConstantTimeEq;
     let Some(presented) = header.and_then(|value| value.as_bytes().strip_prefix(b"Bearer ")) else {
         return false;
     };
-    let digest = |bytes: &[u8]| ring::digest::digest(&ring::digest::SHA256, bytes);
-    bool::from(digest(presented).as_ref().ct_eq(digest(token.as_bytes()).as_ref()))
+    let presented = token_digest(presented);
+    accepted.iter().any(|digest| bool::from(presented.ct_eq(digest)))
 }
 
 /// What this node presents to its peers, and demands of them.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PeerCredentials {
-    /// The peer token this node sends, when one is configured (the first of `accepted`).
+    /// The peer token this node sends, when one is configured (the first accepted one).
     pub token: Option<Arc<str>>,
-    /// Every peer token this node accepts (several while one is being rotated).
-    pub accepted: Arc<[Arc<str>]>,
+    /// The digests of every peer token this node accepts (several while one is being rotated).
+    pub accepted: Arc<[TokenDigest]>,
     /// Mutual TLS: the peer CA and this node's certificate (`None`: plain HTTP).
     pub tls: Option<rustls::ClientConfig>,
 }
@@ -50,7 +56,7 @@ pub struct PeerCredentials {
 impl PeerCredentials {
     /// `tokens`: the first is sent, all are accepted.
     pub fn new(tokens: Vec<String>, tls: Option<rustls::ClientConfig>) -> Self {
-        let accepted: Arc<[Arc<str>]> = tokens.into_iter().map(Arc::from).collect();
-        Self { token: accepted.first().cloned(), accepted, tls }
+        let accepted: Arc<[TokenDigest]> = tokens.iter().map(|token| token_digest(token.as_bytes())).collect();
+        Self { token: tokens.into_iter().next().map(Arc::from), accepted, tls }
     }
 }

@@ -54,7 +54,7 @@ pub fn peer_router(node: Arc<Node>) -> Router {
 /// Refuses, before any handler reads the body, a request without the peer token (when one is
 /// configured): `401`, which the sender counts as a definite refusal (nothing ran).
 async fn require_peer_token(
-    State(accepted): State<Arc<[Arc<str>]>>,
+    State(accepted): State<Arc<[super::TokenDigest]>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
