@@ -13,7 +13,7 @@
 #     (valid verdict required);
 #  6. starts the compose cluster with TLS (cluster/docker-compose.tls.yml): writes and reads over
 #     HTTPS through every node, checks that a client not trusting the CA and plain HTTP get
-#     nothing, runs `quorumkv verify` over TLS; then scripts/k8s-check.py.
+#     nothing, runs `quorumkv verify` over TLS; then scripts/k8s-check.py, plain and --tls.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -127,4 +127,6 @@ scripts/compose-cluster.sh down >/dev/null
 
 step "Kubernetes manifests"
 /usr/bin/python3 scripts/k8s-check.py || fail "scripts/k8s-check.py"
+step "Kubernetes manifests, TLS variant"
+/usr/bin/python3 scripts/k8s-check.py --tls || fail "scripts/k8s-check.py --tls"
 step "ok"

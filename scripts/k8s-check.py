@@ -11,13 +11,21 @@
    ready, a write through one pod read back linearizably through the others. Then a fourth
    pod (what `kubectl scale --replicas=4` adds) must join as a learner and become a voter.
 
-Usage: scripts/k8s-check.py   (needs Docker and the image: scripts/docker-image.sh)
+With --tls, the same for the TLS variant (cluster/kubernetes/tls: the kustomization's patch
+merged into the StatefulSet here, as `kubectl apply -k` would): mutual TLS between the pods and
+HTTPS for clients, with development certificates from the image's `quorumkv certs init`
+mounted where the Secret would be; the pods are reached over HTTPS trusting only that CA.
+
+Usage: scripts/k8s-check.py [--tls]   (needs Docker and the image: scripts/docker-image.sh)
 """
 
 import json
 import os
 import secrets
+import shutil
+import ssl
 import subprocess
+import tempfile
 import sys
 import time
 import urllib.error
@@ -32,6 +40,11 @@ PREFIX = "qkv-k8s-check-"
 DEADLINE_SECONDS = 60
 IMAGE = os.environ.get("QUORUMKV_IMAGE", "quorumkv:dev")
 PEER_TOKEN = secrets.token_hex(32)
+TLS = "--tls" in sys.argv[1:]
+TLS_SECRET = "quorumkv-tls"
+# The Secret's files, made by main() with --tls; mounted where the pods mount the Secret.
+TLS_DIR = tempfile.mkdtemp(prefix="qkv-k8s-tls-") if TLS else None
+SSL_CONTEXT = None
 
 
 def fail(message):
@@ -45,7 +58,66 @@ def load_objects():
         if name.endswith((".yaml", ".yml")):
             with open(os.path.join(MANIFESTS, name)) as f:
                 objects += [doc for doc in yaml.safe_load_all(f) if doc]
+    if TLS:
+        objects = apply_kustomization(os.path.join(MANIFESTS, "tls"), objects)
     return objects
+
+
+def strategic_merge(base, patch):
+    """Kubernetes' strategic merge, as far as these manifests use it: maps merge, lists of
+    named objects merge by name, other lists and values are replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            merged[key] = strategic_merge(base[key], value) if key in base else value
+        return merged
+    named = lambda items: isinstance(items, list) and all(isinstance(i, dict) and "name" in i for i in items)
+    if named(base) and named(patch):
+        merged = list(base)
+        for item in patch:
+            index = next((i for i, b in enumerate(merged) if b["name"] == item["name"]), None)
+            if index is None:
+                merged.append(item)
+            else:
+                merged[index] = strategic_merge(merged[index], item)
+        return merged
+    return patch
+
+
+def apply_kustomization(directory, objects):
+    with open(os.path.join(directory, "kustomization.yaml")) as f:
+        kustomization = yaml.safe_load(f)
+    if kustomization.get("resources") != ["../quorumkv.yaml"]:
+        fail("the TLS kustomization must build on ../quorumkv.yaml")
+    for entry in kustomization.get("patches", []):
+        with open(os.path.join(directory, entry["path"])) as f:
+            patch = yaml.safe_load(f)
+        targets = [o for o in objects if (o["kind"], o["metadata"]["name"]) == (patch["kind"], patch["metadata"]["name"])]
+        if len(targets) != 1:
+            fail(f"patch {entry['path']} matches {len(targets)} objects")
+        objects[objects.index(targets[0])] = strategic_merge(targets[0], patch)
+    return objects
+
+
+def make_tls_secret():
+    """The files of the quorumkv-tls Secret, as the kustomization's comment makes them."""
+    global SSL_CONTEXT
+    hosts = ",".join(["quorumkv-client"] + [f"quorumkv-{i}.quorumkv" for i in range(10)])
+    work = tempfile.mkdtemp(prefix="qkv-k8s-certs-")
+    try:
+        docker("run", "--rm", "--user", f"{os.getuid()}:{os.getgid()}", "-v", f"{work}:/certs",
+               "--entrypoint", "quorumkv", IMAGE, "certs", "init", "/certs/dev", "--nodes", "1", "--hosts", hosts)
+        for secret_name, made in [("ca.pem", "ca.pem"), ("node.pem", "node-1.pem"), ("node-key.pem", "node-1-key.pem")]:
+            shutil.copy(os.path.join(work, "dev", made), os.path.join(TLS_DIR, secret_name))
+            # A Secret volume's files are readable by the pod's group (defaultMode 0440, fsGroup);
+            # a bind mount has no fsGroup, so readable by all here.
+            os.chmod(os.path.join(TLS_DIR, secret_name), 0o444)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    SSL_CONTEXT = ssl.create_default_context(cafile=os.path.join(TLS_DIR, "ca.pem"))
+    # The pods are reached by IP from here; their certificate names their DNS names. The chain
+    # is still verified against the development CA alone.
+    SSL_CONTEXT.check_hostname = False
 
 
 def check_manifests(objects):
@@ -71,6 +143,10 @@ def check_manifests(objects):
     if not spec.get("volumeClaimTemplates"):
         fail("the StatefulSet needs a volumeClaimTemplate (a volume per pod)")
     container = spec["template"]["spec"]["containers"][0]
+    scheme = "HTTPS" if TLS else "HTTP"
+    for probe in ("readinessProbe", "livenessProbe"):
+        if container.get(probe, {}).get("httpGet", {}).get("scheme", "HTTP") != scheme:
+            fail(f"{probe} must use {scheme}")
     if container.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/ready":
         fail("readiness must probe /ready")
     if container.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/health":
@@ -123,6 +199,13 @@ def start_pod(sts, service, ordinal):
            "--network-alias", f"{name}.{service}"]
     if "runAsUser" in security:
         run += ["--user", f"{security['runAsUser']}:{security.get('runAsGroup', security['runAsUser'])}"]
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"].get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        secret = volumes.get(mount["name"], {}).get("secret", {}).get("secretName")
+        if secret == TLS_SECRET and TLS_DIR:
+            run += ["-v", f"{TLS_DIR}:{mount['mountPath']}:ro"]
+        elif secret is not None:
+            fail(f"volume {mount['name']}: only the {TLS_SECRET} Secret is checked here")
     for key, value in env.items():
         run += ["--env", f"{key}={value}"]
     if command:
@@ -131,13 +214,14 @@ def start_pod(sts, service, ordinal):
         run += [IMAGE]
     docker(*run)
     ip = docker("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", PREFIX + name)
-    return name, f"http://{ip}:8080"
+    scheme = "https" if TLS else "http"
+    return name, f"{scheme}://{ip}:8080"
 
 
 def http(method, url, body=None):
     request = urllib.request.Request(url, data=body, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5, context=SSL_CONTEXT) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
@@ -160,6 +244,8 @@ def cleanup():
     if names:
         docker("rm", "-f", "-v", *names, check=False)
     docker("network", "rm", NETWORK, check=False)
+    if TLS_DIR:
+        shutil.rmtree(TLS_DIR, ignore_errors=True)
 
 
 def cluster_status(url):
@@ -170,8 +256,12 @@ def cluster_status(url):
 def main():
     sts, service = check_manifests(load_objects())
     replicas = sts["spec"]["replicas"]
-    print(f"k8s-check: manifests parse; StatefulSet of {replicas} behind headless Service {service}")
+    variant = " (TLS variant)" if TLS else ""
+    print(f"k8s-check: manifests parse{variant}; StatefulSet of {replicas} behind headless Service {service}")
     cleanup()
+    if TLS:
+        os.makedirs(TLS_DIR, exist_ok=True)
+        make_tls_secret()
     docker("network", "create", NETWORK)
     pods = {}
     try:
@@ -215,7 +305,7 @@ def main():
         raise
     finally:
         cleanup()
-    print("k8s-check: ok")
+    print(f"k8s-check: ok{variant}")
 
 
 if __name__ == "__main__":

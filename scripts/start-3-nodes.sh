@@ -9,6 +9,8 @@
 #   --tls:      HTTPS on the client ports and mutual TLS between the nodes, with development
 #               certificates made by `quorumkv certs init` in $QUORUMKV_STATE_DIR/certs (kept:
 #               once a state dir has certificates, its nodes always start with TLS)
+#   --auth:     users and roles on: creates user `root` (role admin) with a random password in
+#               $QUORUMKV_STATE_DIR/root-password and enables auth (kept, like --tls)
 #
 # The nodes authenticate each other with a peer token, generated once into
 # $QUORUMKV_STATE_DIR/peer-token (and, with --tls, also with their certificates).
@@ -17,11 +19,13 @@
 set -euo pipefail
 
 tls=false
+auth=false
 for arg in "$@"; do
     case "$arg" in
         --tls) tls=true ;;
+        --auth) auth=true ;;
         *)
-            echo "usage: $0 [--tls]" >&2
+            echo "usage: $0 [--tls] [--auth]" >&2
             exit 2
             ;;
     esac
@@ -103,6 +107,23 @@ while [[ -z "$leader" ]]; do
     [[ -n "$leader" ]] || sleep 0.2
 done
 
+# --auth: a root user with a random password, then auth on. Once; later runs keep it.
+password_file="$state_dir/root-password"
+if $auth && [[ ! -f "$password_file" ]]; then
+    (umask 077 && od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$password_file.partial")
+    QUORUMKV_NEW_PASSWORD="$(cat "$password_file.partial")" "$binary" "${client_tls_args[@]}" \
+        --endpoints 127.0.0.1:8081 user add root --roles admin >/dev/null
+    "$binary" "${client_tls_args[@]}" --endpoints 127.0.0.1:8081 auth enable >/dev/null
+    mv "$password_file.partial" "$password_file"
+    echo "auth enabled: user root, password in $password_file"
+fi
+auth_hint=""
+if [[ -f "$password_file" ]]; then
+    auth_hint="
+  export QUORUMKV_USER=root QUORUMKV_PASSWORD=\$(cat $password_file)   # auth is on: log in as root
+  TOKEN=\$($binary ${client_tls_args[*]} auth token)                  # a token for curl's -H \"Authorization: Bearer \$TOKEN\""
+fi
+
 if $tls; then
     cat <<USAGE
 cluster is up (TLS): leader is node $leader (pid $(cat "$state_dir/node-$leader.pid"))
@@ -114,6 +135,7 @@ cluster is up (TLS): leader is node $leader (pid $(cat "$state_dir/node-$leader.
   kill -9 \$(cat $state_dir/node-$leader.pid)    # kill the leader; the others elect a new one
   scripts/start-3-nodes.sh                        # restart whatever is not running (TLS is kept)
   scripts/stop-3-nodes.sh                         # stop all three (SIGTERM, graceful)
+$auth_hint
 USAGE
     exit 0
 fi
@@ -128,4 +150,5 @@ cluster is up: leader is node $leader (pid $(cat "$state_dir/node-$leader.pid"))
   kill -9 \$(cat $state_dir/node-$leader.pid)    # kill the leader; the others elect a new one
   scripts/start-3-nodes.sh                        # restart whatever is not running
   scripts/stop-3-nodes.sh                         # stop all three (SIGTERM, graceful)
+$auth_hint
 USAGE

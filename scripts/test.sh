@@ -44,15 +44,26 @@ if ((verify_status != 0)); then
     echo "FAILED: quorumkv verify against scripts/start-3-nodes.sh exited $verify_status"
     exit 1
 fi
-# The same over TLS: `scripts/start-3-nodes.sh --tls` (HTTPS for clients, mutual TLS between
-# the nodes), checked through the CLI trusting only the cluster's development CA.
+# The same over TLS and with auth: `scripts/start-3-nodes.sh --tls --auth` (HTTPS for clients,
+# mutual TLS between the nodes, user root and auth enabled), checked through the CLI trusting
+# only the cluster's development CA and logged in as root; a write without credentials must
+# be refused (401) and change nothing.
 tls_state_dir="$PWD/target/verify-3-nodes-tls"
 rm -rf "$tls_state_dir"
-QUORUMKV_STATE_DIR="$tls_state_dir" scripts/start-3-nodes.sh --tls
-target/debug/quorumkv --cacert "$tls_state_dir/certs/ca.pem" verify --duration-secs 5 || verify_status=$?
+QUORUMKV_STATE_DIR="$tls_state_dir" scripts/start-3-nodes.sh --tls --auth
+tls_cli=(target/debug/quorumkv --cacert "$tls_state_dir/certs/ca.pem")
+QUORUMKV_PASSWORD="$(cat "$tls_state_dir/root-password")" "${tls_cli[@]}" --user root verify --duration-secs 5 \
+    || verify_status=$?
+anonymous_put=$("${tls_cli[@]}" put unauthenticated-write x 2>&1 || true)
+anonymous_get=$(QUORUMKV_PASSWORD="$(cat "$tls_state_dir/root-password")" "${tls_cli[@]}" --user root \
+    get unauthenticated-write 2>&1 || true)
 QUORUMKV_STATE_DIR="$tls_state_dir" scripts/stop-3-nodes.sh
 if ((verify_status != 0)); then
-    echo "FAILED: quorumkv verify against scripts/start-3-nodes.sh --tls exited $verify_status"
+    echo "FAILED: quorumkv verify against scripts/start-3-nodes.sh --tls --auth exited $verify_status"
+    exit 1
+fi
+if [[ "$anonymous_put" != *"401"*"unauthorized"* || "$anonymous_get" != *"404"* ]]; then
+    echo "FAILED: a write without credentials was not refused: put: $anonymous_put; get: $anonymous_get"
     exit 1
 fi
 

@@ -169,6 +169,10 @@ pub struct ServeConfig {
     #[arg(long, env = "QUORUMKV_SNAPSHOT_LOG_ENTRIES", default_value_t = 10_000)]
     pub snapshot_log_entries: u64,
 
+    /// Lifetime of the tokens `POST /v1/auth/token` issues (once auth is enabled).
+    #[arg(long, env = "QUORUMKV_AUTH_TOKEN_TTL_MS", default_value_t = limits::DEFAULT_AUTH_TOKEN_TTL_MS)]
+    pub auth_token_ttl_ms: u64,
+
     /// Log filter, e.g. `info` or `quorumkv=debug,openraft=info`.
     #[arg(long, env = "QUORUMKV_LOG", default_value = "info")]
     pub log: String,
@@ -193,6 +197,13 @@ impl ServeConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.id == 0 {
             return Err("--id must be at least 1".into());
+        }
+        if !(limits::MIN_AUTH_TOKEN_TTL_MS..=limits::MAX_AUTH_TOKEN_TTL_MS).contains(&self.auth_token_ttl_ms) {
+            return Err(format!(
+                "--auth-token-ttl-ms must be between {} and {}",
+                limits::MIN_AUTH_TOKEN_TTL_MS,
+                limits::MAX_AUTH_TOKEN_TTL_MS
+            ));
         }
         check_addr("--client-addr", &self.client_addr)?;
         check_addr("--peer-addr", &self.peer_addr)?;

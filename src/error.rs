@@ -59,6 +59,8 @@ pub enum Error {
     Overloaded,
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    #[error("permission denied: {0}")]
+    Forbidden(String),
 }
 
 impl Error {
@@ -68,6 +70,7 @@ impl Error {
             Error::InvalidKey(_) | Error::InvalidParameter(_) | Error::InvalidHeader(_) => 400,
             Error::KeyNotFound | Error::RouteNotFound | Error::MemberNotFound(_) => 404,
             Error::Unauthorized(_) => 401,
+            Error::Forbidden(_) => 403,
             Error::RequestTimeout { .. } => 408,
             Error::Conflict(_) => 409,
             Error::Overloaded => 429,
@@ -106,6 +109,7 @@ impl Error {
             Error::RequestTimeout { .. } => "request_timeout",
             Error::Overloaded => "too_many_requests",
             Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "permission_denied",
         }
     }
 
@@ -124,6 +128,17 @@ impl Error {
             Error::NoLeader { .. } | Error::Unavailable(_) | Error::TooStale { .. } | Error::Overloaded => Some(1),
             // Not `ShuttingDown`: another node can answer at once; this one will not come back.
             _ => None,
+        }
+    }
+}
+
+/// A refusal at apply, as the client sees it.
+impl From<crate::auth::Refusal> for Error {
+    fn from(refusal: crate::auth::Refusal) -> Self {
+        match refusal {
+            crate::auth::Refusal::Unauthenticated(reason) => Error::Unauthorized(reason),
+            crate::auth::Refusal::Forbidden(reason) => Error::Forbidden(reason),
+            crate::auth::Refusal::Invalid(reason) => Error::Conflict(reason),
         }
     }
 }

@@ -18,7 +18,8 @@
 //! | [`limits`] | every hard limit, named, with the reason for its value |
 //! | [`types`] | Raft type configuration; `Command`/`CommandResult`, the replicated payload |
 //! | [`error`] | the one closed API error enum and its status table |
-//! | [`api`] | client HTTP handlers on `--client-addr`: validate, call `Node`, map to HTTP |
+//! | [`api`] | client HTTP handlers on `--client-addr`: authenticate, validate, call `Node`, map to HTTP |
+//! | [`auth`] | users, roles, tokens: the policy, checked at the edge and again at apply |
 //! | [`node`] | `Node`: writes via the leader, linearizable reads, status, step-down |
 //! | [`bootstrap`] | how a node starts: resume, join, or bootstrap — never a wiped voter |
 //! | [`leader`] | the one way to the leader: run locally or forward, retry only what did not run |
@@ -56,6 +57,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod backup;
 pub mod bootstrap;
 pub mod certs;

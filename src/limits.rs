@@ -288,6 +288,26 @@ const _: () = assert!(MAX_VALUE_BYTES_CEILING + MAX_KEY_BYTES_CEILING < MAX_PEER
 /// bounded response (at least one item is always returned).
 pub const MAX_LIST_PAGE_BYTES: usize = 8 * 1024 * 1024;
 
+/// Argon2 computations (a login's check, a new password's hash) running at once: each takes
+/// tens of milliseconds of one core and 19 MiB, so a burst of logins must queue (and get a
+/// 429 after `ADMISSION_WAIT_MS`) rather than take the cores from Raft. One: a node may have
+/// two cores, and one must stay for replication. Clients log in once per token lifetime.
+pub const MAX_CONCURRENT_PASSWORD_HASHES: usize = 1;
+
+/// Default lifetime of a token from `POST /v1/auth/token` (10 minutes; etcd's simple tokens
+/// live 5 minutes): short, so a leaked token is soon worthless, long enough that a client
+/// logs in rarely. `--auth-token-ttl-ms` within the bounds below.
+pub const DEFAULT_AUTH_TOKEN_TTL_MS: u64 = 600_000;
+pub const MIN_AUTH_TOKEN_TTL_MS: u64 = 1_000;
+pub const MAX_AUTH_TOKEN_TTL_MS: u64 = 86_400_000;
+
+/// How long a node waits to apply up to a token's issuer before judging the token: the
+/// issuer was ahead by at most a few entries, so this is a replication delay, not a failover.
+pub const AUTH_CATCH_UP_WAIT_MS: u64 = 2_000;
+
+/// Largest body of a `/v1/auth/...` request (a role's grants are the largest).
+pub const MAX_AUTH_BODY_BYTES: usize = 256 * 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;

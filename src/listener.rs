@@ -37,6 +37,8 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::limits;
+use crate::tls::ClientIdentity;
+use crate::tls::Identify;
 
 /// The limits of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +133,15 @@ struct Connections {
     open: BTreeMap<u64, Connection>,
 }
 
+/// A listener's TLS: the acceptor, and (on a client port requiring client certificates) how
+/// to read who a certificate names; every request of the connection carries that
+/// [`ClientIdentity`] as an extension.
+#[derive(Clone)]
+pub struct Tls {
+    pub acceptor: TlsAcceptor,
+    pub identify: Option<Arc<Identify>>,
+}
+
 /// Serves `router` on `listener` until `stop` turns true, then closes the listening socket,
 /// lets open connections finish their requests (closing idle ones at once) and returns when
 /// all have closed.
@@ -139,7 +150,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ListenerLimits,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Tls>,
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -186,8 +197,8 @@ pub async fn serve(
         let (router, stop, connections, tls) = (router.clone(), stop.clone(), connections.clone(), tls.clone());
         tracker.spawn(async move {
             match tls {
-                None => serve_connection(stream, router, limits, close, activity, stop).await,
-                Some(acceptor) => {
+                None => serve_connection(stream, router, limits, close, activity, stop, None).await,
+                Some(Tls { acceptor, identify }) => {
                     // The handshake has its own deadline (hyper's header timeout starts after
                     // it), and gives way to an eviction or a stop like an idle connection.
                     let deadline = Duration::from_millis(limits::TLS_HANDSHAKE_TIMEOUT_MS);
@@ -201,7 +212,9 @@ pub async fn serve(
                         Some(Ok(Ok(stream))) => {
                             // Idle from now, not from the accept: the handshake was not idleness.
                             *activity.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-                            serve_connection(stream, router, limits, close, activity, stop).await
+                            let identity =
+                                identify.and_then(|identify| identify.of(stream.get_ref().1.peer_certificates()?));
+                            serve_connection(stream, router, limits, close, activity, stop, identity).await
                         }
                         // An untrusted or absent certificate ends here: nothing was served.
                         Some(Ok(Err(error))) => tracing::debug!(listener = name, %error, "TLS handshake failed"),
@@ -283,10 +296,14 @@ async fn serve_connection(
     close: Arc<Notify>,
     activity: Arc<Activity>,
     mut stop: watch::Receiver<bool>,
+    identity: Option<ClientIdentity>,
 ) {
-    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         let router = router.clone();
         let busy = Busy::begin(activity.clone());
+        if let Some(identity) = &identity {
+            request.extensions_mut().insert(identity.clone());
+        }
         async move {
             let response = router.oneshot(request.map(axum::body::Body::new)).await;
             let response = response.unwrap_or_else(|never| match never {});

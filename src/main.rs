@@ -54,6 +54,16 @@ struct Cli {
     #[arg(long = "key", id = "key_file", global = true, env = "QUORUMKV_KEY", requires = "cert_file")]
     key_file: Option<std::path::PathBuf>,
 
+    /// Log in as this user (auth enabled): the password comes from `QUORUMKV_PASSWORD`, or
+    /// is asked for on the terminal.
+    #[arg(long, global = true, env = "QUORUMKV_USER", conflicts_with = "token")]
+    user: Option<String>,
+
+    /// A token from `quorumkv auth token` (or `POST /v1/auth/token`) to send as
+    /// `Authorization: Bearer`.
+    #[arg(long, global = true, env = "QUORUMKV_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -133,6 +143,85 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Turn authentication on or off, see whether it is on, or print a token.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCliCommand,
+    },
+    /// Users (their passwords are hashed with Argon2id; roles say what they may do).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Roles: read, write or readwrite on key prefixes (`admin` is built in).
+    Role {
+        #[command(subcommand)]
+        command: RoleCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthCliCommand {
+    /// Require credentials from now on (create a user with role admin first).
+    Enable,
+    /// Stop requiring credentials (needs admin).
+    Disable,
+    /// Print whether authentication is on.
+    Status,
+    /// Log in (`--user`) and print a token for `--token` or `QUORUMKV_TOKEN`.
+    Token,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; its password comes from `QUORUMKV_NEW_PASSWORD` or is asked for twice.
+    Add {
+        name: String,
+        /// Its roles, comma-separated (`admin` for an administrator).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+    },
+    /// Change a user's password (`QUORUMKV_NEW_PASSWORD`, or asked for); revokes its tokens.
+    Passwd {
+        name: String,
+    },
+    /// Set a user's roles (replacing the ones it had); revokes its tokens.
+    SetRoles {
+        name: String,
+        #[arg(value_delimiter = ',')]
+        roles: Vec<String>,
+    },
+    Delete {
+        name: String,
+    },
+    Get {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum RoleCommand {
+    /// Create or replace a role from its permissions (each flag repeatable).
+    Put {
+        name: String,
+        /// Read keys under this prefix ("" for all keys).
+        #[arg(long)]
+        read: Vec<String>,
+        /// Write keys under this prefix.
+        #[arg(long)]
+        write: Vec<String>,
+        /// Read and write keys under this prefix.
+        #[arg(long)]
+        readwrite: Vec<String>,
+    },
+    Delete {
+        name: String,
+    },
+    Get {
+        name: String,
+    },
+    List,
 }
 
 #[derive(Subcommand)]
@@ -234,9 +323,146 @@ fn main() -> ExitCode {
             }
         },
         Command::Verify { duration_secs, clients, keys, json } => {
-            runtime.block_on(verify(&cli.endpoints, &tls, duration_secs, clients, keys, json))
+            let credentials = Credentials { user: cli.user, token: cli.token };
+            runtime.block_on(verify(&cli.endpoints, &tls, &credentials, duration_secs, clients, keys, json))
         }
-        command => runtime.block_on(run_client(&cli.endpoints, &tls, command)),
+        command => {
+            let credentials = Credentials { user: cli.user, token: cli.token };
+            runtime.block_on(run_client(&cli.endpoints, &tls, &credentials, command))
+        }
+    }
+}
+
+/// How the CLI proves who it is, once auth is enabled (a client certificate is the other way).
+struct Credentials {
+    user: Option<String>,
+    token: Option<String>,
+}
+
+impl Credentials {
+    /// A client sending the token (given, or from logging in as `--user`).
+    async fn client(&self, endpoints: &str, tls: &quorumkv_api::client::ClientTls) -> Result<Client, ClientError> {
+        Client::with_token(endpoints, tls, self.token(endpoints, tls).await?.as_deref())
+    }
+
+    /// The token to send: given, or from logging in as `--user`; `None` without either.
+    async fn token(
+        &self,
+        endpoints: &str,
+        tls: &quorumkv_api::client::ClientTls,
+    ) -> Result<Option<String>, ClientError> {
+        Ok(match (&self.user, &self.token) {
+            (Some(user), _) => {
+                let password = match std::env::var("QUORUMKV_PASSWORD") {
+                    Ok(password) => password,
+                    Err(_) => rpassword::prompt_password(format!("password of {user}: ")).map_err(|e| {
+                        ClientError::Failed(format!("no QUORUMKV_PASSWORD and no terminal to ask: {e}"))
+                    })?,
+                };
+                Some(Client::with_tls(endpoints, tls)?.login(user, &password).await?.token)
+            }
+            (None, token) => token.clone(),
+        })
+    }
+}
+
+/// A new password: `QUORUMKV_NEW_PASSWORD`, or asked for twice on the terminal.
+fn new_password(user: &str) -> Result<String, ClientError> {
+    if let Ok(password) = std::env::var("QUORUMKV_NEW_PASSWORD") {
+        return Ok(password);
+    }
+    let ask = |prompt: String| {
+        rpassword::prompt_password(prompt)
+            .map_err(|e| ClientError::Failed(format!("no QUORUMKV_NEW_PASSWORD and no terminal to ask: {e}")))
+    };
+    let first = ask(format!("new password of {user}: "))?;
+    if ask("again: ".to_string())? != first {
+        return Err(ClientError::Failed("the passwords differ".into()));
+    }
+    Ok(first)
+}
+
+/// A call under `/v1/auth`; changes are not blindly retried (as `admin`).
+async fn auth_call(
+    client: &Client,
+    method: Method,
+    path: &[&str],
+    body: Option<impl serde::Serialize>,
+) -> Result<ExitCode, ClientError> {
+    let mut segments = vec!["v1".to_string(), "auth".to_string()];
+    segments.extend(path.iter().map(|s| s.to_string()));
+    let mut headers = HeaderMap::new();
+    headers.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let body = match body.map(|body| serde_json::to_vec(&body)) {
+        Some(Ok(bytes)) => Some(Bytes::from(bytes)),
+        Some(Err(error)) => return Err(ClientError::Failed(format!("encoding the request: {error}"))),
+        None => None,
+    };
+    let retry = if method == Method::GET { Retry::Idempotent } else { Retry::OnlyIfNotSent };
+    let answer = client.request(method, &segments, &[], headers, body, retry).await?;
+    print_answer(answer, false)
+}
+
+async fn run_auth_command(
+    client: &Client,
+    credentials: &Credentials,
+    command: Command,
+) -> Result<ExitCode, ClientError> {
+    use quorumkv_api::Access;
+    use quorumkv_api::Permission;
+    use quorumkv_api::RoleRequest;
+    use quorumkv_api::UserRequest;
+    let none = None::<()>;
+    match command {
+        Command::Auth { command: AuthCliCommand::Enable } => auth_call(client, Method::POST, &["enable"], none).await,
+        Command::Auth { command: AuthCliCommand::Disable } => auth_call(client, Method::POST, &["disable"], none).await,
+        Command::Auth { command: AuthCliCommand::Status } => auth_call(client, Method::GET, &[], none).await,
+        Command::Auth { command: AuthCliCommand::Token } => {
+            let Some(user) = &credentials.user else {
+                return Err(ClientError::Failed("auth token needs --user (or QUORUMKV_USER)".into()));
+            };
+            let password = std::env::var("QUORUMKV_PASSWORD").or_else(|_| {
+                rpassword::prompt_password(format!("password of {user}: "))
+                    .map_err(|e| ClientError::Failed(format!("no QUORUMKV_PASSWORD and no terminal to ask: {e}")))
+            })?;
+            println!("{}", client.login(user, &password).await?.token);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User { command: UserCommand::Add { name, roles } } => {
+            let request = UserRequest { password: Some(new_password(&name)?), roles: Some(roles) };
+            auth_call(client, Method::PUT, &["users", &name], Some(request)).await
+        }
+        Command::User { command: UserCommand::Passwd { name } } => {
+            let request = UserRequest { password: Some(new_password(&name)?), roles: None };
+            auth_call(client, Method::PUT, &["users", &name], Some(request)).await
+        }
+        Command::User { command: UserCommand::SetRoles { name, roles } } => {
+            let request = UserRequest { password: None, roles: Some(roles) };
+            auth_call(client, Method::PUT, &["users", &name], Some(request)).await
+        }
+        Command::User { command: UserCommand::Delete { name } } => {
+            auth_call(client, Method::DELETE, &["users", &name], none).await
+        }
+        Command::User { command: UserCommand::Get { name } } => {
+            auth_call(client, Method::GET, &["users", &name], none).await
+        }
+        Command::User { command: UserCommand::List } => auth_call(client, Method::GET, &["users"], none).await,
+        Command::Role { command: RoleCommand::Put { name, read, write, readwrite } } => {
+            let permission = |access: Access| move |prefix: String| Permission { prefix, access };
+            let permissions = (read.into_iter().map(permission(Access::Read)))
+                .chain(write.into_iter().map(permission(Access::Write)))
+                .chain(readwrite.into_iter().map(permission(Access::Readwrite)))
+                .collect();
+            auth_call(client, Method::PUT, &["roles", &name], Some(RoleRequest { permissions })).await
+        }
+        Command::Role { command: RoleCommand::Delete { name } } => {
+            auth_call(client, Method::DELETE, &["roles", &name], none).await
+        }
+        Command::Role { command: RoleCommand::Get { name } } => {
+            auth_call(client, Method::GET, &["roles", &name], none).await
+        }
+        Command::Role { command: RoleCommand::List } => auth_call(client, Method::GET, &["roles"], none).await,
+        _ => unreachable!("only auth, user and role commands come here"),
     }
 }
 
@@ -246,6 +472,7 @@ const EXIT_VERIFY_UNDECIDED: u8 = 4;
 async fn verify(
     endpoints: &str,
     tls: &quorumkv_api::client::ClientTls,
+    credentials: &Credentials,
     duration_secs: u64,
     clients: usize,
     keys: usize,
@@ -253,8 +480,16 @@ async fn verify(
 ) -> ExitCode {
     use quorumkv_jepsen::checker::Verdict;
     let scheme = if tls.is_on() { "https" } else { "http" };
+    let endpoints_text = endpoints;
     let endpoints = match quorumkv_api::client::parse_endpoints_with_scheme(endpoints, scheme) {
         Ok(urls) => urls.iter().map(|url| url.as_str().trim_end_matches('/').to_string()).collect(),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let token = match credentials.token(endpoints_text, tls).await {
+        Ok(token) => token,
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::from(2);
@@ -267,6 +502,7 @@ async fn verify(
         keys,
         step_budget: quorumkv_jepsen::checker::DEFAULT_STEP_BUDGET,
         tls: tls.clone(),
+        token,
     };
     let report = match quorumkv_jepsen::verify::verify(&options).await {
         Ok(report) => report,
@@ -301,10 +537,22 @@ async fn verify(
     }
 }
 
-async fn run_client(endpoints: &str, tls: &quorumkv_api::client::ClientTls, command: Command) -> ExitCode {
+async fn run_client(
+    endpoints: &str,
+    tls: &quorumkv_api::client::ClientTls,
+    credentials: &Credentials,
+    command: Command,
+) -> ExitCode {
     let result = async {
-        let mut client = Client::with_tls(endpoints, tls)?;
+        if let Command::Auth { command: AuthCliCommand::Token } = command {
+            // Logs in itself; the others log in first.
+            return run_auth_command(&Client::with_tls(endpoints, tls)?, credentials, command).await;
+        }
+        let mut client = credentials.client(endpoints, tls).await?;
         match command {
+            command @ (Command::Auth { .. } | Command::User { .. } | Command::Role { .. }) => {
+                run_auth_command(&client, credentials, command).await
+            }
             Command::Serve(_) | Command::Bench(_) | Command::Verify { .. } | Command::Certs { .. } => {
                 unreachable!("handled by main")
             }

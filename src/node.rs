@@ -25,6 +25,10 @@ use quorumkv_api::ClusterStatus;
 use quorumkv_api::MemberStatus;
 use quorumkv_api::RaftRole;
 
+use crate::auth;
+use crate::auth::AuthState;
+use crate::auth::Need;
+use crate::auth::Principal;
 use crate::config::ServeConfig;
 use crate::error::Error;
 use crate::leader::Effect;
@@ -39,12 +43,14 @@ use crate::protocol;
 use crate::protocol::ForwardedWrite;
 use crate::protocol::ReadPolicy;
 use crate::store;
+use crate::store::AuthRecords;
 use crate::store::BootstrapRecord;
 use crate::store::IncomingSnapshot;
 use crate::store::KvReader;
 use crate::store::Page;
 use crate::store::SnapshotStore;
 use crate::store::StoredValue;
+use crate::tls::ClientIdentity;
 use crate::tls::NodeTls;
 use crate::types::Command;
 use crate::types::CommandResult;
@@ -115,6 +121,9 @@ pub struct Node {
     bounded_read_at: std::sync::Mutex<Option<Instant>>,
     /// When this node last accepted an AppendEntries from a leader (removal detection).
     last_leader_contact: std::sync::Mutex<Option<Instant>>,
+    /// Slots for Argon2 work (hashing or checking a password), see
+    /// [`limits::MAX_CONCURRENT_PASSWORD_HASHES`].
+    password_work: Arc<tokio::sync::Semaphore>,
     prometheus_metrics: Metrics,
 }
 
@@ -179,6 +188,7 @@ impl Node {
             freshness: std::sync::Mutex::new(None),
             bounded_read_at: std::sync::Mutex::new(None),
             last_leader_contact: std::sync::Mutex::new(None),
+            password_work: Arc::new(tokio::sync::Semaphore::new(limits::MAX_CONCURRENT_PASSWORD_HASHES)),
             prometheus_metrics: Metrics::new(),
         }))
     }
@@ -422,6 +432,175 @@ impl Node {
             }
             Ok(Err(RaftError::Fatal(fatal))) => Err(Error::Unavailable(format!("raft stopped: {fatal}"))),
         }
+    }
+
+    // ----- authentication (see `auth.rs`) -----
+
+    /// The replicated users, roles and auth switch, as this node has applied them.
+    pub fn auth_records(&self) -> Arc<AuthRecords> {
+        self.kv.auth()
+    }
+
+    /// Who sent a request, from its `Authorization` header and its connection's client
+    /// certificate (`None`: neither). A credential is judged even while auth is off here (this
+    /// node may lag behind an enable): a bad one is a `401` only while auth is on, and ignored
+    /// otherwise, as etcd ignores tokens with auth off.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&axum::http::HeaderValue>,
+        certificate: Option<&ClientIdentity>,
+    ) -> Result<Option<Principal>, Error> {
+        if let Some(header) = authorization {
+            if crate::network::bearer_matches_any(&self.peer_credentials.accepted, Some(header)) {
+                return Ok(Some(Principal::Member));
+            }
+            let token = header
+                .to_str()
+                .ok()
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .map(str::trim)
+                .filter(|token| auth::is_token(token));
+            let checked = match token {
+                Some(token) => self.check_token(token).await,
+                None => Err(Error::Unauthorized(
+                    "Authorization must be \"Bearer <token>\" with a token from POST /v1/auth/token".into(),
+                )),
+            };
+            return match checked {
+                Ok(principal) => Ok(Some(principal)),
+                Err(_) if !self.kv.auth().enabled().map_err(read_error)? => Ok(None),
+                Err(error) => Err(error),
+            };
+        }
+        Ok(match certificate {
+            Some(ClientIdentity { member: true, .. }) => Some(Principal::Member),
+            // A common name that cannot be a user name names nobody (auth then says 401).
+            Some(ClientIdentity { common_name: Some(name), .. }) if auth::check_name("user", name).is_ok() => {
+                Some(Principal::User { name: name.clone(), revision: None })
+            }
+            _ => None,
+        })
+    }
+
+    async fn check_token(&self, token: &str) -> Result<Principal, Error> {
+        let verify = || -> Result<auth::TokenClaims, Error> {
+            let records = self.kv.auth();
+            auth::verify_token(records.signing_key().unwrap_or_default(), token, auth::now_unix_ms())
+                .map_err(Error::Unauthorized)
+        };
+        let claims = match verify() {
+            Ok(claims) => claims,
+            Err(error) => {
+                // Signed with a key this node has not applied yet (auth was just enabled, or
+                // enabled again): catch up to the issuer, and judge again. Only as far as this
+                // node knows committed, since the claim is not verified yet: a forged index
+                // makes nobody wait.
+                let metrics = self.raft_metrics();
+                let applied = metrics.last_applied.map_or(0, |log_id| log_id.index());
+                let committed = metrics.local_committed.map_or(0, |log_id| log_id.index());
+                let issued_at = auth::unverified_applied_index(token).unwrap_or(0);
+                if issued_at <= applied || issued_at > committed {
+                    return Err(error);
+                }
+                self.await_applied(issued_at).await?;
+                verify()?
+            }
+        };
+        // Signed: the issuer had applied this far, so the user record it saw exists here soon.
+        if self.raft_metrics().last_applied.map_or(0, |log_id| log_id.index()) < claims.applied_index {
+            self.await_applied(claims.applied_index).await?;
+        }
+        let user = self.kv.auth().user(&claims.user).map_err(read_error)?;
+        match user {
+            None => Err(Error::Unauthorized(format!("user {:?} no longer exists", claims.user))),
+            Some(user) if user.revision != claims.revision => Err(Error::Unauthorized(format!(
+                "the token of user {:?} was revoked (the user changed since); log in again",
+                claims.user
+            ))),
+            Some(_) => Ok(Principal::User { name: claims.user, revision: Some(claims.revision) }),
+        }
+    }
+
+    async fn await_applied(&self, index: u64) -> Result<(), Error> {
+        let wait = Duration::from_millis(limits::AUTH_CATCH_UP_WAIT_MS);
+        self.raft
+            .wait(Some(wait))
+            .applied_index_at_least(Some(index), "a token's issuer")
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::Unavailable("this node has not caught up with the node that issued the token".into()))
+    }
+
+    /// `401` or `403` unless `principal` may do what `need` says (by this node's records).
+    pub fn authorize(&self, principal: Option<&Principal>, need: Need<'_>) -> Result<(), Error> {
+        match auth::authorize(&*self.kv.auth(), principal, need).map_err(read_error)? {
+            Ok(()) => Ok(()),
+            Err(refusal) => Err(refusal.into()),
+        }
+    }
+
+    /// [`Node::authorize`] for administration (membership, backup, users and roles), after a
+    /// linearizable read point: these are not checked again at apply, so the records judged
+    /// must include every auth change committed before the request (a lagging node must not
+    /// let an anonymous caller in just after auth was enabled). Members need no such wait.
+    pub async fn authorize_admin(&self, principal: Option<&Principal>) -> Result<(), Error> {
+        if principal != Some(&Principal::Member) {
+            self.await_read_point(Consistency::Linearizable).await?;
+        }
+        self.authorize(principal, Need::Admin)
+    }
+
+    /// Logs a user in: checks the password against this node's records after a linearizable
+    /// read point (so a user just created anywhere is found), then signs a token.
+    pub async fn issue_token(&self, name: &str, password: &str) -> Result<(String, u64), Error> {
+        self.await_read_point(Consistency::Linearizable).await?;
+        let records = self.kv.auth();
+        if !records.enabled().map_err(read_error)? {
+            return Err(Error::Conflict("authentication is not enabled (POST /v1/auth/enable)".into()));
+        }
+        let user = records.user(name).map_err(read_error)?;
+        // An unknown user costs a password check too, so timing does not tell who exists.
+        let hash = user.as_ref().map(|user| user.password_hash.clone());
+        let password = password.to_string();
+        let matches = self
+            .password_work(move || {
+                let hash = hash.unwrap_or_else(|| auth::decoy_hash().to_string());
+                auth::verify_password(&hash, &password)
+            })
+            .await?;
+        let (Some(user), true) = (user, matches) else {
+            return Err(Error::Unauthorized("wrong user name or password".into()));
+        };
+        let lifetime_ms = self.config.auth_token_ttl_ms;
+        let claims = auth::TokenClaims {
+            user: name.to_string(),
+            revision: user.revision,
+            applied_index: self.raft_metrics().last_applied.map_or(0, |log_id| log_id.index()),
+            expires_at_unix_ms: auth::now_unix_ms() + lifetime_ms,
+        };
+        Ok((auth::issue_token(records.signing_key().unwrap_or_default(), &claims), lifetime_ms))
+    }
+
+    /// Hashes a new password (Argon2id), off the async workers and a bounded number at a time.
+    pub async fn hash_password(&self, password: String) -> Result<String, Error> {
+        self.password_work(move || auth::hash_password(&password)).await?.map_err(Error::Internal)
+    }
+
+    /// Runs Argon2 work on a blocking thread holding one of the password slots for as long as
+    /// the work runs, even when the request that asked is dropped (its client went away).
+    async fn password_work<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+        let wait = Duration::from_millis(limits::ADMISSION_WAIT_MS);
+        let slot = match tokio::time::timeout(wait, self.password_work.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => slot,
+            _ => return Err(Error::Overloaded),
+        };
+        tokio::task::spawn_blocking(move || {
+            let result = work();
+            drop(slot);
+            result
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))
     }
 
     // ----- leader discovery -----

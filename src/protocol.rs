@@ -276,6 +276,18 @@ mod tests {
         pinned(ForwardedWrite { command: delete, ack: Ack::All }, "0101016b0301");
         let register = Command::RegisterClientAddr { node_id: 3, client_addr: "127.0.0.1:8083".into() };
         pinned(ForwardedWrite { command: register, ack: Ack::Quorum }, "0102030e3132372e302e302e313a3830383300");
+        let principal = crate::auth::Principal::User { name: "a".into(), revision: Some(5) };
+        let wrapped = Command::As {
+            principal,
+            command: Box::new(Command::Delete { key: "k".into(), precondition: Precondition::None }),
+        };
+        pinned(ForwardedWrite { command: wrapped, ack: Ack::Quorum }, "0103000161010501016b0000");
+        let auth = Command::Auth(crate::auth::AuthCommand::DeleteRole { name: "r".into() });
+        pinned(ForwardedWrite { command: auth, ack: Ack::All }, "010403017201");
+        pinned::<Result<CommandResult, Error>>(
+            Ok(CommandResult::Refused(crate::auth::Refusal::Forbidden("f".into()))),
+            "010004010166",
+        );
         pinned::<Result<CommandResult, Error>>(Ok(CommandResult::Put { revision: 300 }), "010000ac02");
         pinned::<Result<CommandResult, Error>>(
             Ok(CommandResult::Delete { revision: 301, deleted: true }),
@@ -311,6 +323,7 @@ mod tests {
             (Error::RequestTimeout { limit_ms: 30000 }, "010111b0ea01"),
             (Error::Overloaded, "010112"),
             (Error::Unauthorized("a".into()), "0101130161"),
+            (Error::Forbidden("a".into()), "0101140161"),
         ];
         for (error, expected) in cases {
             pinned::<Result<(), Error>>(Err(error), expected);

@@ -60,7 +60,9 @@ pub async fn serve_on(
 
     let (stop_peer, peer_stopped) = watch::channel(false);
     let (stop_client, client_stopped) = watch::channel(false);
-    let acceptor = |tls: &Option<crate::tls::ListenerTls>| tls.as_ref().map(|tls| tls.acceptor.clone());
+    let acceptor = |tls: &Option<crate::tls::ListenerTls>| {
+        tls.as_ref().map(|tls| listener::Tls { acceptor: tls.acceptor.clone(), identify: tls.identify.clone() })
+    };
     let peer_server = tokio::spawn(listener::serve(
         "peer",
         peer_listener,

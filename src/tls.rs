@@ -169,6 +169,41 @@ fn load_roots_of(ca_files: &[&PathBuf]) -> Result<Arc<RootCertStore>, String> {
 pub struct ListenerTls {
     pub acceptor: TlsAcceptor,
     cert: Arc<ReloadableCert>,
+    /// On a client port that requires client certificates: who a certificate names.
+    pub identify: Option<Arc<Identify>>,
+}
+
+/// Who a client certificate says the caller is: a member (signed by the peer CA), and the
+/// subject's common name, which names a user once auth is enabled (as in etcd).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub member: bool,
+    pub common_name: Option<String>,
+}
+
+/// Reads a connection's [`ClientIdentity`] off the certificate chain its handshake verified.
+pub struct Identify {
+    /// Verifies against the peer CA alone: the client port trusts the client CA too.
+    members: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
+impl Identify {
+    pub fn of(&self, chain: &[CertificateDer<'_>]) -> Option<ClientIdentity> {
+        let (end_entity, intermediates) = chain.split_first()?;
+        let now = rustls::pki_types::UnixTime::now();
+        let member = self
+            .members
+            .as_ref()
+            .is_some_and(|verifier| verifier.verify_client_cert(end_entity, intermediates, now).is_ok());
+        Some(ClientIdentity { member, common_name: common_name(end_entity) })
+    }
+}
+
+/// The first common name of a certificate's subject, when it is UTF-8.
+fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let name = parsed.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(name)
 }
 
 /// The TLS of one node, built from its configuration: what each listener accepts, and what it
@@ -199,7 +234,7 @@ impl NodeTls {
                 .map_err(|e| format!("--peer-trusted-ca-file: {e}"))?;
             let server = server_config(verifier, cert.clone())?;
             tls.peer_client = Some(client_config(roots, cert.clone())?);
-            tls.peer = Some(ListenerTls { acceptor: TlsAcceptor::from(Arc::new(server)), cert });
+            tls.peer = Some(ListenerTls { acceptor: TlsAcceptor::from(Arc::new(server)), cert, identify: None });
         }
         if let (Some(cert_file), Some(key_file)) = (&config.client_cert_file, &config.client_key_file) {
             let cert = ReloadableCert::load(cert_file, key_file)?;
@@ -209,20 +244,37 @@ impl NodeTls {
             // ports to join, presenting their peer certificate.
             let ca_files: Vec<&PathBuf> =
                 [&config.client_trusted_ca_file, &config.peer_trusted_ca_file].into_iter().flatten().collect();
-            let verifier = match &config.client_trusted_ca_file {
+            let verifier = match (&config.client_trusted_ca_file, &config.peer_trusted_ca_file) {
                 // With a client CA, every client must present a certificate it (or the peer CA,
                 // for members) signed.
-                Some(_) => WebPkiClientVerifier::builder_with_provider(load_roots_of(&ca_files)?, provider())
+                (Some(_), _) => WebPkiClientVerifier::builder_with_provider(load_roots_of(&ca_files)?, provider())
                     .build()
                     .map_err(|e| format!("--client-trusted-ca-file: {e}"))?,
-                None => WebPkiClientVerifier::no_client_auth(),
+                // Without one, clients need no certificate, but members may present their peer
+                // certificate: a node joining a cluster with auth enabled proves it is a member.
+                (None, Some(peer_ca)) => WebPkiClientVerifier::builder_with_provider(load_roots(peer_ca)?, provider())
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| format!("--peer-trusted-ca-file: {e}"))?,
+                (None, None) => WebPkiClientVerifier::no_client_auth(),
             };
             let server = server_config(verifier, cert.clone())?;
             if !ca_files.is_empty() {
                 let identity = tls.peer.as_ref().map_or(cert.clone(), |peer| peer.cert.clone());
                 tls.client_port_client = Some(client_config(load_roots_of(&ca_files)?, identity)?);
             }
-            tls.client = Some(ListenerTls { acceptor: TlsAcceptor::from(Arc::new(server)), cert });
+            let identify = match (&config.client_trusted_ca_file, &config.peer_trusted_ca_file) {
+                (None, None) => None,
+                (Some(_), None) => Some(Arc::new(Identify { members: None })),
+                (_, Some(peer_ca)) => Some(Arc::new(Identify {
+                    members: Some(
+                        WebPkiClientVerifier::builder_with_provider(load_roots(peer_ca)?, provider())
+                            .build()
+                            .map_err(|e| format!("--peer-trusted-ca-file: {e}"))?,
+                    ),
+                })),
+            };
+            tls.client = Some(ListenerTls { acceptor: TlsAcceptor::from(Arc::new(server)), cert, identify });
         }
         Ok(tls)
     }

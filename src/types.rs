@@ -9,6 +9,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::auth::AuthCommand;
+use crate::auth::Principal;
+
 /// A node's identity in the cluster; never reused for a different data directory.
 pub type NodeId = u64;
 
@@ -57,6 +60,16 @@ pub enum Command {
         node_id: NodeId,
         client_addr: String,
     },
+    // Variants are appended, never reordered (postcard numbers them).
+    /// A client's command with who sent it: applied only if the sender may, by the users and
+    /// roles at this point of the log (`auth::authorize`). A bare `Put`, `Delete` or `Auth`
+    /// is a command without a credential, refused while authentication is on.
+    As {
+        principal: Principal,
+        command: Box<Command>,
+    },
+    /// A change to users, roles or the auth switch.
+    Auth(AuthCommand),
 }
 
 /// Longest client address a node may register (a host name of 253 bytes and a port).
@@ -110,6 +123,16 @@ impl Command {
                     Err(Error::InvalidParameter(format!("invalid client address registration {self}")))
                 }
             }
+            Command::As { principal, command } => {
+                if let Principal::User { name, .. } = principal {
+                    crate::auth::check_name("user", name).map_err(Error::InvalidParameter)?;
+                }
+                match command.as_ref() {
+                    Command::As { .. } => Err(Error::InvalidParameter("a command wrapped twice".into())),
+                    inner => inner.check(max_key_bytes, max_value_bytes),
+                }
+            }
+            Command::Auth(command) => command.check().map_err(Error::InvalidParameter),
         }
     }
 }
@@ -127,6 +150,11 @@ pub enum CommandResult {
     PreconditionFailed { current_revision: Option<u64> },
     /// Entries that carry no client command (blank, membership, bookkeeping).
     Empty,
+    // Appended (postcard numbers variants).
+    /// Refused by the users and roles (or an auth change that cannot be made); nothing changed.
+    Refused(crate::auth::Refusal),
+    /// An auth change took effect at `revision`.
+    AuthChanged { revision: u64 },
 }
 
 impl fmt::Display for Command {
@@ -137,6 +165,8 @@ impl fmt::Display for Command {
             }
             Command::Delete { key, precondition } => write!(f, "delete {key:?} ({precondition:?})"),
             Command::RegisterClientAddr { node_id, client_addr } => write!(f, "register {node_id} at {client_addr}"),
+            Command::As { principal, command } => write!(f, "{command} as {principal}"),
+            Command::Auth(command) => write!(f, "{command}"),
         }
     }
 }

@@ -17,6 +17,7 @@ use quorumkv_api::MemberStatus;
 use quorumkv_api::NodeRef;
 use quorumkv_api::Ready;
 
+use super::Caller;
 use crate::error::Error;
 use crate::limits;
 use crate::node::Node;
@@ -28,7 +29,8 @@ pub(super) async fn status(State(node): State<Arc<Node>>) -> Result<Json<Cluster
 }
 
 /// `GET /v1/backup`: a consistent backup as JSON lines, streamed.
-pub(super) async fn backup(State(node): State<Arc<Node>>) -> Result<Response, Error> {
+pub(super) async fn backup(State(node): State<Arc<Node>>, caller: Caller) -> Result<Response, Error> {
+    node.authorize_admin(caller.principal()).await?;
     let receiver = node.backup().await?;
     let stream = futures::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|chunk| (chunk, receiver))
@@ -63,9 +65,11 @@ pub(super) async fn members(State(node): State<Arc<Node>>) -> Result<Json<Vec<Me
 /// `POST /v1/cluster/learners {"id", "peer_addr"}`.
 pub(super) async fn add_learner(
     State(node): State<Arc<Node>>,
+    caller: Result<Caller, Error>,
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Json<ClusterStatus>, Error> {
+    node.authorize_admin(caller?.principal()).await?;
     // Without peer TLS, the leader will hand the new address the peer token on every message:
     // only a holder of the token may name one (or anyone could collect it). With peer TLS, a
     // stranger's address has no certificate of the peer CA and gets nothing.
@@ -90,7 +94,12 @@ pub(super) async fn add_learner(
 }
 
 /// `POST /v1/cluster/voters {"id"}`: promote a caught-up learner.
-pub(super) async fn promote(State(node): State<Arc<Node>>, body: Body) -> Result<Json<ClusterStatus>, Error> {
+pub(super) async fn promote(
+    State(node): State<Arc<Node>>,
+    caller: Result<Caller, Error>,
+    body: Body,
+) -> Result<Json<ClusterStatus>, Error> {
+    node.authorize_admin(caller?.principal()).await?;
     let NodeRef { id } = parse_json(body).await?;
     let _slot = node.admit().await?;
     node.admin(AdminCommand::Promote { id }).await?;
@@ -101,7 +110,9 @@ pub(super) async fn promote(State(node): State<Arc<Node>>, body: Body) -> Result
 pub(super) async fn remove(
     State(node): State<Arc<Node>>,
     id: Result<Path<NodeId>, PathRejection>,
+    caller: Caller,
 ) -> Result<Json<ClusterStatus>, Error> {
+    node.authorize_admin(caller.principal()).await?;
     let Path(id) = id.map_err(|rejection| Error::InvalidParameter(rejection.body_text()))?;
     let _slot = node.admit().await?;
     node.admin(AdminCommand::Remove { id }).await?;
@@ -109,7 +120,12 @@ pub(super) async fn remove(
 }
 
 /// `POST /v1/cluster/leader {"id"}`: transfer leadership.
-pub(super) async fn transfer_leader(State(node): State<Arc<Node>>, body: Body) -> Result<Json<ClusterStatus>, Error> {
+pub(super) async fn transfer_leader(
+    State(node): State<Arc<Node>>,
+    caller: Result<Caller, Error>,
+    body: Body,
+) -> Result<Json<ClusterStatus>, Error> {
+    node.authorize_admin(caller?.principal()).await?;
     let NodeRef { id } = parse_json(body).await?;
     let _slot = node.admit().await?;
     node.admin(AdminCommand::TransferLeader { to: id }).await?;
@@ -122,10 +138,5 @@ fn changed(node: &Node) -> Json<ClusterStatus> {
 }
 
 async fn parse_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, Error> {
-    let read = axum::body::to_bytes(body, limits::MAX_ADMIN_BODY_BYTES);
-    let bytes = tokio::time::timeout(std::time::Duration::from_millis(limits::BODY_READ_TIMEOUT_MS), read)
-        .await
-        .map_err(|_| Error::RequestTimeout { limit_ms: limits::BODY_READ_TIMEOUT_MS })?
-        .map_err(|_| Error::InvalidParameter(format!("body over {} bytes", limits::MAX_ADMIN_BODY_BYTES)))?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::InvalidParameter(format!("JSON body: {e}")))
+    super::read_json(body, limits::MAX_ADMIN_BODY_BYTES).await
 }

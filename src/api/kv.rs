@@ -25,7 +25,9 @@ use quorumkv_api::PutReply;
 use quorumkv_api::ReadParams;
 use quorumkv_api::WriteParams;
 
+use super::Caller;
 use super::Params;
+use crate::auth::Need;
 use crate::error::Error;
 use crate::limits;
 use crate::node::Consistency;
@@ -45,12 +47,18 @@ pub(super) async fn get(
     State(node): State<Arc<Node>>,
     key: KeyPath,
     params: Result<Params<ReadParams>, Error>,
+    caller: Result<Caller, Error>,
 ) -> Result<Response, Error> {
     let key = parse_key(&node, key)?;
     let Params(params) = params?;
+    let caller = caller?;
+    node.authorize(caller.principal(), Need::Read(&key))?;
     let consistency = parse_consistency(params.consistency, params.max_lag_ms)?;
     let _slot = node.admit().await?;
-    let stored = node.get(&key, consistency).await?.ok_or(Error::KeyNotFound)?;
+    let stored = node.get(&key, consistency).await?;
+    // Again after the read point: a read honours every auth change committed before it.
+    node.authorize(caller.principal(), Need::Read(&key))?;
+    let stored = stored.ok_or(Error::KeyNotFound)?;
     let mut response = stored.value.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
@@ -62,6 +70,7 @@ pub(super) async fn put(
     State(node): State<Arc<Node>>,
     key: KeyPath,
     params: Result<Params<WriteParams>, Error>,
+    caller: Result<Caller, Error>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Error> {
@@ -74,8 +83,10 @@ pub(super) async fn put(
     let ack = ack(params.ack);
     let precondition = parse_precondition(&headers)?;
     let value = value?;
+    let caller = caller?;
+    node.authorize(caller.principal(), Need::Write(&key))?;
     let _slot = node.admit().await?;
-    match node.write(Command::Put { key, value, precondition }, ack).await? {
+    match node.write(caller.wrap(Command::Put { key, value, precondition }), ack).await? {
         CommandResult::Put { revision } => {
             let mut response = Json(PutReply { revision }).into_response();
             response.headers_mut().insert(header::ETAG, etag(revision));
@@ -89,14 +100,17 @@ pub(super) async fn delete(
     State(node): State<Arc<Node>>,
     key: KeyPath,
     params: Result<Params<WriteParams>, Error>,
+    caller: Result<Caller, Error>,
     headers: HeaderMap,
 ) -> Result<Json<DeleteReply>, Error> {
     let key = parse_key(&node, key)?;
     let Params(params) = params?;
     let ack = ack(params.ack);
     let precondition = parse_precondition(&headers)?;
+    let caller = caller?;
+    node.authorize(caller.principal(), Need::Write(&key))?;
     let _slot = node.admit().await?;
-    match node.write(Command::Delete { key, precondition }, ack).await? {
+    match node.write(caller.wrap(Command::Delete { key, precondition }), ack).await? {
         CommandResult::Delete { revision, deleted } => Ok(Json(DeleteReply { revision, deleted })),
         other => Err(write_result_error(other)),
     }
@@ -105,6 +119,7 @@ pub(super) async fn delete(
 pub(super) async fn list(
     State(node): State<Arc<Node>>,
     Params(params): Params<ListParams>,
+    caller: Caller,
 ) -> Result<Json<Page>, Error> {
     let consistency = parse_consistency(params.consistency, params.max_lag_ms)?;
     let limit = match params.limit {
@@ -116,8 +131,10 @@ pub(super) async fn list(
     };
     let prefix = params.prefix.unwrap_or_default();
     let start = params.start.unwrap_or_default();
+    node.authorize(caller.principal(), Need::ReadPrefix(&prefix))?;
     let _slot = node.admit().await?;
     let (page, next_start) = node.list(&prefix, &start, limit, consistency).await?;
+    node.authorize(caller.principal(), Need::ReadPrefix(&prefix))?;
     let items = page
         .into_iter()
         .map(|(key, stored)| {
@@ -135,6 +152,7 @@ pub(super) async fn list(
 fn write_result_error(result: CommandResult) -> Error {
     match result {
         CommandResult::PreconditionFailed { current_revision } => Error::PreconditionFailed { current_revision },
+        CommandResult::Refused(refusal) => refusal.into(),
         other => Error::Internal(format!("unexpected write result {other:?}")),
     }
 }

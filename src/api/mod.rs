@@ -1,6 +1,7 @@
 //! The client HTTP API on `--client-addr`. Handlers validate input, call [`Node`], and map
 //! results to HTTP; they never touch storage or Raft directly.
 
+mod auth;
 mod cluster;
 mod kv;
 
@@ -16,8 +17,12 @@ use axum::Json;
 use axum::Router;
 use quorumkv_api::ErrorBody;
 
+use crate::auth::Principal;
 use crate::error::Error;
+use crate::limits;
 use crate::node::Node;
+use crate::tls::ClientIdentity;
+use crate::types::Command;
 
 /// The router served on `--client-addr`.
 pub fn client_router(node: Arc<Node>) -> Router {
@@ -35,6 +40,14 @@ pub fn client_router(node: Arc<Node>) -> Router {
         .route("/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics))
         .route("/v1/backup", get(cluster::backup))
+        .route("/v1/auth", get(auth::status))
+        .route("/v1/auth/enable", axum::routing::post(auth::enable))
+        .route("/v1/auth/disable", axum::routing::post(auth::disable))
+        .route("/v1/auth/token", axum::routing::post(auth::token))
+        .route("/v1/auth/users", get(auth::list_users))
+        .route("/v1/auth/users/{name}", get(auth::get_user).put(auth::put_user).delete(auth::delete_user))
+        .route("/v1/auth/roles", get(auth::list_roles))
+        .route("/v1/auth/roles/{name}", get(auth::get_role).put(auth::put_role).delete(auth::delete_role))
         .route_layer(axum::middleware::from_fn_with_state(node.clone(), record_request))
         .fallback(|| async { error_response(Error::RouteNotFound) })
         .method_not_allowed_fallback(|| async {
@@ -121,6 +134,48 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         error_response(self)
     }
+}
+
+/// Who sent a request (`None`: no credential, or auth is off), established once per request
+/// from its `Authorization` header and its connection's client certificate; a credential
+/// that does not hold is a `401` before the handler runs.
+pub(crate) struct Caller(Option<Principal>);
+
+impl Caller {
+    pub(crate) fn principal(&self) -> Option<&Principal> {
+        self.0.as_ref()
+    }
+
+    /// The command as this caller's: checked against the users and roles when applied.
+    pub(crate) fn wrap(&self, command: Command) -> Command {
+        match &self.0 {
+            Some(principal) => Command::As { principal: principal.clone(), command: Box::new(command) },
+            None => command,
+        }
+    }
+}
+
+impl axum::extract::FromRequestParts<Arc<Node>> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, node: &Arc<Node>) -> Result<Self, Error> {
+        let authorization = parts.headers.get(header::AUTHORIZATION);
+        let certificate = parts.extensions.get::<ClientIdentity>();
+        node.authenticate(authorization, certificate).await.map(Caller)
+    }
+}
+
+/// Reads a JSON body of at most `limit` bytes, within the body deadline.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<T, Error> {
+    let read = axum::body::to_bytes(body, limit);
+    let bytes = tokio::time::timeout(std::time::Duration::from_millis(limits::BODY_READ_TIMEOUT_MS), read)
+        .await
+        .map_err(|_| Error::RequestTimeout { limit_ms: limits::BODY_READ_TIMEOUT_MS })?
+        .map_err(|_| Error::InvalidParameter(format!("body over {limit} bytes")))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::InvalidParameter(format!("JSON body: {e}")))
 }
 
 /// A query string decoded into the API's parameter type `T`, whose unknown fields are refused:

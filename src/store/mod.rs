@@ -5,7 +5,7 @@
 //! | `log` | Raft log entries, key = big-endian index |
 //! | `meta` | Raft metadata: vote, committed log id, last purged log id, bootstrap marker, peers seen |
 //! | `kv` | the key-value state: key → modification revision + value |
-//! | `sm` | state-machine metadata: last applied log id, last membership, client addresses, the marker of a snapshot install in progress |
+//! | `sm` | state-machine metadata: last applied log id, last membership, client addresses, users and roles (`auth/`), the marker of a snapshot install in progress |
 //!
 //! Snapshots live beside the database in `snapshots/` (see `snapshot.rs`).
 //!
@@ -34,6 +34,7 @@ use rocksdb::DB;
 pub use snapshot::IncomingSnapshot;
 pub use snapshot::SnapshotHandle;
 pub(crate) use snapshot::SnapshotStore;
+pub use state_machine::AuthRecords;
 pub use state_machine::KvReader;
 pub use state_machine::Page;
 pub use state_machine::StateMachine;

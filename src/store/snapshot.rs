@@ -32,6 +32,7 @@ use super::snapshot_format::SnapshotReader;
 use super::snapshot_format::SnapshotWriter;
 use super::state_machine::KEY_APPLIED;
 use super::state_machine::KEY_MEMBERSHIP;
+use super::state_machine::PREFIX_AUTH;
 use super::state_machine::PREFIX_CLIENT_ADDR;
 use super::CF_KV;
 use super::CF_LOG;
@@ -276,6 +277,13 @@ fn write_from_checkpoint(checkpoint_path: &Path, file_path: &Path) -> io::Result
         let Some(id_bytes) = key.strip_prefix(PREFIX_CLIENT_ADDR) else { break };
         let Ok(id_bytes) = <[u8; 8]>::try_from(id_bytes) else { break };
         writer.write_client_addr(NodeId::from_be_bytes(id_bytes), String::from_utf8_lossy(&value).into_owned())?;
+    }
+    for item in view.iterator_cf(sm, IteratorMode::From(PREFIX_AUTH, rocksdb::Direction::Forward)) {
+        let (key, value) = item.map_err(io_error)?;
+        if !key.starts_with(PREFIX_AUTH) {
+            break;
+        }
+        writer.write_auth(key.to_vec(), value.to_vec())?;
     }
     writer.finish()?;
     Ok(meta)

@@ -5,7 +5,7 @@
 //! "QKVSNAP1"                     magic, 8 bytes
 //! [u32 LE length][postcard Record]...
 //!     Record::Meta               always first: last log id and membership of the state
-//!     Record::Key / ClientAddr   the state, keys in byte order
+//!     Record::Key / ClientAddr / Auth   the state, keys in byte order
 //!     Record::End                always last: record count and CRC-32 of every byte before it
 //! ```
 //!
@@ -39,6 +39,8 @@ pub(crate) enum Record {
     Key { key: String, value: StoredValue },
     ClientAddr { node_id: NodeId, client_addr: String },
     End { records: u64, checksum: u32 },
+    // Appended (postcard numbers variants): one `auth/…` record of the state machine.
+    Auth { key: Vec<u8>, value: Vec<u8> },
 }
 
 fn invalid(message: impl Into<String>) -> io::Error {
@@ -69,6 +71,10 @@ impl SnapshotWriter {
 
     pub(crate) fn write_client_addr(&mut self, node_id: NodeId, client_addr: String) -> io::Result<()> {
         self.write_record(&Record::ClientAddr { node_id, client_addr })
+    }
+
+    pub(crate) fn write_auth(&mut self, key: Vec<u8>, value: Vec<u8>) -> io::Result<()> {
+        self.write_record(&Record::Auth { key, value })
     }
 
     /// Writes the `End` record and makes the file durable.

@@ -36,6 +36,13 @@ use super::snapshot_format::Record;
 use super::snapshot_format::SnapshotReader;
 use super::CF_KV;
 use super::CF_SM;
+use crate::auth;
+use crate::auth::AuthCommand;
+use crate::auth::AuthState;
+use crate::auth::Need;
+use crate::auth::Refusal;
+use crate::auth::RoleRecord;
+use crate::auth::UserRecord;
 use crate::limits;
 use crate::types::Command;
 use crate::types::CommandResult;
@@ -49,6 +56,15 @@ use crate::types::TypeConfig;
 pub(crate) const KEY_APPLIED: &[u8] = b"applied";
 pub(crate) const KEY_MEMBERSHIP: &[u8] = b"membership";
 pub(crate) const PREFIX_CLIENT_ADDR: &[u8] = b"client_addr/";
+/// Users, roles and the auth switch (`auth.rs`): `auth/enabled`, `auth/signing_key`,
+/// `auth/user/<name>`, `auth/role/<name>`. Snapshots carry every key under the prefix.
+pub(crate) const PREFIX_AUTH: &[u8] = b"auth/";
+/// The first key after every `auth/…` key ('0' follows '/').
+pub(crate) const PREFIX_AUTH_END: &[u8] = b"auth0";
+const KEY_AUTH_ENABLED: &[u8] = b"auth/enabled";
+const KEY_AUTH_SIGNING_KEY: &[u8] = b"auth/signing_key";
+const PREFIX_AUTH_USER: &str = "auth/user/";
+const PREFIX_AUTH_ROLE: &str = "auth/role/";
 /// Present while a snapshot install is replacing the state (its value: the snapshot's
 /// metadata). Found at start-up, it means the install was cut off and is redone.
 pub(crate) const KEY_INSTALLING: &[u8] = b"installing";
@@ -68,6 +84,79 @@ pub struct StateMachine {
     db: Arc<DB>,
     snapshots: SnapshotStore,
     installs: InstallCounter,
+    auth: AuthCache,
+}
+
+/// The applied auth records, in memory: every client request consults them, so they are not
+/// read from RocksDB each time, and a snapshot install (which empties and refills the state)
+/// never makes them vanish: the copy is replaced only once a batch or an install is written.
+#[derive(Clone, Default)]
+pub(crate) struct AuthCache(Arc<std::sync::RwLock<Arc<AuthRecords>>>);
+
+impl AuthCache {
+    fn current(&self) -> Arc<AuthRecords> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads every `auth/` record again (after a write that changed some).
+    fn reload(&self, db: &DB) -> io::Result<()> {
+        let mut records = AuthRecords::default();
+        for item in db.prefix_iterator_cf(cf(db, CF_SM), PREFIX_AUTH) {
+            let (key, value) = item.map_err(io_error)?;
+            if !key.starts_with(PREFIX_AUTH) {
+                break;
+            }
+            let name =
+                |prefix: &str| key.strip_prefix(prefix.as_bytes()).map(|n| String::from_utf8_lossy(n).into_owned());
+            if key.as_ref() == KEY_AUTH_ENABLED {
+                records.enabled = true;
+            } else if key.as_ref() == KEY_AUTH_SIGNING_KEY {
+                records.signing_key = Some(value.to_vec());
+            } else if let Some(user) = name(PREFIX_AUTH_USER) {
+                records.users.insert(user, decode(&value)?);
+            } else if let Some(role) = name(PREFIX_AUTH_ROLE) {
+                records.roles.insert(role, decode(&value)?);
+            }
+        }
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(records);
+        Ok(())
+    }
+}
+
+/// The replicated users, roles and auth switch as of one applied batch (see [`KvReader::auth`]).
+#[derive(Debug, Default)]
+pub struct AuthRecords {
+    enabled: bool,
+    signing_key: Option<Vec<u8>>,
+    users: BTreeMap<String, UserRecord>,
+    roles: BTreeMap<String, RoleRecord>,
+}
+
+impl AuthRecords {
+    /// The key tokens are signed with (present once auth was first enabled).
+    pub fn signing_key(&self) -> Option<&[u8]> {
+        self.signing_key.as_deref()
+    }
+
+    pub fn users(&self) -> &BTreeMap<String, UserRecord> {
+        &self.users
+    }
+
+    pub fn roles(&self) -> &BTreeMap<String, RoleRecord> {
+        &self.roles
+    }
+}
+
+impl AuthState for AuthRecords {
+    fn enabled(&self) -> io::Result<bool> {
+        Ok(self.enabled)
+    }
+    fn user(&self, name: &str) -> io::Result<Option<UserRecord>> {
+        Ok(self.users.get(name).cloned())
+    }
+    fn role(&self, name: &str) -> io::Result<Option<RoleRecord>> {
+        Ok(self.roles.get(name).cloned())
+    }
 }
 
 /// A seqlock over snapshot installs: odd while one runs. An install replaces the state in
@@ -101,8 +190,9 @@ impl InstallCounter {
 impl StateMachine {
     /// Opens the state machine, first finishing an install a crash cut off.
     pub(crate) fn new(db: Arc<DB>, snapshots: SnapshotStore) -> io::Result<Self> {
-        let state_machine = Self { db, snapshots, installs: InstallCounter::default() };
+        let state_machine = Self { db, snapshots, installs: InstallCounter::default(), auth: AuthCache::default() };
         state_machine.repair_interrupted_install()?;
+        state_machine.auth.reload(&state_machine.db)?;
         Ok(state_machine)
     }
 
@@ -113,7 +203,7 @@ impl StateMachine {
 
     /// A read handle on the applied state, for the API layer (through the node).
     pub fn reader(&self) -> KvReader {
-        KvReader { db: self.db.clone(), installs: self.installs.clone() }
+        KvReader { db: self.db.clone(), installs: self.installs.clone(), auth: self.auth.clone() }
     }
 
     fn repair_interrupted_install(&self) -> io::Result<()> {
@@ -133,13 +223,77 @@ impl StateMachine {
             )));
         }
         tracing::warn!(last_log_id = ?interrupted.last_log_id, "redoing a snapshot install cut off by a crash");
-        install_state(&self.db, &self.installs, &current.meta, &current.snapshot)
+        install_state(&self.db, &self.installs, &self.auth, &current.meta, &current.snapshot)
     }
 }
 
 /// A key's revisions as seen while applying one batch: earlier entries of the same batch are
 /// not in RocksDB yet, so they are tracked here. `None` means absent.
 type Overlay = HashMap<String, Option<(u64, u64)>>;
+/// The auth records written by earlier entries of the batch being applied. `None`: deleted.
+type AuthOverlay = HashMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// The auth records as one entry of an apply batch sees them: the batch's own writes first,
+/// then RocksDB.
+struct ApplyAuthView<'a> {
+    db: &'a DB,
+    overlay: &'a AuthOverlay,
+}
+
+impl ApplyAuthView<'_> {
+    fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        match self.overlay.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => self.db.get_cf(cf(self.db, CF_SM), key).map_err(io_error),
+        }
+    }
+
+    /// Every record under `prefix` (`auth/user/` or `auth/role/`), by name.
+    fn all<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> io::Result<BTreeMap<String, T>> {
+        let mut records = BTreeMap::new();
+        for item in self.db.prefix_iterator_cf(cf(self.db, CF_SM), prefix.as_bytes()) {
+            let (key, value) = item.map_err(io_error)?;
+            let Some(name) = key.strip_prefix(prefix.as_bytes()) else { break };
+            if !self.overlay.contains_key(key.as_ref()) {
+                records.insert(String::from_utf8_lossy(name).into_owned(), decode(&value)?);
+            }
+        }
+        for (key, value) in self.overlay {
+            let (Some(name), Some(value)) = (key.strip_prefix(prefix.as_bytes()), value) else { continue };
+            records.insert(String::from_utf8_lossy(name).into_owned(), decode(value)?);
+        }
+        Ok(records)
+    }
+}
+
+impl AuthState for ApplyAuthView<'_> {
+    fn enabled(&self) -> io::Result<bool> {
+        Ok(self.get(KEY_AUTH_ENABLED)?.is_some())
+    }
+    fn user(&self, name: &str) -> io::Result<Option<UserRecord>> {
+        self.get(user_key(name).as_bytes())?.map(|bytes| decode(&bytes)).transpose()
+    }
+    fn role(&self, name: &str) -> io::Result<Option<RoleRecord>> {
+        self.get(role_key(name).as_bytes())?.map(|bytes| decode(&bytes)).transpose()
+    }
+}
+
+fn user_key(name: &str) -> String {
+    format!("{PREFIX_AUTH_USER}{name}")
+}
+
+fn role_key(name: &str) -> String {
+    format!("{PREFIX_AUTH_ROLE}{name}")
+}
+
+/// What a client command needs permission for; `None`: an internal command no client sends.
+fn needed(command: &Command) -> Option<Need<'_>> {
+    match command {
+        Command::Put { key, .. } | Command::Delete { key, .. } => Some(Need::Write(key)),
+        Command::Auth(_) => Some(Need::Admin),
+        Command::RegisterClientAddr { .. } | Command::As { .. } => None,
+    }
+}
 
 impl StateMachine {
     fn current_revisions(&self, overlay: &Overlay, key: &str) -> io::Result<Option<(u64, u64)>> {
@@ -150,10 +304,40 @@ impl StateMachine {
         Ok(stored.map(|v| (v.create_revision, v.mod_revision)))
     }
 
+    /// Applies one command if its sender may (see `auth.rs`): a refusal is a result.
     fn apply_command(
         &self,
         batch: &mut WriteBatch,
         overlay: &mut Overlay,
+        auth_overlay: &mut AuthOverlay,
+        revision: u64,
+        command: &Command,
+    ) -> io::Result<CommandResult> {
+        let (principal, command) = match command {
+            Command::As { principal, command } => (Some(principal), command.as_ref()),
+            command => (None, command),
+        };
+        let view = ApplyAuthView { db: &self.db, overlay: auth_overlay };
+        let need = match (needed(command), principal) {
+            (Some(need), _) => need,
+            // Internal commands come from members only, never wrapped for a user.
+            (None, None) => return self.apply_allowed(batch, overlay, auth_overlay, revision, command),
+            (None, Some(auth::Principal::Member)) if !matches!(command, Command::As { .. }) => Need::Admin,
+            (None, Some(_)) => {
+                return Ok(CommandResult::Refused(Refusal::Forbidden(format!("{command} is not a client command"))))
+            }
+        };
+        match auth::authorize(&view, principal, need)? {
+            Ok(()) => self.apply_allowed(batch, overlay, auth_overlay, revision, command),
+            Err(refusal) => Ok(CommandResult::Refused(refusal)),
+        }
+    }
+
+    fn apply_allowed(
+        &self,
+        batch: &mut WriteBatch,
+        overlay: &mut Overlay,
+        auth_overlay: &mut AuthOverlay,
         revision: u64,
         command: &Command,
     ) -> io::Result<CommandResult> {
@@ -185,8 +369,110 @@ impl StateMachine {
                 batch.put_cf(cf(&self.db, CF_SM), client_addr_key(*node_id), client_addr.as_bytes());
                 Ok(CommandResult::Empty)
             }
+            Command::Auth(command) => {
+                let writes = {
+                    let view = ApplyAuthView { db: &self.db, overlay: auth_overlay };
+                    match auth_writes(&view, revision, command)? {
+                        Ok(writes) => writes,
+                        Err(reason) => return Ok(CommandResult::Refused(Refusal::Invalid(reason))),
+                    }
+                };
+                let sm = cf(&self.db, CF_SM);
+                for (key, value) in writes {
+                    match &value {
+                        Some(value) => batch.put_cf(sm, &key, value),
+                        None => batch.delete_cf(sm, &key),
+                    }
+                    auth_overlay.insert(key, value);
+                }
+                Ok(CommandResult::AuthChanged { revision })
+            }
+            Command::As { .. } => Ok(CommandResult::Refused(Refusal::Invalid("a command wrapped twice".into()))),
         }
     }
+}
+
+/// The records an auth change writes (`None`: deletes), or why it cannot be made. Pure:
+/// every replica computes the same from the same state.
+type AuthWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+fn auth_writes(
+    view: &ApplyAuthView<'_>,
+    revision: u64,
+    command: &AuthCommand,
+) -> io::Result<Result<AuthWrites, String>> {
+    let enabled = view.enabled()?;
+    let is_admin = |user: &UserRecord| user.roles.iter().any(|role| role == auth::ADMIN_ROLE);
+    // While auth is on, the cluster keeps at least one admin: nobody could turn it off again.
+    let admins_without = |name: &str| -> io::Result<usize> {
+        Ok(view.all::<UserRecord>(PREFIX_AUTH_USER)?.iter().filter(|(n, u)| n.as_str() != name && is_admin(u)).count())
+    };
+    Ok(Ok(match command {
+        AuthCommand::PutUser { name, password_hash, roles } => {
+            let existing = view.user(name)?;
+            if existing.is_none() && view.all::<UserRecord>(PREFIX_AUTH_USER)?.len() >= auth::MAX_USERS {
+                return Ok(Err(format!("the cluster already has {} users, the most it may hold", auth::MAX_USERS)));
+            }
+            let Some(password_hash) =
+                password_hash.clone().or_else(|| existing.as_ref().map(|u| u.password_hash.clone()))
+            else {
+                return Ok(Err(format!("user {name:?} does not exist; a new user needs a password")));
+            };
+            let roles = roles.clone().or_else(|| existing.as_ref().map(|u| u.roles.clone())).unwrap_or_default();
+            for role in &roles {
+                if role != auth::ADMIN_ROLE && view.role(role)?.is_none() {
+                    return Ok(Err(format!("role {role:?} does not exist")));
+                }
+            }
+            let record = UserRecord { password_hash, roles, revision };
+            if enabled && existing.as_ref().is_some_and(is_admin) && !is_admin(&record) && admins_without(name)? == 0 {
+                return Ok(Err(format!("{name:?} is the last user with role admin while auth is enabled")));
+            }
+            vec![(user_key(name).into_bytes(), Some(encode(&record)?))]
+        }
+        AuthCommand::DeleteUser { name } => {
+            let Some(existing) = view.user(name)? else { return Ok(Err(format!("user {name:?} does not exist"))) };
+            if enabled && is_admin(&existing) && admins_without(name)? == 0 {
+                return Ok(Err(format!("{name:?} is the last user with role admin while auth is enabled")));
+            }
+            vec![(user_key(name).into_bytes(), None)]
+        }
+        AuthCommand::PutRole { name, grants } => {
+            if view.role(name)?.is_none() && view.all::<RoleRecord>(PREFIX_AUTH_ROLE)?.len() >= auth::MAX_ROLES {
+                return Ok(Err(format!("the cluster already has {} roles, the most it may hold", auth::MAX_ROLES)));
+            }
+            let record = RoleRecord { grants: grants.clone(), revision };
+            vec![(role_key(name).into_bytes(), Some(encode(&record)?))]
+        }
+        AuthCommand::DeleteRole { name } => {
+            if view.role(name)?.is_none() {
+                return Ok(Err(format!("role {name:?} does not exist")));
+            }
+            // Else a role created again under the name would silently give its holders rights.
+            let holders: Vec<String> = view
+                .all::<UserRecord>(PREFIX_AUTH_USER)?
+                .into_iter()
+                .filter(|(_, user)| user.roles.contains(name))
+                .map(|(user, _)| user)
+                .collect();
+            if !holders.is_empty() {
+                return Ok(Err(format!("role {name:?} is granted to {holders:?}: take it from them first")));
+            }
+            vec![(role_key(name).into_bytes(), None)]
+        }
+        AuthCommand::Enable { .. } if enabled => Vec::new(),
+        AuthCommand::Enable { signing_key } => {
+            if admins_without("")? == 0 {
+                return Ok(Err(format!("create a user with role {:?} before enabling auth", auth::ADMIN_ROLE)));
+            }
+            // A new key each time auth is turned on: tokens from before a disable stay dead.
+            vec![
+                (KEY_AUTH_SIGNING_KEY.to_vec(), Some(signing_key.clone())),
+                (KEY_AUTH_ENABLED.to_vec(), Some(Vec::new())),
+            ]
+        }
+        AuthCommand::Disable => vec![(KEY_AUTH_ENABLED.to_vec(), None)],
+    }))
 }
 
 fn precondition_holds(precondition: Precondition, current: Option<(u64, u64)>) -> bool {
@@ -222,6 +508,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // this batch is repaired by re-applying from the log (see DESIGN.md).
         let mut batch = WriteBatch::default();
         let mut overlay = Overlay::new();
+        let mut auth_overlay = AuthOverlay::new();
         let mut responses = Vec::new();
         let mut last_applied: Option<LogId> = None;
         let mut last_membership: Option<StoredMembership> = None;
@@ -234,7 +521,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let result = match &entry.payload {
                 EntryPayload::Blank => CommandResult::Empty,
                 EntryPayload::Normal(command) => {
-                    self.apply_command(&mut batch, &mut overlay, log_id.index(), command)?
+                    self.apply_command(&mut batch, &mut overlay, &mut auth_overlay, log_id.index(), command)?
                 }
                 EntryPayload::Membership(membership) => {
                     last_membership = Some(StoredMembership::new(Some(log_id), membership.clone()));
@@ -253,6 +540,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.put_cf(sm, KEY_MEMBERSHIP, encode(membership)?);
         }
         self.db.write(batch).map_err(io_error)?;
+        if !auth_overlay.is_empty() {
+            self.auth.reload(&self.db)?;
+        }
         // Answer only once the batch is visible to local reads.
         for (responder, result) in responses {
             responder.send(result);
@@ -266,15 +556,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotHandle) -> Result<(), io::Error> {
         // File moves and a large write: off the async workers.
-        let (db, snapshots, installs, meta) =
-            (self.db.clone(), self.snapshots.clone(), self.installs.clone(), meta.clone());
+        let (db, snapshots, installs, auth, meta) =
+            (self.db.clone(), self.snapshots.clone(), self.installs.clone(), self.auth.clone(), meta.clone());
         tokio::task::spawn_blocking(move || {
             let mut snapshot = snapshot;
             // The file first: if a crash cuts the install short, start-up finds the marker and
             // redoes it from this file. openraft has decided to install it, so it replaces
             // even a newer file a concurrent build left (the marker must match the file).
             snapshots.promote(&meta, &mut snapshot, true)?;
-            install_state(&db, &installs, &meta, &snapshot)
+            install_state(&db, &installs, &auth, &meta, &snapshot)
         })
         .await
         .map_err(io::Error::other)?
@@ -294,7 +584,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// either nothing of the install survived (the old state is intact) or the marker did (and
 /// start-up redoes the install). Local reads overlapping the install are refused
 /// ([`InstallCounter`]).
-fn install_state(db: &DB, installs: &InstallCounter, meta: &SnapshotMeta, snapshot: &SnapshotHandle) -> io::Result<()> {
+fn install_state(
+    db: &DB,
+    installs: &InstallCounter,
+    auth: &AuthCache,
+    meta: &SnapshotMeta,
+    snapshot: &SnapshotHandle,
+) -> io::Result<()> {
     let mut reader = SnapshotReader::new(snapshot.reader()?)?;
     if reader.meta() != meta {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot file does not match its metadata"));
@@ -309,6 +605,7 @@ fn install_state(db: &DB, installs: &InstallCounter, meta: &SnapshotMeta, snapsh
         batch.delete_range_cf(kv, b"".as_slice(), [0xFFu8; 1].as_slice());
         // `client_addr0` is the first key after every `client_addr/…` key ('0' follows '/').
         batch.delete_range_cf(sm, PREFIX_CLIENT_ADDR, b"client_addr0".as_slice());
+        batch.delete_range_cf(sm, PREFIX_AUTH, PREFIX_AUTH_END);
         let mut keys = 0u64;
         while let Some(record) = reader.next_record()? {
             match record {
@@ -318,6 +615,10 @@ fn install_state(db: &DB, installs: &InstallCounter, meta: &SnapshotMeta, snapsh
                 }
                 Record::ClientAddr { node_id, client_addr } => {
                     batch.put_cf(sm, client_addr_key(node_id), client_addr.as_bytes())
+                }
+                Record::Auth { key, value } if key.starts_with(PREFIX_AUTH) => batch.put_cf(sm, key, value),
+                Record::Auth { .. } => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot auth record outside auth/"))
                 }
                 Record::Meta(_) | Record::End { .. } => unreachable!("the reader yields state records only"),
             }
@@ -334,6 +635,7 @@ fn install_state(db: &DB, installs: &InstallCounter, meta: &SnapshotMeta, snapsh
         let mut write_options = rocksdb::WriteOptions::default();
         write_options.set_sync(true);
         db.write_opt(batch, &write_options).map_err(io_error)?;
+        auth.reload(db)?;
         tracing::info!(last_log_id = ?meta.last_log_id, keys, "snapshot installed");
         Ok(())
     })();
@@ -362,6 +664,7 @@ pub type Page = (Vec<(String, StoredValue)>, Option<String>);
 pub struct KvReader {
     db: Arc<DB>,
     installs: InstallCounter,
+    auth: AuthCache,
 }
 
 impl KvReader {
@@ -443,6 +746,12 @@ impl KvReader {
             addrs.insert(NodeId::from_be_bytes(id_bytes), String::from_utf8_lossy(&value).into_owned());
         }
         Ok(addrs)
+    }
+
+    /// The replicated users, roles and auth switch as of the last applied batch, for checks
+    /// at the edge: in memory, consistent, and never hidden by a snapshot install.
+    pub fn auth(&self) -> Arc<AuthRecords> {
+        self.auth.current()
     }
 
     fn sm_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {

@@ -180,12 +180,26 @@ impl Client {
 
     /// A client speaking TLS as `tls` says (plain HTTP when it is empty).
     pub fn with_tls(endpoints: &str, tls: &ClientTls) -> Result<Self, ClientError> {
+        Self::with_token(endpoints, tls, None)
+    }
+
+    /// [`Client::with_tls`], sending `Authorization: Bearer <token>` with every request (a
+    /// token from [`Client::login`], for clusters with auth enabled).
+    pub fn with_token(endpoints: &str, tls: &ClientTls, token: Option<&str>) -> Result<Self, ClientError> {
         let endpoints = parse_endpoints_with_scheme(endpoints, if tls.is_on() { "https" } else { "http" })?;
         if tls.is_on() && endpoints.iter().any(|endpoint| endpoint.scheme() == "http") {
             // Never plain HTTP by accident when TLS was asked for.
             return Err(ClientError::Failed("--cacert/--cert given, but an endpoint is http://".into()));
         }
-        let builder = tls.configure(reqwest::Client::builder())?;
+        let mut builder = tls.configure(reqwest::Client::builder())?;
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Failed("the token is not a valid header value".into()))?;
+            value.set_sensitive(true);
+            let mut headers = HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
         let http = builder
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(limits::CLIENT_CONNECT_TIMEOUT_MS))
@@ -194,6 +208,26 @@ impl Client {
             .build()
             .map_err(|e| ClientError::Failed(e.to_string()))?;
         Ok(Self { endpoints, current: std::sync::atomic::AtomicUsize::new(0), http })
+    }
+
+    /// Logs in (`POST /v1/auth/token`): a token for [`Client::with_token`].
+    pub async fn login(&self, name: &str, password: &str) -> Result<crate::TokenReply, ClientError> {
+        let request = crate::TokenRequest { name: name.to_string(), password: password.to_string() };
+        let body = serde_json::to_vec(&request).map_err(|e| ClientError::Failed(e.to_string()))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(reqwest::header::CONTENT_TYPE, reqwest::header::HeaderValue::from_static("application/json"));
+        let segments = ["v1", "auth", "token"].map(String::from);
+        // Logging in changes nothing: safe to retry.
+        let answer =
+            self.request(Method::POST, &segments, &[], headers, Some(Bytes::from(body)), Retry::Idempotent).await?;
+        if !answer.status.is_success() {
+            return Err(ClientError::Failed(format!(
+                "login as {name:?}: {} {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            )));
+        }
+        serde_json::from_slice(&answer.body).map_err(|e| ClientError::Failed(format!("unreadable token answer: {e}")))
     }
 
     /// `/v1/kv/<key>` with the key as one percent-encoded segment (slashes included).

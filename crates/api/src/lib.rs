@@ -18,6 +18,14 @@
 //! | `POST /v1/cluster/voters`, `POST /v1/cluster/leader` | [`NodeRef`] | [`ClusterStatus`] |
 //! | `DELETE /v1/cluster/members/{id}` | | [`ClusterStatus`] |
 //! | `GET /health`, `GET /ready` | | [`Health`], [`Ready`] |
+//! | `GET /v1/auth` | | [`AuthStatus`] |
+//! | `POST /v1/auth/enable`, `POST /v1/auth/disable` | | [`AuthChangeReply`] |
+//! | `POST /v1/auth/token` | [`TokenRequest`] | [`TokenReply`] |
+//! | `GET /v1/auth/users`, `GET /v1/auth/users/{name}` | | `[`[`UserInfo`]`]`, [`UserInfo`] |
+//! | `PUT /v1/auth/users/{name}` | [`UserRequest`] | [`AuthChangeReply`] |
+//! | `GET /v1/auth/roles`, `GET /v1/auth/roles/{name}` | | `[`[`RoleInfo`]`]`, [`RoleInfo`] |
+//! | `PUT /v1/auth/roles/{name}` | [`RoleRequest`] | [`AuthChangeReply`] |
+//! | `DELETE /v1/auth/users/{name}`, `DELETE /v1/auth/roles/{name}` | | [`AuthChangeReply`] |
 //!
 //! Every error answer is an [`ErrorBody`]; its `outcome` says whether the request may have
 //! taken effect, and the client decides retries from it.
@@ -245,6 +253,100 @@ pub struct Health {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ready {
     pub ready: bool,
+}
+
+/// `GET /v1/auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthStatus {
+    pub enabled: bool,
+}
+
+/// The answer to a change of users, roles or the auth switch: the revision (log index) at
+/// which it took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthChangeReply {
+    pub revision: u64,
+}
+
+/// `POST /v1/auth/token`: log in.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for TokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRequest").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// A bearer token (`Authorization: Bearer <token>`), valid on every node until it expires
+/// or its user changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenReply {
+    pub token: String,
+    pub expires_in_ms: u64,
+}
+
+/// `PUT /v1/auth/users/{name}`: creates a user (a password is then required) or changes
+/// one; an absent field keeps its value. Any change revokes the user's tokens.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Role names; `admin` is built in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for UserRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRequest").field("roles", &self.roles).finish_non_exhaustive()
+    }
+}
+
+/// A user as `GET /v1/auth/users` shows it (never its password hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub name: String,
+    pub roles: Vec<String>,
+    /// The revision of its last change.
+    pub revision: u64,
+}
+
+/// What a permission allows on the keys under its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Read,
+    Write,
+    Readwrite,
+}
+
+/// One permission of a role: `access` to every key starting with `prefix` (`""`: all keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Permission {
+    pub prefix: String,
+    pub access: Access,
+}
+
+/// `PUT /v1/auth/roles/{name}`: creates or replaces a role.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRequest {
+    pub permissions: Vec<Permission>,
+}
+
+/// A role as `GET /v1/auth/roles` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleInfo {
+    pub name: String,
+    pub permissions: Vec<Permission>,
+    pub revision: u64,
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ pub struct VerifyOptions {
     pub step_budget: u64,
     /// TLS to the client port (`https://` endpoints): the CA, and a client certificate.
     pub tls: quorumkv_api::client::ClientTls,
+    /// A token to send as `Authorization: Bearer` (clusters with auth enabled).
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,7 +100,13 @@ pub async fn verify(options: &VerifyOptions) -> Result<VerifyReport, String> {
     options.validate()?;
     let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let prefix = format!("{RESERVED_PREFIX}{run_id:x}-{}/", std::process::id());
-    let builder = options.tls.configure(reqwest::Client::builder()).map_err(|e| e.to_string())?;
+    let mut builder = options.tls.configure(reqwest::Client::builder()).map_err(|e| e.to_string())?;
+    if let Some(token) = &options.token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "the token is not a valid header value".to_string())?;
+        value.set_sensitive(true);
+        builder = builder.default_headers([(reqwest::header::AUTHORIZATION, value)].into_iter().collect());
+    }
     let http = builder.timeout(CLIENT_TIMEOUT).build().map_err(|e| e.to_string())?;
     let history: History = Arc::new(Mutex::new(Vec::new()));
     let start = Instant::now();

@@ -80,6 +80,7 @@ fn options(endpoint: String) -> VerifyOptions {
         keys: 2,
         step_budget: quorumkv_jepsen::checker::DEFAULT_STEP_BUDGET,
         tls: Default::default(),
+        token: None,
     }
 }
 
