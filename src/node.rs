@@ -437,8 +437,16 @@ impl Node {
     // ----- authentication (see `auth.rs`) -----
 
     /// The replicated users, roles and auth switch, as this node has applied them.
-    pub fn auth_records(&self) -> Arc<AuthRecords> {
-        self.kv.auth()
+    pub fn auth_records(&self) -> Result<Arc<AuthRecords>, Error> {
+        self.kv.auth().map_err(read_error)
+    }
+
+    /// This node's applied and known-committed indexes, without copying the metrics.
+    fn applied_and_committed(&self) -> (u64, u64) {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let index = |log_id: &Option<crate::types::LogId>| log_id.as_ref().map_or(0, |log_id| log_id.index());
+        (index(&metrics.last_applied), index(&metrics.local_committed))
     }
 
     /// Who sent a request, from its `Authorization` header and its connection's client
@@ -468,7 +476,7 @@ impl Node {
             };
             return match checked {
                 Ok(principal) => Ok(Some(principal)),
-                Err(_) if !self.kv.auth().enabled().map_err(read_error)? => Ok(None),
+                Err(_) if !self.auth_records()?.enabled().map_err(read_error)? => Ok(None),
                 Err(error) => Err(error),
             };
         }
@@ -484,9 +492,13 @@ impl Node {
 
     async fn check_token(&self, token: &str) -> Result<Principal, Error> {
         let verify = || -> Result<auth::TokenClaims, Error> {
-            let records = self.kv.auth();
-            auth::verify_token(records.signing_key().unwrap_or_default(), token, auth::now_unix_ms())
-                .map_err(Error::Unauthorized)
+            let records = self.auth_records()?;
+            // No key: this node has never applied an enable; nothing it could check a token
+            // against (an empty key would let anyone sign one).
+            let key = records.signing_key().ok_or_else(|| {
+                Error::Unauthorized("authentication was never enabled here; no token is valid".into())
+            })?;
+            auth::verify_token(key, token, auth::now_unix_ms()).map_err(Error::Unauthorized)
         };
         let claims = match verify() {
             Ok(claims) => claims,
@@ -495,9 +507,7 @@ impl Node {
                 // enabled again): catch up to the issuer, and judge again. Only as far as this
                 // node knows committed, since the claim is not verified yet: a forged index
                 // makes nobody wait.
-                let metrics = self.raft_metrics();
-                let applied = metrics.last_applied.map_or(0, |log_id| log_id.index());
-                let committed = metrics.local_committed.map_or(0, |log_id| log_id.index());
+                let (applied, committed) = self.applied_and_committed();
                 let issued_at = auth::unverified_applied_index(token).unwrap_or(0);
                 if issued_at <= applied || issued_at > committed {
                     return Err(error);
@@ -507,10 +517,10 @@ impl Node {
             }
         };
         // Signed: the issuer had applied this far, so the user record it saw exists here soon.
-        if self.raft_metrics().last_applied.map_or(0, |log_id| log_id.index()) < claims.applied_index {
+        if self.applied_and_committed().0 < claims.applied_index {
             self.await_applied(claims.applied_index).await?;
         }
-        let user = self.kv.auth().user(&claims.user).map_err(read_error)?;
+        let user = self.auth_records()?.user(&claims.user).map_err(read_error)?;
         match user {
             None => Err(Error::Unauthorized(format!("user {:?} no longer exists", claims.user))),
             Some(user) if user.revision != claims.revision => Err(Error::Unauthorized(format!(
@@ -533,9 +543,23 @@ impl Node {
 
     /// `401` or `403` unless `principal` may do what `need` says (by this node's records).
     pub fn authorize(&self, principal: Option<&Principal>, need: Need<'_>) -> Result<(), Error> {
-        match auth::authorize(&*self.kv.auth(), principal, need).map_err(read_error)? {
+        match auth::authorize(&*self.auth_records()?, principal, need).map_err(read_error)? {
             Ok(()) => Ok(()),
             Err(refusal) => Err(refusal.into()),
+        }
+    }
+
+    /// [`Node::authorize`], judged again after a linearizable read point before refusing:
+    /// this node's records may lag a grant (or an enable's user) committed through another node.
+    pub async fn authorize_or_catch_up(&self, principal: Option<&Principal>, need: Need<'_>) -> Result<(), Error> {
+        match self.authorize(principal, need) {
+            // Without a credential, nothing committed elsewhere can help (only an admin's
+            // disable, which is rare): refuse at once, without a quorum round per request.
+            Err(Error::Unauthorized(_) | Error::Forbidden(_)) if principal.is_some() => {
+                self.await_read_point(Consistency::Linearizable).await?;
+                self.authorize(principal, need)
+            }
+            other => other,
         }
     }
 
@@ -554,7 +578,7 @@ impl Node {
     /// read point (so a user just created anywhere is found), then signs a token.
     pub async fn issue_token(&self, name: &str, password: &str) -> Result<(String, u64), Error> {
         self.await_read_point(Consistency::Linearizable).await?;
-        let records = self.kv.auth();
+        let records = self.auth_records()?;
         if !records.enabled().map_err(read_error)? {
             return Err(Error::Conflict("authentication is not enabled (POST /v1/auth/enable)".into()));
         }
@@ -575,10 +599,12 @@ impl Node {
         let claims = auth::TokenClaims {
             user: name.to_string(),
             revision: user.revision,
-            applied_index: self.raft_metrics().last_applied.map_or(0, |log_id| log_id.index()),
+            applied_index: self.applied_and_committed().0,
             expires_at_unix_ms: auth::now_unix_ms() + lifetime_ms,
         };
-        Ok((auth::issue_token(records.signing_key().unwrap_or_default(), &claims), lifetime_ms))
+        let key =
+            records.signing_key().ok_or_else(|| Error::Internal("auth is enabled without a signing key".into()))?;
+        Ok((auth::issue_token(key, &claims), lifetime_ms))
     }
 
     /// Hashes a new password (Argon2id), off the async workers and a bounded number at a time.

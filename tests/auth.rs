@@ -160,6 +160,21 @@ async fn credentials_and_permissions_are_required_once_auth_is_enabled() {
     let (status, users) = root.call(leader, Method::GET, "/v1/auth/users", None).await;
     assert_eq!(status, 200, "{users}");
     assert!(users.contains("alice") && !users.contains("argon2"), "names and roles, never hashes: {users}");
+    // A token for root with root's real revision, signed with another key (here the empty key
+    // a node without one would have used): refused everywhere, changes nothing.
+    let users: Vec<quorumkv_api::UserInfo> = serde_json::from_str(&users).expect("users");
+    let root_revision = users.iter().find(|user| user.name == "root").expect("root").revision;
+    let claims = quorumkv::auth::TokenClaims {
+        user: "root".into(),
+        revision: root_revision,
+        applied_index: 0,
+        expires_at_unix_ms: u64::MAX,
+    };
+    let forged = Caller::with_token(&cluster, &quorumkv::auth::issue_token(b"", &claims));
+    for id in 1..=3 {
+        refused(&forged.put(id, "app/forged", "x").await, 401, "unauthorized");
+        refused(&forged.call(id, Method::POST, "/v1/auth/disable", None).await, 401, "unauthorized");
+    }
     let page: quorumkv_api::Page =
         serde_json::from_str(&root.call(leader, Method::GET, "/v1/kv?prefix=", None).await.1)
             .expect("root lists everything");

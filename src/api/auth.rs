@@ -36,7 +36,7 @@ type NamePath = Result<Path<String>, PathRejection>;
 
 /// `GET /v1/auth`: whether authentication is on (open to all, like `/health`).
 pub(super) async fn status(State(node): State<Arc<Node>>) -> Result<Json<AuthStatus>, Error> {
-    Ok(Json(AuthStatus { enabled: node.auth_records().enabled().map_err(read_error)? }))
+    Ok(Json(AuthStatus { enabled: node.auth_records()?.enabled().map_err(read_error)? }))
 }
 
 /// `POST /v1/auth/enable`: refused unless a user with role `admin` exists.
@@ -73,7 +73,7 @@ pub(super) async fn put_user(
         return Err(Error::InvalidParameter("give a password, roles, or both".into()));
     }
     // Judged before the hash is computed: a stranger must not make the node hash for them.
-    node.authorize(caller.principal(), Need::Admin)?;
+    node.authorize_or_catch_up(caller.principal(), Need::Admin).await?;
     let password_hash = match password {
         Some(password) => {
             check_password(&password)?;
@@ -94,7 +94,7 @@ pub(super) async fn delete_user(
 
 pub(super) async fn list_users(State(node): State<Arc<Node>>, caller: Caller) -> Result<Json<Vec<UserInfo>>, Error> {
     node.authorize_admin(caller.principal()).await?;
-    let records = node.auth_records();
+    let records = node.auth_records()?;
     let users = records.users().iter();
     Ok(Json(
         users
@@ -114,7 +114,7 @@ pub(super) async fn get_user(
     if !itself {
         node.authorize_admin(caller.principal()).await?;
     }
-    let user = node.auth_records().user(&name).map_err(read_error)?.ok_or(Error::RouteNotFound)?;
+    let user = node.auth_records()?.user(&name).map_err(read_error)?.ok_or(Error::RouteNotFound)?;
     Ok(Json(UserInfo { name, roles: user.roles, revision: user.revision }))
 }
 
@@ -148,7 +148,7 @@ pub(super) async fn delete_role(
 
 pub(super) async fn list_roles(State(node): State<Arc<Node>>, caller: Caller) -> Result<Json<Vec<RoleInfo>>, Error> {
     node.authorize_admin(caller.principal()).await?;
-    let records = node.auth_records();
+    let records = node.auth_records()?;
     Ok(Json(records.roles().iter().map(|(name, role)| role_info(name.clone(), role.clone())).collect()))
 }
 
@@ -159,7 +159,7 @@ pub(super) async fn get_role(
 ) -> Result<Json<RoleInfo>, Error> {
     node.authorize_admin(caller.principal()).await?;
     let name = role_name(name)?;
-    let role = node.auth_records().role(&name).map_err(read_error)?.ok_or(Error::RouteNotFound)?;
+    let role = node.auth_records()?.role(&name).map_err(read_error)?.ok_or(Error::RouteNotFound)?;
     Ok(Json(role_info(name, role)))
 }
 
@@ -182,7 +182,7 @@ fn role_info(name: String, role: auth::RoleRecord) -> RoleInfo {
 /// Proposes an auth change as `caller`, judged at the edge and again at apply.
 async fn change(node: &Node, caller: Caller, command: AuthCommand) -> Result<Json<AuthChangeReply>, Error> {
     command.check().map_err(Error::InvalidParameter)?;
-    node.authorize(caller.principal(), Need::Admin)?;
+    node.authorize_or_catch_up(caller.principal(), Need::Admin).await?;
     let _slot = node.admit().await?;
     match node.write(caller.wrap(Command::Auth(command)), Ack::Quorum).await? {
         CommandResult::AuthChanged { revision } => Ok(Json(AuthChangeReply { revision })),

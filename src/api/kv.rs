@@ -52,7 +52,7 @@ pub(super) async fn get(
     let key = parse_key(&node, key)?;
     let Params(params) = params?;
     let caller = caller?;
-    node.authorize(caller.principal(), Need::Read(&key))?;
+    node.authorize_or_catch_up(caller.principal(), Need::Read(&key)).await?;
     let consistency = parse_consistency(params.consistency, params.max_lag_ms)?;
     let _slot = node.admit().await?;
     let stored = node.get(&key, consistency).await?;
@@ -84,7 +84,7 @@ pub(super) async fn put(
     let precondition = parse_precondition(&headers)?;
     let value = value?;
     let caller = caller?;
-    node.authorize(caller.principal(), Need::Write(&key))?;
+    node.authorize_or_catch_up(caller.principal(), Need::Write(&key)).await?;
     let _slot = node.admit().await?;
     match node.write(caller.wrap(Command::Put { key, value, precondition }), ack).await? {
         CommandResult::Put { revision } => {
@@ -108,7 +108,7 @@ pub(super) async fn delete(
     let ack = ack(params.ack);
     let precondition = parse_precondition(&headers)?;
     let caller = caller?;
-    node.authorize(caller.principal(), Need::Write(&key))?;
+    node.authorize_or_catch_up(caller.principal(), Need::Write(&key)).await?;
     let _slot = node.admit().await?;
     match node.write(caller.wrap(Command::Delete { key, precondition }), ack).await? {
         CommandResult::Delete { revision, deleted } => Ok(Json(DeleteReply { revision, deleted })),
@@ -131,7 +131,7 @@ pub(super) async fn list(
     };
     let prefix = params.prefix.unwrap_or_default();
     let start = params.start.unwrap_or_default();
-    node.authorize(caller.principal(), Need::ReadPrefix(&prefix))?;
+    node.authorize_or_catch_up(caller.principal(), Need::ReadPrefix(&prefix)).await?;
     let _slot = node.admit().await?;
     let (page, next_start) = node.list(&prefix, &start, limit, consistency).await?;
     node.authorize(caller.principal(), Need::ReadPrefix(&prefix))?;

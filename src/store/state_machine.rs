@@ -89,42 +89,69 @@ pub struct StateMachine {
 
 /// The applied auth records, in memory: every client request consults them, so they are not
 /// read from RocksDB each time, and a snapshot install (which empties and refills the state)
-/// never makes them vanish: the copy is replaced only once a batch or an install is written.
-#[derive(Clone, Default)]
-pub(crate) struct AuthCache(Arc<std::sync::RwLock<Arc<AuthRecords>>>);
+/// never makes them vanish. An apply batch swaps in its changes just before it writes the
+/// batch, so no read of the batch's keys is ever judged by older records. If the records
+/// cannot be rebuilt (a storage error: openraft stops the node), the cache is marked broken
+/// and every check fails, rather than judging by records that miss a revocation.
+#[derive(Clone)]
+pub(crate) struct AuthCache(Arc<std::sync::RwLock<Result<Arc<AuthRecords>, String>>>);
+
+impl Default for AuthCache {
+    fn default() -> Self {
+        AuthCache(Arc::new(std::sync::RwLock::new(Ok(Arc::default()))))
+    }
+}
 
 impl AuthCache {
-    fn current(&self) -> Arc<AuthRecords> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    fn current(&self) -> io::Result<Arc<AuthRecords>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone().map_err(io::Error::other)
     }
 
-    /// Reads every `auth/` record again (after a write that changed some).
-    fn reload(&self, db: &DB) -> io::Result<()> {
-        let mut records = AuthRecords::default();
-        for item in db.prefix_iterator_cf(cf(db, CF_SM), PREFIX_AUTH) {
-            let (key, value) = item.map_err(io_error)?;
-            if !key.starts_with(PREFIX_AUTH) {
-                break;
+    fn set(&self, records: io::Result<AuthRecords>) -> io::Result<()> {
+        let mut slot = self.0.write().unwrap_or_else(|p| p.into_inner());
+        match records {
+            Ok(records) => {
+                *slot = Ok(Arc::new(records));
+                Ok(())
             }
-            let name =
-                |prefix: &str| key.strip_prefix(prefix.as_bytes()).map(|n| String::from_utf8_lossy(n).into_owned());
-            if key.as_ref() == KEY_AUTH_ENABLED {
-                records.enabled = true;
-            } else if key.as_ref() == KEY_AUTH_SIGNING_KEY {
-                records.signing_key = Some(value.to_vec());
-            } else if let Some(user) = name(PREFIX_AUTH_USER) {
-                records.users.insert(user, decode(&value)?);
-            } else if let Some(role) = name(PREFIX_AUTH_ROLE) {
-                records.roles.insert(role, decode(&value)?);
+            Err(error) => {
+                *slot = Err(format!("the auth records could not be rebuilt: {error}"));
+                Err(error)
             }
         }
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(records);
-        Ok(())
+    }
+
+    /// Reads every `auth/` record again (at start-up and after a snapshot install).
+    fn reload(&self, db: &DB) -> io::Result<()> {
+        let load = || {
+            let mut records = AuthRecords::default();
+            for item in db.prefix_iterator_cf(cf(db, CF_SM), PREFIX_AUTH) {
+                let (key, value) = item.map_err(io_error)?;
+                if !key.starts_with(PREFIX_AUTH) {
+                    break;
+                }
+                records.set(&key, Some(&value))?;
+            }
+            Ok(records)
+        };
+        self.set(load())
+    }
+
+    /// Applies an apply batch's auth writes to the records.
+    fn apply(&self, writes: &AuthOverlay) -> io::Result<()> {
+        let updated = self.current().and_then(|current| {
+            let mut records = AuthRecords::clone(&current);
+            for (key, value) in writes {
+                records.set(key, value.as_deref())?;
+            }
+            Ok(records)
+        });
+        self.set(updated)
     }
 }
 
 /// The replicated users, roles and auth switch as of one applied batch (see [`KvReader::auth`]).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct AuthRecords {
     enabled: bool,
     signing_key: Option<Vec<u8>>,
@@ -133,6 +160,27 @@ pub struct AuthRecords {
 }
 
 impl AuthRecords {
+    /// One `auth/` record written (`Some`) or deleted (`None`).
+    fn set(&mut self, key: &[u8], value: Option<&[u8]>) -> io::Result<()> {
+        let name = |prefix: &str| key.strip_prefix(prefix.as_bytes()).map(|n| String::from_utf8_lossy(n).into_owned());
+        if key == KEY_AUTH_ENABLED {
+            self.enabled = value.is_some();
+        } else if key == KEY_AUTH_SIGNING_KEY {
+            self.signing_key = value.map(<[u8]>::to_vec);
+        } else if let Some(user) = name(PREFIX_AUTH_USER) {
+            match value {
+                Some(value) => self.users.insert(user, decode(value)?),
+                None => self.users.remove(&user),
+            };
+        } else if let Some(role) = name(PREFIX_AUTH_ROLE) {
+            match value {
+                Some(value) => self.roles.insert(role, decode(value)?),
+                None => self.roles.remove(&role),
+            };
+        }
+        Ok(())
+    }
+
     /// The key tokens are signed with (present once auth was first enabled).
     pub fn signing_key(&self) -> Option<&[u8]> {
         self.signing_key.as_deref()
@@ -465,11 +513,19 @@ fn auth_writes(
             if admins_without("")? == 0 {
                 return Ok(Err(format!("create a user with role {:?} before enabling auth", auth::ADMIN_ROLE)));
             }
-            // A new key each time auth is turned on: tokens from before a disable stay dead.
-            vec![
+            // A new key each time auth is turned on, and every user's revision moves to this
+            // entry: every credential from before (a token, a command proposed with it by a node
+            // that has not applied this yet) is refused from here on, on every replica.
+            let mut writes: AuthWrites = Vec::new();
+            for (name, mut user) in view.all::<UserRecord>(PREFIX_AUTH_USER)? {
+                user.revision = revision;
+                writes.push((user_key(&name).into_bytes(), Some(encode(&user)?)));
+            }
+            writes.extend([
                 (KEY_AUTH_SIGNING_KEY.to_vec(), Some(signing_key.clone())),
                 (KEY_AUTH_ENABLED.to_vec(), Some(Vec::new())),
-            ]
+            ]);
+            writes
         }
         AuthCommand::Disable => vec![(KEY_AUTH_ENABLED.to_vec(), None)],
     }))
@@ -539,10 +595,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(membership) = &last_membership {
             batch.put_cf(sm, KEY_MEMBERSHIP, encode(membership)?);
         }
-        self.db.write(batch).map_err(io_error)?;
         if !auth_overlay.is_empty() {
-            self.auth.reload(&self.db)?;
+            // Before the write: a read that sees the batch's keys is judged by its records.
+            // Early is safe: these entries are committed.
+            self.auth.apply(&auth_overlay)?;
         }
+        self.db.write(batch).map_err(io_error)?;
         // Answer only once the batch is visible to local reads.
         for (responder, result) in responses {
             responder.send(result);
@@ -750,7 +808,7 @@ impl KvReader {
 
     /// The replicated users, roles and auth switch as of the last applied batch, for checks
     /// at the edge: in memory, consistent, and never hidden by a snapshot install.
-    pub fn auth(&self) -> Arc<AuthRecords> {
+    pub fn auth(&self) -> io::Result<Arc<AuthRecords>> {
         self.auth.current()
     }
 
