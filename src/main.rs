@@ -352,18 +352,18 @@ impl Credentials {
         tls: &quorumkv_api::client::ClientTls,
     ) -> Result<Option<String>, ClientError> {
         Ok(match (&self.user, &self.token) {
-            (Some(user), _) => {
-                let password = match std::env::var("QUORUMKV_PASSWORD") {
-                    Ok(password) => password,
-                    Err(_) => rpassword::prompt_password(format!("password of {user}: ")).map_err(|e| {
-                        ClientError::Failed(format!("no QUORUMKV_PASSWORD and no terminal to ask: {e}"))
-                    })?,
-                };
-                Some(Client::with_tls(endpoints, tls)?.login(user, &password).await?.token)
-            }
+            (Some(user), _) => Some(Client::with_tls(endpoints, tls)?.login(user, &password_of(user)?).await?.token),
             (None, token) => token.clone(),
         })
     }
+}
+
+/// The password to log in as `user` with: `QUORUMKV_PASSWORD`, or asked for on the terminal.
+fn password_of(user: &str) -> Result<String, ClientError> {
+    std::env::var("QUORUMKV_PASSWORD").or_else(|_| {
+        rpassword::prompt_password(format!("password of {user}: "))
+            .map_err(|e| ClientError::Failed(format!("no QUORUMKV_PASSWORD and no terminal to ask: {e}")))
+    })
 }
 
 /// A new password: `QUORUMKV_NEW_PASSWORD`, or asked for twice on the terminal.
@@ -421,11 +421,7 @@ async fn run_auth_command(
             let Some(user) = &credentials.user else {
                 return Err(ClientError::Failed("auth token needs --user (or QUORUMKV_USER)".into()));
             };
-            let password = std::env::var("QUORUMKV_PASSWORD").or_else(|_| {
-                rpassword::prompt_password(format!("password of {user}: "))
-                    .map_err(|e| ClientError::Failed(format!("no QUORUMKV_PASSWORD and no terminal to ask: {e}")))
-            })?;
-            println!("{}", client.login(user, &password).await?.token);
+            println!("{}", client.login(user, &password_of(user)?).await?.token);
             Ok(ExitCode::SUCCESS)
         }
         Command::User { command: UserCommand::Add { name, roles } } => {

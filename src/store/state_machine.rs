@@ -136,18 +136,6 @@ impl AuthCache {
         };
         self.set(load())
     }
-
-    /// Applies an apply batch's auth writes to the records.
-    fn apply(&self, writes: &AuthOverlay) -> io::Result<()> {
-        let updated = self.current().and_then(|current| {
-            let mut records = AuthRecords::clone(&current);
-            for (key, value) in writes {
-                records.set(key, value.as_deref())?;
-            }
-            Ok(records)
-        });
-        self.set(updated)
-    }
 }
 
 /// The replicated users, roles and auth switch as of one applied batch (see [`KvReader::auth`]).
@@ -278,51 +266,22 @@ impl StateMachine {
 /// A key's revisions as seen while applying one batch: earlier entries of the same batch are
 /// not in RocksDB yet, so they are tracked here. `None` means absent.
 type Overlay = HashMap<String, Option<(u64, u64)>>;
-/// The auth records written by earlier entries of the batch being applied. `None`: deleted.
-type AuthOverlay = HashMap<Vec<u8>, Option<Vec<u8>>>;
-
-/// The auth records as one entry of an apply batch sees them: the batch's own writes first,
-/// then RocksDB.
-struct ApplyAuthView<'a> {
-    db: &'a DB,
-    overlay: &'a AuthOverlay,
+/// The auth records as one entry of an apply batch sees them: the applied records (in memory,
+/// see [`AuthCache`]), copied on the batch's first auth change and changed in place after it.
+/// Apply reads no auth record from RocksDB.
+struct AuthBatch {
+    applied: Arc<AuthRecords>,
+    changed: Option<AuthRecords>,
 }
 
-impl ApplyAuthView<'_> {
-    fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        match self.overlay.get(key) {
-            Some(value) => Ok(value.clone()),
-            None => self.db.get_cf(cf(self.db, CF_SM), key).map_err(io_error),
-        }
+impl AuthBatch {
+    fn records(&self) -> &AuthRecords {
+        self.changed.as_ref().unwrap_or(&self.applied)
     }
 
-    /// Every record under `prefix` (`auth/user/` or `auth/role/`), by name.
-    fn all<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> io::Result<BTreeMap<String, T>> {
-        let mut records = BTreeMap::new();
-        for item in self.db.prefix_iterator_cf(cf(self.db, CF_SM), prefix.as_bytes()) {
-            let (key, value) = item.map_err(io_error)?;
-            let Some(name) = key.strip_prefix(prefix.as_bytes()) else { break };
-            if !self.overlay.contains_key(key.as_ref()) {
-                records.insert(String::from_utf8_lossy(name).into_owned(), decode(&value)?);
-            }
-        }
-        for (key, value) in self.overlay {
-            let (Some(name), Some(value)) = (key.strip_prefix(prefix.as_bytes()), value) else { continue };
-            records.insert(String::from_utf8_lossy(name).into_owned(), decode(value)?);
-        }
-        Ok(records)
-    }
-}
-
-impl AuthState for ApplyAuthView<'_> {
-    fn enabled(&self) -> io::Result<bool> {
-        Ok(self.get(KEY_AUTH_ENABLED)?.is_some())
-    }
-    fn user(&self, name: &str) -> io::Result<Option<UserRecord>> {
-        self.get(user_key(name).as_bytes())?.map(|bytes| decode(&bytes)).transpose()
-    }
-    fn role(&self, name: &str) -> io::Result<Option<RoleRecord>> {
-        self.get(role_key(name).as_bytes())?.map(|bytes| decode(&bytes)).transpose()
+    fn set(&mut self, key: &[u8], value: Option<&[u8]>) -> io::Result<()> {
+        let applied = &self.applied;
+        self.changed.get_or_insert_with(|| AuthRecords::clone(applied)).set(key, value)
     }
 }
 
@@ -357,7 +316,7 @@ impl StateMachine {
         &self,
         batch: &mut WriteBatch,
         overlay: &mut Overlay,
-        auth_overlay: &mut AuthOverlay,
+        auth: &mut AuthBatch,
         revision: u64,
         command: &Command,
     ) -> io::Result<CommandResult> {
@@ -365,18 +324,17 @@ impl StateMachine {
             Command::As { principal, command } => (Some(principal), command.as_ref()),
             command => (None, command),
         };
-        let view = ApplyAuthView { db: &self.db, overlay: auth_overlay };
         let need = match (needed(command), principal) {
             (Some(need), _) => need,
             // Internal commands come from members only, never wrapped for a user.
-            (None, None) => return self.apply_allowed(batch, overlay, auth_overlay, revision, command),
+            (None, None) => return self.apply_allowed(batch, overlay, auth, revision, command),
             (None, Some(auth::Principal::Member)) if !matches!(command, Command::As { .. }) => Need::Admin,
             (None, Some(_)) => {
                 return Ok(CommandResult::Refused(Refusal::Forbidden(format!("{command} is not a client command"))))
             }
         };
-        match auth::authorize(&view, principal, need)? {
-            Ok(()) => self.apply_allowed(batch, overlay, auth_overlay, revision, command),
+        match auth::authorize(auth.records(), principal, need)? {
+            Ok(()) => self.apply_allowed(batch, overlay, auth, revision, command),
             Err(refusal) => Ok(CommandResult::Refused(refusal)),
         }
     }
@@ -385,7 +343,7 @@ impl StateMachine {
         &self,
         batch: &mut WriteBatch,
         overlay: &mut Overlay,
-        auth_overlay: &mut AuthOverlay,
+        auth: &mut AuthBatch,
         revision: u64,
         command: &Command,
     ) -> io::Result<CommandResult> {
@@ -418,12 +376,9 @@ impl StateMachine {
                 Ok(CommandResult::Empty)
             }
             Command::Auth(command) => {
-                let writes = {
-                    let view = ApplyAuthView { db: &self.db, overlay: auth_overlay };
-                    match auth_writes(&view, revision, command)? {
-                        Ok(writes) => writes,
-                        Err(reason) => return Ok(CommandResult::Refused(Refusal::Invalid(reason))),
-                    }
+                let writes = match auth_writes(auth.records(), revision, command)? {
+                    Ok(writes) => writes,
+                    Err(reason) => return Ok(CommandResult::Refused(Refusal::Invalid(reason))),
                 };
                 let sm = cf(&self.db, CF_SM);
                 for (key, value) in writes {
@@ -431,7 +386,7 @@ impl StateMachine {
                         Some(value) => batch.put_cf(sm, &key, value),
                         None => batch.delete_cf(sm, &key),
                     }
-                    auth_overlay.insert(key, value);
+                    auth.set(&key, value.as_deref())?;
                 }
                 Ok(CommandResult::AuthChanged { revision })
             }
@@ -444,21 +399,17 @@ impl StateMachine {
 /// every replica computes the same from the same state.
 type AuthWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
-fn auth_writes(
-    view: &ApplyAuthView<'_>,
-    revision: u64,
-    command: &AuthCommand,
-) -> io::Result<Result<AuthWrites, String>> {
+fn auth_writes(view: &AuthRecords, revision: u64, command: &AuthCommand) -> io::Result<Result<AuthWrites, String>> {
     let enabled = view.enabled()?;
     let is_admin = |user: &UserRecord| user.roles.iter().any(|role| role == auth::ADMIN_ROLE);
     // While auth is on, the cluster keeps at least one admin: nobody could turn it off again.
     let admins_without = |name: &str| -> io::Result<usize> {
-        Ok(view.all::<UserRecord>(PREFIX_AUTH_USER)?.iter().filter(|(n, u)| n.as_str() != name && is_admin(u)).count())
+        Ok(view.users().iter().filter(|(n, u)| n.as_str() != name && is_admin(u)).count())
     };
     Ok(Ok(match command {
         AuthCommand::PutUser { name, password_hash, roles } => {
             let existing = view.user(name)?;
-            if existing.is_none() && view.all::<UserRecord>(PREFIX_AUTH_USER)?.len() >= auth::MAX_USERS {
+            if existing.is_none() && view.users().len() >= auth::MAX_USERS {
                 return Ok(Err(format!("the cluster already has {} users, the most it may hold", auth::MAX_USERS)));
             }
             let Some(password_hash) =
@@ -486,7 +437,7 @@ fn auth_writes(
             vec![(user_key(name).into_bytes(), None)]
         }
         AuthCommand::PutRole { name, grants } => {
-            if view.role(name)?.is_none() && view.all::<RoleRecord>(PREFIX_AUTH_ROLE)?.len() >= auth::MAX_ROLES {
+            if view.role(name)?.is_none() && view.roles().len() >= auth::MAX_ROLES {
                 return Ok(Err(format!("the cluster already has {} roles, the most it may hold", auth::MAX_ROLES)));
             }
             let record = RoleRecord { grants: grants.clone(), revision };
@@ -497,12 +448,8 @@ fn auth_writes(
                 return Ok(Err(format!("role {name:?} does not exist")));
             }
             // Else a role created again under the name would silently give its holders rights.
-            let holders: Vec<String> = view
-                .all::<UserRecord>(PREFIX_AUTH_USER)?
-                .into_iter()
-                .filter(|(_, user)| user.roles.contains(name))
-                .map(|(user, _)| user)
-                .collect();
+            let holders: Vec<&String> =
+                view.users().iter().filter(|(_, user)| user.roles.contains(name)).map(|(user, _)| user).collect();
             if !holders.is_empty() {
                 return Ok(Err(format!("role {name:?} is granted to {holders:?}: take it from them first")));
             }
@@ -517,9 +464,9 @@ fn auth_writes(
             // entry: every credential from before (a token, a command proposed with it by a node
             // that has not applied this yet) is refused from here on, on every replica.
             let mut writes: AuthWrites = Vec::new();
-            for (name, mut user) in view.all::<UserRecord>(PREFIX_AUTH_USER)? {
-                user.revision = revision;
-                writes.push((user_key(&name).into_bytes(), Some(encode(&user)?)));
+            for (name, user) in view.users() {
+                let user = UserRecord { revision, ..user.clone() };
+                writes.push((user_key(name).into_bytes(), Some(encode(&user)?)));
             }
             writes.extend([
                 (KEY_AUTH_SIGNING_KEY.to_vec(), Some(signing_key.clone())),
@@ -564,7 +511,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // this batch is repaired by re-applying from the log (see DESIGN.md).
         let mut batch = WriteBatch::default();
         let mut overlay = Overlay::new();
-        let mut auth_overlay = AuthOverlay::new();
+        let mut auth = AuthBatch { applied: self.auth.current()?, changed: None };
         let mut responses = Vec::new();
         let mut last_applied: Option<LogId> = None;
         let mut last_membership: Option<StoredMembership> = None;
@@ -577,7 +524,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let result = match &entry.payload {
                 EntryPayload::Blank => CommandResult::Empty,
                 EntryPayload::Normal(command) => {
-                    self.apply_command(&mut batch, &mut overlay, &mut auth_overlay, log_id.index(), command)?
+                    self.apply_command(&mut batch, &mut overlay, &mut auth, log_id.index(), command)?
                 }
                 EntryPayload::Membership(membership) => {
                     last_membership = Some(StoredMembership::new(Some(log_id), membership.clone()));
@@ -595,10 +542,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(membership) = &last_membership {
             batch.put_cf(sm, KEY_MEMBERSHIP, encode(membership)?);
         }
-        if !auth_overlay.is_empty() {
+        if let Some(records) = auth.changed.take() {
             // Before the write: a read that sees the batch's keys is judged by its records.
             // Early is safe: these entries are committed.
-            self.auth.apply(&auth_overlay)?;
+            self.auth.set(Ok(records))?;
         }
         self.db.write(batch).map_err(io_error)?;
         // Answer only once the batch is visible to local reads.
