@@ -6,6 +6,7 @@
 //! | member | role |
 //! |---|---|
 //! | `crates/api` (`quorumkv-api`) | the HTTP contract: parameters, bodies, the error body, the client |
+//! | `crates/wire` (`quorumkv-wire`) | every format read from outside a node: commands, peer protocol, snapshot files, backups, auth records |
 //! | `.` (`quorumkv`) | this library (the server) and the `quorumkv` binary: serve, the CLI, bench, verify |
 //! | `tools/bench` (`quorumkv-bench`) | `quorumkv bench`: load generator for quorumkv and etcd's gateway |
 //! | `tools/jepsen` (`quorumkv-jepsen`) | Jepsen-style fault runs, the checkers, and `quorumkv verify` |
@@ -16,10 +17,10 @@
 //! |---|---|
 //! | [`config`] | `ServeConfig`: flags, `QUORUMKV_*` env, optional file, `validate()` |
 //! | [`limits`] | every hard limit, named, with the reason for its value |
-//! | [`types`] | Raft type configuration; `Command`/`CommandResult`, the replicated payload |
-//! | [`error`] | the one closed API error enum and its status table |
+//! | [`types`] | Raft type configuration; `Command`/`CommandResult`, the replicated payload (from `quorumkv-wire`) |
+//! | [`error`] | the one closed API error enum and its status table (from `quorumkv-wire`) |
 //! | [`api`] | client HTTP handlers on `--client-addr`: authenticate, validate, call `Node`, map to HTTP |
-//! | [`auth`] | users, roles, tokens: the policy, checked at the edge and again at apply |
+//! | [`auth`] | users, roles, tokens: the policy, checked at the edge and again at apply (from `quorumkv-wire`) |
 //! | [`node`] | `Node`: writes via the leader, linearizable reads, status, step-down |
 //! | [`bootstrap`] | how a node starts: resume, join, or bootstrap — never a wiped voter |
 //! | [`leader`] | the one way to the leader: run locally or forward, retry only what did not run |
@@ -27,7 +28,7 @@
 //! | [`admin`] | membership and leadership changes on the leader, with safety refusals |
 //! | [`staleness`] | bounded-staleness reads, measured against the cluster's real commit point |
 //! | [`backup`] | consistent JSON-lines backups streamed from a node |
-//! | [`protocol`] | the peer wire format: every message, its path, its version byte, pinned bytes |
+//! | [`protocol`] | the peer wire format: every message, its path, its version byte, pinned bytes (from `quorumkv-wire`) |
 //! | [`network`] | peer HTTP on `--peer-addr`: carries `protocol`'s Raft RPCs and forwarded requests, each proven to come from a member (mutual TLS or peer token) |
 //! | [`store`] | RocksDB: Raft log and metadata (group commit), state machine, snapshots |
 //! | [`server`] | start-up (on addresses, or on listeners bound already), signals, graceful shutdown |
@@ -57,12 +58,10 @@
 
 pub mod admin;
 pub mod api;
-pub mod auth;
 pub mod backup;
 pub mod bootstrap;
 pub mod certs;
 pub mod config;
-pub mod error;
 pub mod leader;
 pub mod limits;
 pub mod listener;
@@ -70,10 +69,14 @@ pub mod logging;
 pub mod metrics;
 pub mod network;
 pub mod node;
-pub mod protocol;
 pub mod removal;
 pub mod server;
 pub mod staleness;
 pub mod store;
 pub mod tls;
 pub mod types;
+
+// The formats read from outside a node live in `quorumkv-wire`; under their old names here.
+pub use quorumkv_wire::auth;
+pub use quorumkv_wire::error;
+pub use quorumkv_wire::protocol;

@@ -6,12 +6,11 @@
 /// Default largest key and value, in bytes: part of the API contract (`quorumkv_api::limits`).
 pub use quorumkv_api::limits::DEFAULT_MAX_KEY_BYTES;
 pub use quorumkv_api::limits::DEFAULT_MAX_VALUE_BYTES;
-/// No configuration may raise the key limit past this: keys travel in URLs.
-pub const MAX_KEY_BYTES_CEILING: usize = 8 * 1024;
-
-/// The value limit may be raised up to this; every value is copied into the log of every
-/// replica and sent in one AppendEntries, so large values cost heartbeats their latency.
-pub const MAX_VALUE_BYTES_CEILING: usize = 16 * 1024 * 1024;
+/// The ceilings of keys and values, and the records built from them: limits of the formats
+/// (`quorumkv_wire::limits`, where the reasons are given), checked by their readers.
+pub use quorumkv_wire::limits::MAX_KEY_BYTES_CEILING;
+pub use quorumkv_wire::limits::MAX_SNAPSHOT_RECORD_BYTES;
+pub use quorumkv_wire::limits::MAX_VALUE_BYTES_CEILING;
 
 /// A request body up to this much over the value limit is read (and dropped) before the 413,
 /// so a client still sending it gets the answer rather than a broken pipe; a larger one is
@@ -71,10 +70,8 @@ pub const MAX_PEER_MESSAGE_BYTES: usize = MAX_VALUE_BYTES_CEILING + MAX_KEY_BYTE
 /// guards the disk against a runaway stream rather than memory; far above any state this
 /// store is meant for (etcd's default quota is 2 GiB, its hard ceiling 8 GiB).
 pub const MAX_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
-/// Largest record of a snapshot file: one key and value at their ceilings plus revisions.
-pub const MAX_SNAPSHOT_RECORD_BYTES: usize = MAX_KEY_BYTES_CEILING + MAX_VALUE_BYTES_CEILING + 1024;
-/// Largest opening frame of a snapshot transfer (the sender's vote: a few dozen bytes).
-pub const MAX_SNAPSHOT_HEADER_BYTES: usize = 4 * 1024;
+/// Largest opening frame of a snapshot transfer: a limit of the peer protocol.
+pub use quorumkv_wire::protocol::MAX_SNAPSHOT_HEADER_BYTES;
 /// A snapshot is sent in pieces of this size: large enough for throughput, small enough that
 /// the sender holds little of it in memory.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
@@ -298,8 +295,8 @@ pub const MAX_CONCURRENT_PASSWORD_HASHES: usize = 1;
 /// live 5 minutes): short, so a leaked token is soon worthless, long enough that a client
 /// logs in rarely. `--auth-token-ttl-ms` within the bounds below.
 pub const DEFAULT_AUTH_TOKEN_TTL_MS: u64 = 600_000;
-pub const MIN_AUTH_TOKEN_TTL_MS: u64 = 1_000;
-pub const MAX_AUTH_TOKEN_TTL_MS: u64 = 86_400_000;
+pub use quorumkv_api::limits::MAX_AUTH_TOKEN_TTL_MS;
+pub use quorumkv_api::limits::MIN_AUTH_TOKEN_TTL_MS;
 
 /// How long a node waits to apply up to a token's issuer before judging the token: the
 /// issuer was ahead by at most a few entries, so this is a replication delay, not a failover.

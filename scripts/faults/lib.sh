@@ -19,6 +19,13 @@ fi
 # shellcheck disable=SC1091
 source "$cluster_dir/cluster.env"
 
+# A cluster with TLS on its client ports (start-3-nodes.sh --tls) keeps its CA here: the CLI
+# trusts it, and only it.
+client_tls_args=()
+if [[ -f "$cluster_dir/certs/ca.pem" ]]; then
+    client_tls_args=(--cacert "$cluster_dir/certs/ca.pem")
+fi
+
 installed() { echo "installed: $*"; exit 0; }
 skipped() { echo "skipped: $*"; exit 3; }
 
@@ -76,7 +83,7 @@ current_leader() {
     for ((id = 1; id <= NODES; id++)); do
         node_pid "$id" >/dev/null || continue
         [[ -f "$cluster_dir/node-$id.paused" ]] && continue
-        leader=$("$repo_dir/target/debug/quorumkv" --endpoints "$(client_addr "$id")" cluster leader 2>/dev/null || true)
+        leader=$("$repo_dir/target/debug/quorumkv" "${client_tls_args[@]}" --endpoints "$(client_addr "$id")" cluster leader 2>/dev/null || true)
         if [[ -n "$leader" ]]; then
             echo "$leader"
             return 0

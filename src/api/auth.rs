@@ -18,6 +18,7 @@ use quorumkv_api::TokenRequest;
 use quorumkv_api::UserInfo;
 use quorumkv_api::UserRequest;
 
+use super::ApiError;
 use super::Caller;
 use crate::auth;
 use crate::auth::AuthCommand;
@@ -35,23 +36,23 @@ use crate::types::CommandResult;
 type NamePath = Result<Path<String>, PathRejection>;
 
 /// `GET /v1/auth`: whether authentication is on (open to all, like `/health`).
-pub(super) async fn status(State(node): State<Arc<Node>>) -> Result<Json<AuthStatus>, Error> {
+pub(super) async fn status(State(node): State<Arc<Node>>) -> Result<Json<AuthStatus>, ApiError> {
     Ok(Json(AuthStatus { enabled: node.auth_records()?.enabled().map_err(read_error)? }))
 }
 
 /// `POST /v1/auth/enable`: refused unless a user with role `admin` exists.
-pub(super) async fn enable(State(node): State<Arc<Node>>, caller: Caller) -> Result<Json<AuthChangeReply>, Error> {
+pub(super) async fn enable(State(node): State<Arc<Node>>, caller: Caller) -> Result<Json<AuthChangeReply>, ApiError> {
     let signing_key = auth::new_signing_key().map_err(Error::Internal)?;
     change(&node, caller, AuthCommand::Enable { signing_key }).await
 }
 
 /// `POST /v1/auth/disable`.
-pub(super) async fn disable(State(node): State<Arc<Node>>, caller: Caller) -> Result<Json<AuthChangeReply>, Error> {
+pub(super) async fn disable(State(node): State<Arc<Node>>, caller: Caller) -> Result<Json<AuthChangeReply>, ApiError> {
     change(&node, caller, AuthCommand::Disable).await
 }
 
 /// `POST /v1/auth/token {"name", "password"}`: a token for `Authorization: Bearer`.
-pub(super) async fn token(State(node): State<Arc<Node>>, body: Body) -> Result<Json<TokenReply>, Error> {
+pub(super) async fn token(State(node): State<Arc<Node>>, body: Body) -> Result<Json<TokenReply>, ApiError> {
     let TokenRequest { name, password } = parse_json(body).await?;
     auth::check_name("user", &name).map_err(Error::InvalidParameter)?;
     check_password(&password)?;
@@ -64,13 +65,13 @@ pub(super) async fn token(State(node): State<Arc<Node>>, body: Body) -> Result<J
 pub(super) async fn put_user(
     State(node): State<Arc<Node>>,
     name: NamePath,
-    caller: Result<Caller, Error>,
+    caller: Result<Caller, ApiError>,
     body: Body,
-) -> Result<Json<AuthChangeReply>, Error> {
+) -> Result<Json<AuthChangeReply>, ApiError> {
     let request: Result<UserRequest, Error> = parse_json(body).await;
     let (name, caller, UserRequest { password, roles }) = (user_name(name)?, caller?, request?);
     if password.is_none() && roles.is_none() {
-        return Err(Error::InvalidParameter("give a password, roles, or both".into()));
+        return Err(Error::InvalidParameter("give a password, roles, or both".into()).into());
     }
     // Judged before the hash is computed: a stranger must not make the node hash for them.
     node.authorize_or_catch_up(caller.principal(), Need::Admin).await?;
@@ -88,11 +89,11 @@ pub(super) async fn delete_user(
     State(node): State<Arc<Node>>,
     name: NamePath,
     caller: Caller,
-) -> Result<Json<AuthChangeReply>, Error> {
+) -> Result<Json<AuthChangeReply>, ApiError> {
     change(&node, caller, AuthCommand::DeleteUser { name: user_name(name)? }).await
 }
 
-pub(super) async fn list_users(State(node): State<Arc<Node>>, caller: Caller) -> Result<Json<Vec<UserInfo>>, Error> {
+pub(super) async fn list_users(State(node): State<Arc<Node>>, caller: Caller) -> Result<Json<Vec<UserInfo>>, ApiError> {
     node.authorize_admin(caller.principal()).await?;
     let records = node.auth_records()?;
     let users = records.users().iter();
@@ -107,7 +108,7 @@ pub(super) async fn get_user(
     State(node): State<Arc<Node>>,
     name: NamePath,
     caller: Caller,
-) -> Result<Json<UserInfo>, Error> {
+) -> Result<Json<UserInfo>, ApiError> {
     let name = user_name(name)?;
     // A user may look at itself; anything else is an admin's business.
     let itself = matches!(caller.principal(), Some(auth::Principal::User { name: caller, .. }) if *caller == name);
@@ -122,9 +123,9 @@ pub(super) async fn get_user(
 pub(super) async fn put_role(
     State(node): State<Arc<Node>>,
     name: NamePath,
-    caller: Result<Caller, Error>,
+    caller: Result<Caller, ApiError>,
     body: Body,
-) -> Result<Json<AuthChangeReply>, Error> {
+) -> Result<Json<AuthChangeReply>, ApiError> {
     let request: Result<RoleRequest, Error> = parse_json(body).await;
     let (name, caller, RoleRequest { permissions }) = (role_name(name)?, caller?, request?);
     let grants = permissions
@@ -142,11 +143,11 @@ pub(super) async fn delete_role(
     State(node): State<Arc<Node>>,
     name: NamePath,
     caller: Caller,
-) -> Result<Json<AuthChangeReply>, Error> {
+) -> Result<Json<AuthChangeReply>, ApiError> {
     change(&node, caller, AuthCommand::DeleteRole { name: role_name(name)? }).await
 }
 
-pub(super) async fn list_roles(State(node): State<Arc<Node>>, caller: Caller) -> Result<Json<Vec<RoleInfo>>, Error> {
+pub(super) async fn list_roles(State(node): State<Arc<Node>>, caller: Caller) -> Result<Json<Vec<RoleInfo>>, ApiError> {
     node.authorize_admin(caller.principal()).await?;
     let records = node.auth_records()?;
     Ok(Json(records.roles().iter().map(|(name, role)| role_info(name.clone(), role.clone())).collect()))
@@ -156,7 +157,7 @@ pub(super) async fn get_role(
     State(node): State<Arc<Node>>,
     name: NamePath,
     caller: Caller,
-) -> Result<Json<RoleInfo>, Error> {
+) -> Result<Json<RoleInfo>, ApiError> {
     node.authorize_admin(caller.principal()).await?;
     let name = role_name(name)?;
     let role = node.auth_records()?.role(&name).map_err(read_error)?.ok_or(Error::RouteNotFound)?;
@@ -180,14 +181,14 @@ fn role_info(name: String, role: auth::RoleRecord) -> RoleInfo {
 }
 
 /// Proposes an auth change as `caller`, judged at the edge and again at apply.
-async fn change(node: &Node, caller: Caller, command: AuthCommand) -> Result<Json<AuthChangeReply>, Error> {
+async fn change(node: &Node, caller: Caller, command: AuthCommand) -> Result<Json<AuthChangeReply>, ApiError> {
     command.check().map_err(Error::InvalidParameter)?;
     node.authorize_or_catch_up(caller.principal(), Need::Admin).await?;
     let _slot = node.admit().await?;
     match node.write(caller.wrap(Command::Auth(command)), Ack::Quorum).await? {
         CommandResult::AuthChanged { revision } => Ok(Json(AuthChangeReply { revision })),
-        CommandResult::Refused(refusal) => Err(refusal.into()),
-        other => Err(Error::Internal(format!("unexpected auth result {other:?}"))),
+        CommandResult::Refused(refusal) => Err(Error::from(refusal).into()),
+        other => Err(Error::Internal(format!("unexpected auth result {other:?}")).into()),
     }
 }
 

@@ -17,6 +17,7 @@ use quorumkv_api::MemberStatus;
 use quorumkv_api::NodeRef;
 use quorumkv_api::Ready;
 
+use super::ApiError;
 use super::Caller;
 use crate::error::Error;
 use crate::limits;
@@ -24,12 +25,12 @@ use crate::node::Node;
 use crate::protocol::AdminCommand;
 use crate::types::NodeId;
 
-pub(super) async fn status(State(node): State<Arc<Node>>) -> Result<Json<ClusterStatus>, Error> {
+pub(super) async fn status(State(node): State<Arc<Node>>) -> Result<Json<ClusterStatus>, ApiError> {
     Ok(Json(node.status()?))
 }
 
 /// `GET /v1/backup`: a consistent backup as JSON lines, streamed.
-pub(super) async fn backup(State(node): State<Arc<Node>>, caller: Caller) -> Result<Response, Error> {
+pub(super) async fn backup(State(node): State<Arc<Node>>, caller: Caller) -> Result<Response, ApiError> {
     node.authorize_admin(caller.principal()).await?;
     let receiver = node.backup().await?;
     let stream = futures::stream::unfold(receiver, |mut receiver| async move {
@@ -39,7 +40,7 @@ pub(super) async fn backup(State(node): State<Arc<Node>>, caller: Caller) -> Res
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, Error> {
+pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let text = node.render_metrics()?;
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response())
@@ -58,17 +59,17 @@ pub(super) async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, Json<Re
 }
 
 /// `GET /v1/cluster/members`.
-pub(super) async fn members(State(node): State<Arc<Node>>) -> Result<Json<Vec<MemberStatus>>, Error> {
+pub(super) async fn members(State(node): State<Arc<Node>>) -> Result<Json<Vec<MemberStatus>>, ApiError> {
     Ok(Json(node.status()?.members))
 }
 
 /// `POST /v1/cluster/learners {"id", "peer_addr"}`.
 pub(super) async fn add_learner(
     State(node): State<Arc<Node>>,
-    caller: Result<Caller, Error>,
+    caller: Result<Caller, ApiError>,
     headers: axum::http::HeaderMap,
     body: Body,
-) -> Result<Json<ClusterStatus>, Error> {
+) -> Result<Json<ClusterStatus>, ApiError> {
     node.authorize_admin(caller?.principal()).await?;
     // Without peer TLS, the leader will hand the new address the peer token on every message:
     // only a holder of the token may name one (or anyone could collect it). With peer TLS, a
@@ -81,11 +82,12 @@ pub(super) async fn add_learner(
             "without peer TLS, adding a learner needs the peer token (Authorization: Bearer; the CLI's \
              --peer-token-file), since the cluster will send it to the new node"
                 .into(),
-        ));
+        )
+        .into());
     }
     let request: AddLearnerRequest = parse_json(body).await?;
     if request.id == 0 || !request.peer_addr.contains(':') {
-        return Err(Error::InvalidParameter("id must be at least 1 and peer_addr host:port".into()));
+        return Err(Error::InvalidParameter("id must be at least 1 and peer_addr host:port".into()).into());
     }
     let AddLearnerRequest { id, peer_addr, fresh } = request;
     let _slot = node.admit().await?;
@@ -96,9 +98,9 @@ pub(super) async fn add_learner(
 /// `POST /v1/cluster/voters {"id"}`: promote a caught-up learner.
 pub(super) async fn promote(
     State(node): State<Arc<Node>>,
-    caller: Result<Caller, Error>,
+    caller: Result<Caller, ApiError>,
     body: Body,
-) -> Result<Json<ClusterStatus>, Error> {
+) -> Result<Json<ClusterStatus>, ApiError> {
     node.authorize_admin(caller?.principal()).await?;
     let NodeRef { id } = parse_json(body).await?;
     let _slot = node.admit().await?;
@@ -111,7 +113,7 @@ pub(super) async fn remove(
     State(node): State<Arc<Node>>,
     id: Result<Path<NodeId>, PathRejection>,
     caller: Caller,
-) -> Result<Json<ClusterStatus>, Error> {
+) -> Result<Json<ClusterStatus>, ApiError> {
     node.authorize_admin(caller.principal()).await?;
     let Path(id) = id.map_err(|rejection| Error::InvalidParameter(rejection.body_text()))?;
     let _slot = node.admit().await?;
@@ -122,9 +124,9 @@ pub(super) async fn remove(
 /// `POST /v1/cluster/leader {"id"}`: transfer leadership.
 pub(super) async fn transfer_leader(
     State(node): State<Arc<Node>>,
-    caller: Result<Caller, Error>,
+    caller: Result<Caller, ApiError>,
     body: Body,
-) -> Result<Json<ClusterStatus>, Error> {
+) -> Result<Json<ClusterStatus>, ApiError> {
     node.authorize_admin(caller?.principal()).await?;
     let NodeRef { id } = parse_json(body).await?;
     let _slot = node.admit().await?;

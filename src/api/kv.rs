@@ -25,6 +25,7 @@ use quorumkv_api::PutReply;
 use quorumkv_api::ReadParams;
 use quorumkv_api::WriteParams;
 
+use super::ApiError;
 use super::Caller;
 use super::Params;
 use crate::auth::Need;
@@ -39,16 +40,16 @@ use crate::types::Precondition;
 
 type KeyPath = Result<Path<String>, PathRejection>;
 
-pub(super) async fn empty_key() -> Error {
-    Error::InvalidKey("the key is empty".into())
+pub(super) async fn empty_key() -> ApiError {
+    Error::InvalidKey("the key is empty".into()).into()
 }
 
 pub(super) async fn get(
     State(node): State<Arc<Node>>,
     key: KeyPath,
-    params: Result<Params<ReadParams>, Error>,
-    caller: Result<Caller, Error>,
-) -> Result<Response, Error> {
+    params: Result<Params<ReadParams>, ApiError>,
+    caller: Result<Caller, ApiError>,
+) -> Result<Response, ApiError> {
     let key = parse_key(&node, key)?;
     let Params(params) = params?;
     let caller = caller?;
@@ -69,11 +70,11 @@ pub(super) async fn get(
 pub(super) async fn put(
     State(node): State<Arc<Node>>,
     key: KeyPath,
-    params: Result<Params<WriteParams>, Error>,
-    caller: Result<Caller, Error>,
+    params: Result<Params<WriteParams>, ApiError>,
+    caller: Result<Caller, ApiError>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, Error> {
+) -> Result<Response, ApiError> {
     // The body is read first, whatever else is wrong: answering before the client has
     // sent it makes the server close the connection under a writing client, which then
     // sees a broken pipe instead of the 4xx.
@@ -92,17 +93,17 @@ pub(super) async fn put(
             response.headers_mut().insert(header::ETAG, etag(revision));
             Ok(response)
         }
-        other => Err(write_result_error(other)),
+        other => Err(write_result_error(other).into()),
     }
 }
 
 pub(super) async fn delete(
     State(node): State<Arc<Node>>,
     key: KeyPath,
-    params: Result<Params<WriteParams>, Error>,
-    caller: Result<Caller, Error>,
+    params: Result<Params<WriteParams>, ApiError>,
+    caller: Result<Caller, ApiError>,
     headers: HeaderMap,
-) -> Result<Json<DeleteReply>, Error> {
+) -> Result<Json<DeleteReply>, ApiError> {
     let key = parse_key(&node, key)?;
     let Params(params) = params?;
     let ack = ack(params.ack);
@@ -112,7 +113,7 @@ pub(super) async fn delete(
     let _slot = node.admit().await?;
     match node.write(caller.wrap(Command::Delete { key, precondition }), ack).await? {
         CommandResult::Delete { revision, deleted } => Ok(Json(DeleteReply { revision, deleted })),
-        other => Err(write_result_error(other)),
+        other => Err(write_result_error(other).into()),
     }
 }
 
@@ -120,13 +121,15 @@ pub(super) async fn list(
     State(node): State<Arc<Node>>,
     Params(params): Params<ListParams>,
     caller: Caller,
-) -> Result<Json<Page>, Error> {
+) -> Result<Json<Page>, ApiError> {
     let consistency = parse_consistency(params.consistency, params.max_lag_ms)?;
     let limit = match params.limit {
         None => limits::DEFAULT_LIST_LIMIT,
         Some(limit) if (1..=limits::MAX_LIST_LIMIT).contains(&limit) => limit,
         Some(_) => {
-            return Err(Error::InvalidParameter(format!("limit must be between 1 and {}", limits::MAX_LIST_LIMIT)))
+            return Err(
+                Error::InvalidParameter(format!("limit must be between 1 and {}", limits::MAX_LIST_LIMIT)).into()
+            )
         }
     };
     let prefix = params.prefix.unwrap_or_default();
@@ -208,19 +211,7 @@ fn parse_precondition(headers: &HeaderMap) -> Result<Precondition, Error> {
         let value = value.to_str().map_err(|_| Error::InvalidHeader(format!("{name} is not ASCII")))?;
         Ok(Some(value.trim().to_string()))
     };
-    match (text(header::IF_MATCH)?, text(header::IF_NONE_MATCH)?) {
-        (None, None) => Ok(Precondition::None),
-        (Some(_), Some(_)) => Err(Error::InvalidHeader("use If-Match or If-None-Match, not both".into())),
-        (None, Some(value)) if value == "*" => Ok(Precondition::Absent),
-        (None, Some(value)) => Err(Error::InvalidHeader(format!("If-None-Match supports only *, got {value:?}"))),
-        (Some(value), None) if value == "*" => Ok(Precondition::Exists),
-        (Some(value), None) => {
-            let digits = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(&value);
-            digits.parse::<u64>().map(Precondition::ModRevision).map_err(|_| {
-                Error::InvalidHeader(format!("If-Match must be a revision such as \"42\" or *, got {value:?}"))
-            })
-        }
-    }
+    Precondition::from_headers(text(header::IF_MATCH)?.as_deref(), text(header::IF_NONE_MATCH)?.as_deref())
 }
 
 /// Reads the request body as the value, refusing more than `--max-value-bytes`.
@@ -318,7 +309,10 @@ mod tests {
         async fn params<T: serde::de::DeserializeOwned>(query: &str) -> Result<T, Error> {
             let request = axum::http::Request::get(format!("/v1/kv/k?{query}")).body(()).expect("request");
             let (mut parts, ()) = request.into_parts();
-            Params::<T>::from_request_parts(&mut parts, &()).await.map(|Params(params)| params)
+            Params::<T>::from_request_parts(&mut parts, &())
+                .await
+                .map(|Params(params)| params)
+                .map_err(|ApiError(error)| error)
         }
         let read: ReadParams = params("consistency=stale&max_lag_ms=5").await.expect("valid");
         assert_eq!((read.consistency, read.max_lag_ms), (Some(ConsistencyParam::Stale), Some(5)));

@@ -129,10 +129,20 @@ pub fn error_response(error: Error) -> Response {
     response
 }
 
-/// Handlers return `Result<_, Error>`: the error becomes its answer through the one table.
-impl IntoResponse for Error {
+/// What a handler answers when it fails: an [`Error`] through the one table
+/// ([`error_response`]). A newtype only because `Error` belongs to `quorumkv-wire` (it crosses
+/// the peer wire inside replies) and `IntoResponse` to axum; `?` makes one from an `Error`.
+pub(crate) struct ApiError(pub(crate) Error);
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        ApiError(error)
+    }
+}
+
+impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        error_response(self)
+        error_response(self.0)
     }
 }
 
@@ -156,12 +166,12 @@ impl Caller {
 }
 
 impl axum::extract::FromRequestParts<Arc<Node>> for Caller {
-    type Rejection = Error;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, node: &Arc<Node>) -> Result<Self, Error> {
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
         let authorization = parts.headers.get(header::AUTHORIZATION);
         let certificate = parts.extensions.get::<ClientIdentity>();
-        node.authenticate(authorization, certificate).await.map(Caller)
+        Ok(node.authenticate(authorization, certificate).await.map(Caller)?)
     }
 }
 
@@ -187,12 +197,12 @@ where
     T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
-    type Rejection = Error;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Error> {
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(params)| Params(params))
-            .map_err(|rejection| Error::InvalidParameter(rejection.body_text()))
+            .map_err(|rejection| Error::InvalidParameter(rejection.body_text()).into())
     }
 }

@@ -18,7 +18,6 @@ use serde::Serialize;
 
 use crate::limits::MAX_CONCURRENT_FORWARDED_REQUESTS;
 use crate::limits::MAX_PEER_MESSAGE_BYTES;
-use crate::limits::MAX_SNAPSHOT_HEADER_BYTES;
 use crate::limits::PEER_BODY_READ_TIMEOUT_MS;
 use crate::limits::SNAPSHOT_IDLE_TIMEOUT_MS;
 use crate::node::Node;
@@ -27,7 +26,6 @@ use crate::protocol::decode;
 use crate::protocol::encode;
 use crate::protocol::Rpc;
 use crate::types::NodeId;
-use crate::types::Vote;
 
 /// The router served on `--peer-addr`.
 pub fn peer_router(node: Arc<Node>) -> Router {
@@ -213,15 +211,11 @@ async fn snapshot(State(node): State<Arc<Node>>, body: Body) -> Response {
         require_raft(&node)?;
         let mut stream = body.into_data_stream();
         let mut buffered = Vec::new();
-        let vote_length = loop {
-            if buffered.len() >= 4 {
-                let length = u32::from_le_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]) as usize;
-                if length > MAX_SNAPSHOT_HEADER_BYTES {
-                    return Err(Rejection::new(StatusCode::BAD_REQUEST, "snapshot header too large".into()));
-                }
-                if buffered.len() >= 4 + length {
-                    break length;
-                }
+        let (vote, header_length) = loop {
+            match protocol::read_snapshot_header(&buffered) {
+                Ok(Some(header)) => break header,
+                Ok(None) => {}
+                Err(error) => return Err(Rejection::new(StatusCode::BAD_REQUEST, error.to_string())),
             }
             match next_chunk(&mut stream).await {
                 Some(Ok(chunk)) => buffered.extend_from_slice(&chunk),
@@ -229,12 +223,11 @@ async fn snapshot(State(node): State<Arc<Node>>, body: Body) -> Response {
                 None => return Err(Rejection::new(StatusCode::BAD_REQUEST, "snapshot header cut short".into())),
             }
         };
-        let vote: Vote = parse(&buffered[4..4 + vote_length])?;
         note_sender(&node, vote.leader_id().node_id).await?;
         let storage_error =
             |error: std::io::Error| Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string());
         let mut incoming = node.receive_snapshot().await.map_err(storage_error)?;
-        let mut received = incoming.write(&buffered[4 + vote_length..]).await;
+        let mut received = incoming.write(&buffered[header_length..]).await;
         while received.is_ok() {
             match next_chunk(&mut stream).await {
                 Some(Ok(chunk)) => received = incoming.write(&chunk).await,

@@ -3,16 +3,10 @@
 
 use std::io;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-pub(crate) fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
-    postcard::to_allocvec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
-    postcard::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
+/// Postcard, shared with snapshot files (`quorumkv_wire::snapshot`), so a record reads the same
+/// in RocksDB and in a snapshot.
+pub(crate) use quorumkv_wire::snapshot::decode;
+pub(crate) use quorumkv_wire::snapshot::encode;
 
 pub(crate) fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()

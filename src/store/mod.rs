@@ -17,7 +17,6 @@
 mod codec;
 mod log_store;
 mod snapshot;
-mod snapshot_format;
 mod state_machine;
 
 use std::collections::HashSet;

@@ -1,5 +1,5 @@
 //! Snapshots of the state machine: built from a RocksDB checkpoint into a snapshot file
-//! (`snapshot_format`), kept as one current file per node, and streamed to followers.
+//! (`quorumkv_wire::snapshot`), kept as one current file per node, and streamed to followers.
 //!
 //! Files in `<data-dir>/snapshots/`:
 //!
@@ -28,8 +28,6 @@ use rocksdb::DB;
 use super::cf;
 use super::codec::decode;
 use super::io_error;
-use super::snapshot_format::SnapshotReader;
-use super::snapshot_format::SnapshotWriter;
 use super::state_machine::KEY_APPLIED;
 use super::state_machine::KEY_MEMBERSHIP;
 use super::state_machine::PREFIX_AUTH;
@@ -45,6 +43,8 @@ use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
+use quorumkv_wire::snapshot::SnapshotReader;
+use quorumkv_wire::snapshot::SnapshotWriter;
 
 const CURRENT: &str = "current.qkvsnap";
 

@@ -11,7 +11,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::Stream;
 use futures::StreamExt;
 use openraft::entry::RaftEntry;
@@ -22,8 +21,6 @@ use openraft::OptionalSend;
 use rocksdb::IteratorMode;
 use rocksdb::WriteBatch;
 use rocksdb::DB;
-use serde::Deserialize;
-use serde::Serialize;
 
 use super::cf;
 use super::codec::decode;
@@ -32,8 +29,6 @@ use super::io_error;
 use super::snapshot::SnapshotBuilder;
 use super::snapshot::SnapshotHandle;
 use super::snapshot::SnapshotStore;
-use super::snapshot_format::Record;
-use super::snapshot_format::SnapshotReader;
 use super::CF_KV;
 use super::CF_SM;
 use crate::auth;
@@ -52,6 +47,8 @@ use crate::types::Precondition;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
+use quorumkv_wire::snapshot::Record;
+use quorumkv_wire::snapshot::SnapshotReader;
 
 pub(crate) const KEY_APPLIED: &[u8] = b"applied";
 pub(crate) const KEY_MEMBERSHIP: &[u8] = b"membership";
@@ -69,15 +66,8 @@ const PREFIX_AUTH_ROLE: &str = "auth/role/";
 /// metadata). Found at start-up, it means the install was cut off and is redone.
 pub(crate) const KEY_INSTALLING: &[u8] = b"installing";
 
-/// One key's stored record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredValue {
-    /// Revision (log index) of the write that created the key since it last was absent.
-    pub create_revision: u64,
-    /// Revision (log index) of the last write to the key.
-    pub mod_revision: u64,
-    pub value: Bytes,
-}
+/// One key's stored record (its format is shared with snapshot files).
+pub use quorumkv_wire::snapshot::StoredValue;
 
 /// The state machine handed to openraft. Reads go through [`KvReader`] instead.
 pub struct StateMachine {

@@ -4,7 +4,8 @@
 //! The server serializes these types and the CLI, `quorumkv bench`, the tests and the Jepsen
 //! runner deserialize them, so a field renamed here is renamed for all of them. The crate
 //! depends only on serde and reqwest (and tokio for the client's back-off), so a program that
-//! talks to quorumkv does not build RocksDB.
+//! talks to quorumkv does not build RocksDB; without its default feature `client`, only on
+//! serde (what `quorumkv-wire` needs).
 //!
 //! | path | request | answer (200) |
 //! |---|---|---|
@@ -30,6 +31,7 @@
 //! Every error answer is an [`ErrorBody`]; its `outcome` says whether the request may have
 //! taken effect, and the client decides retries from it.
 
+#[cfg(feature = "client")]
 pub mod client;
 pub mod limits;
 

@@ -27,3 +27,9 @@ pub const CLIENT_POOL_IDLE_TIMEOUT_MS: u64 = 30_000;
 pub const CLIENT_DOWNLOAD_TIMEOUT_MS: u64 = 3_600_000;
 /// Asking an endpoint who leads (before a write) gives up after this long.
 pub const CLIENT_LEADER_LOOKUP_TIMEOUT_MS: u64 = 1_000;
+
+/// The bounds of a token's lifetime (`quorumkv serve --auth-token-ttl-ms`): a client asking a
+/// cluster for long-lived tokens (a test harness) stays within them.
+pub const MIN_AUTH_TOKEN_TTL_MS: u64 = 1_000;
+/// A day: a leaked token is worthless by the next day at the latest.
+pub const MAX_AUTH_TOKEN_TTL_MS: u64 = 86_400_000;

@@ -10,6 +10,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
+use quorumkv_api::client::ClientTls;
+use quorumkv_api::limits::MAX_AUTH_TOKEN_TTL_MS;
 use quorumkv_api::ClusterStatus;
 use quorumkv_api::Page;
 use serde_json::json;
@@ -24,6 +26,12 @@ use crate::options::Options;
 /// How long the cluster may take to elect a leader after healing or a full restart.
 pub const RECOVERY_DEADLINE: Duration = Duration::from_secs(60);
 
+/// With `--auth`, how much longer than the faulty phase the runner's token lives: the final
+/// phase (restart, recovery, the final reads and the replicas' comparison) runs on it too.
+const TOKEN_MARGIN_SECS: u64 = 15 * 60;
+/// The longest `--auth` run: its token, with the margin, within the lifetime a node allows.
+pub const MAX_AUTH_RUN_SECS: u64 = MAX_AUTH_TOKEN_TTL_MS / 1000 - TOKEN_MARGIN_SECS;
+
 pub struct Cluster {
     pub kind: ClusterKind,
     pub dir: PathBuf,
@@ -32,6 +40,10 @@ pub struct Cluster {
     pub endpoints: Vec<String>,
     /// Extra `quorumkv serve` arguments for every node (`QUORUMKV_SERVE_ARGS` of the scripts).
     pub serve_args: String,
+    /// HTTPS on the client ports, mutual TLS between the nodes (`--tls`).
+    pub tls: bool,
+    /// Users and roles on; the runner is root (`--auth`).
+    pub auth: bool,
     /// Every fault tried and every harness failure, for the verdict's standing.
     pub ledger: Mutex<Ledger>,
 }
@@ -75,12 +87,18 @@ impl Cluster {
     pub async fn up(options: &Options, dir: &Path, repo: &Path) -> Result<Cluster, String> {
         let voters = if options.cluster == ClusterKind::Local { 3 } else { options.nodes };
         let nodes = voters + options.learners;
-        let serve_args = match options.nemesis {
+        let mut serve_args = match options.nemesis {
             Nemesis::PowerCut => {
                 format!("--fault-lose-unsynced-writes --fault-fsync-jitter-ms {}", options.fsync_jitter_ms)
             }
             _ => String::new(),
         };
+        if options.auth {
+            // The runner logs in once: its token must outlive the run, its final phase included.
+            // Within the node's bound: `validate` keeps the time limit under MAX_AUTH_RUN_SECS.
+            let token_ttl_ms = options.time_limit_secs.saturating_add(TOKEN_MARGIN_SECS).saturating_mul(1000);
+            serve_args.push_str(&format!(" --auth-token-ttl-ms {}", token_ttl_ms.min(MAX_AUTH_TOKEN_TTL_MS)));
+        }
         let mut cluster = Cluster {
             kind: options.cluster,
             dir: dir.to_path_buf(),
@@ -88,13 +106,21 @@ impl Cluster {
             nodes,
             endpoints: vec![],
             serve_args,
+            tls: options.tls,
+            auth: options.auth,
             ledger: Mutex::default(),
         };
         match options.cluster {
             ClusterKind::Netns => {
                 cluster.script("netns-cluster.sh", &["up", &voters.to_string(), &options.learners.to_string()]).await?
             }
-            ClusterKind::Local => cluster.script("start-3-nodes.sh", &[]).await?,
+            ClusterKind::Local => {
+                let flags: Vec<&str> = [(options.tls, "--tls"), (options.auth, "--auth")]
+                    .into_iter()
+                    .filter_map(|(on, flag)| on.then_some(flag))
+                    .collect();
+                cluster.script("start-3-nodes.sh", &flags).await?
+            }
             ClusterKind::Compose => cluster.script("compose-cluster.sh", &["up", &voters.to_string()]).await?,
         };
         for id in 1..=nodes {
@@ -103,7 +129,8 @@ impl Cluster {
                 .lines()
                 .find_map(|line| line.strip_prefix("CLIENT_ADDR="))
                 .ok_or_else(|| format!("node {id} has no CLIENT_ADDR"))?;
-            cluster.endpoints.push(format!("http://{addr}"));
+            let scheme = if cluster.tls { "https" } else { "http" };
+            cluster.endpoints.push(format!("{scheme}://{addr}"));
         }
         Ok(cluster)
     }
@@ -111,7 +138,49 @@ impl Cluster {
     /// A handle on a cluster left behind (by an interrupted run), only to take it down.
     pub fn stopped(kind: ClusterKind, dir: &Path, repo: &Path) -> Cluster {
         let (dir, repo) = (dir.to_path_buf(), repo.to_path_buf());
-        Cluster { kind, dir, repo, nodes: 0, endpoints: vec![], serve_args: String::new(), ledger: Mutex::default() }
+        Cluster {
+            kind,
+            dir,
+            repo,
+            nodes: 0,
+            endpoints: vec![],
+            serve_args: String::new(),
+            tls: false,
+            auth: false,
+            ledger: Mutex::default(),
+        }
+    }
+
+    /// The runner's HTTP client: trusting only the cluster's CA with `--tls`, and with
+    /// `--auth` sending root's token (one login; the nodes keep the token valid for the run).
+    pub async fn http_client(&self, timeout: Duration) -> Result<reqwest::Client, String> {
+        let tls =
+            ClientTls { ca_file: self.tls.then(|| self.dir.join("certs").join("ca.pem")), ..ClientTls::default() };
+        let mut builder = tls.configure(reqwest::Client::builder().timeout(timeout)).map_err(|e| e.to_string())?;
+        if self.auth {
+            let password_file = self.dir.join("root-password");
+            let password = std::fs::read_to_string(&password_file)
+                .map_err(|e| format!("cannot read {}: {e}", password_file.display()))?;
+            let client = quorumkv_api::client::Client::with_token(&self.endpoints.join(","), &tls, None)
+                .map_err(|e| e.to_string())?;
+            // A node may not have applied `auth enable` and root yet, right after the cluster
+            // script made them: ask again until the recovery deadline.
+            let deadline = Instant::now() + RECOVERY_DEADLINE;
+            let token = loop {
+                match client.login("root", password.trim()).await {
+                    Ok(reply) => break reply.token,
+                    Err(error) if Instant::now() > deadline => return Err(format!("login as root: {error}")),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            };
+            let mut headers = reqwest::header::HeaderMap::new();
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        builder.build().map_err(|e| e.to_string())
     }
 
     pub async fn down(&self) {

@@ -84,6 +84,14 @@ pub struct Options {
     /// and faults reach them like any node.
     #[arg(long, default_value_t = 0)]
     pub learners: u64,
+    /// HTTPS on the client ports and mutual TLS between the nodes (`start-3-nodes.sh --tls`,
+    /// development certificates): the runner trusts only the cluster's CA. `--cluster local` only.
+    #[arg(long)]
+    pub tls: bool,
+    /// Users and roles on (`start-3-nodes.sh --auth`): the runner logs in as root once and
+    /// every client sends the token. `--cluster local` only.
+    #[arg(long)]
+    pub auth: bool,
     /// Skip the final kill-all-and-restart phase.
     #[arg(long)]
     pub no_durability: bool,

@@ -21,6 +21,9 @@ pub struct RunReport {
     pub read_consistency: String,
     pub bounded_reads_ok: usize,
     pub learners: u64,
+    /// HTTPS and mutual TLS (`--tls`), and users and roles on (`--auth`).
+    pub tls: bool,
+    pub auth: bool,
     pub ops: usize,
     pub ok: usize,
     pub fail: usize,

@@ -14,6 +14,7 @@ use crate::checker::staleness;
 use crate::checker::Verdict;
 use crate::cluster::replica_divergence;
 use crate::cluster::Cluster;
+use crate::cluster::MAX_AUTH_RUN_SECS;
 use crate::cluster::MAX_DIVERGENCES_REPORTED;
 use crate::history;
 use crate::history::Status;
@@ -97,11 +98,18 @@ pub fn validate(options: &Options) -> Result<(), String> {
     if options.learners > 2 || (options.learners > 0 && options.cluster != ClusterKind::Netns) {
         return Err("--learners takes 0 to 2, and only with --cluster netns".into());
     }
+    if (options.tls || options.auth) && options.cluster != ClusterKind::Local {
+        // The other clusters' scripts make no certificates and no users.
+        return Err("--tls and --auth take --cluster local".into());
+    }
+    if options.auth && options.time_limit_secs > MAX_AUTH_RUN_SECS {
+        return Err(format!("with --auth, --time-limit-secs is at most {MAX_AUTH_RUN_SECS} (the token's lifetime)"));
+    }
     Ok(())
 }
 
 async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -> Result<Verdict, String> {
-    let http = reqwest::Client::builder().timeout(CLIENT_TIMEOUT).build().map_err(|e| e.to_string())?;
+    let http = cluster.http_client(CLIENT_TIMEOUT).await?;
     cluster.wait_for_leader(&http).await?;
     let history: History = Arc::new(Mutex::new(Vec::new()));
     let start = Instant::now();
@@ -195,6 +203,17 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
     };
     let checker_ms = check_started.elapsed().as_millis();
     let verdict = if divergence.is_empty() { verdict } else { Verdict::Invalid };
+    if cluster.auth {
+        // Root may do anything and its token outlives the run: a refusal means authentication
+        // itself misbehaved, and the operations it failed exercised nothing.
+        let refused = operations
+            .iter()
+            .filter(|op| op.error.as_deref().is_some_and(|error| error.starts_with("401") || error.starts_with("403")))
+            .count();
+        if refused > 0 {
+            cluster.harness_failure(format!("{refused} requests refused root's token (401 or 403)"));
+        }
+    }
     // Waited for all along, not just taken: the nemesis's requests ran on this task.
     let ledger = std::mem::take(&mut *cluster.ledger.lock().unwrap_or_else(|p| p.into_inner()));
     let problems = ledger.problems(&nemesis::requested_faults(options.nemesis, cluster.kind));
@@ -209,6 +228,8 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         read_consistency: options.read_consistency.clone(),
         bounded_reads_ok: operations.iter().filter(|o| o.max_lag_ms.is_some() && o.status == Status::Ok).count(),
         learners: options.learners,
+        tls: options.tls,
+        auth: options.auth,
         ops: operations.len(),
         ok: count(Status::Ok),
         fail: count(Status::Fail),
