@@ -127,7 +127,13 @@ async fn hostile_peer_messages_get_4xx_and_change_nothing() {
         "POST /p1/raft/append HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {PEER_TOKEN}\r\ncontent-length: {}\r\n\r\n",
         1024 * 1024 * 1024
     );
+    // A forwarded delete wrapped in `As { principal: Member, .. }` four million times (8 MB,
+    // within the peer message limit): decoding it recursively would overflow the stack.
+    let mut nested = vec![1u8];
+    nested.extend(std::iter::repeat_n([0x03u8, 0x01], 4_000_000).flatten());
+    nested.extend_from_slice(&[0x01, 0x01, b'k', 0x00, 0x00]);
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("a forwarded write wrapped four million times", with_token("/p1/internal/write", &nested), 400),
         ("garbage append", with_token("/p1/raft/append", b"\x01\xff\xff\xff\xff\xff\xff"), 400),
         ("an append of another version", with_token("/p1/raft/append", b"\x02\x00"), 400),
         ("an empty vote", with_token("/p1/raft/vote", b""), 400),

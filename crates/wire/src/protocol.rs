@@ -479,6 +479,33 @@ mod tests {
         assert!(matches!(read_snapshot_header(&garbage), Err(SnapshotHeaderError::Decode(_))));
     }
 
+    /// Goal: a command wrapped in `As` more than once is refused when decoded, however deep
+    /// the wrapping: postcard has no depth limit, and a message of nested wrappers (two bytes a
+    /// level) would otherwise recurse until the decoding thread's stack overflowed, taking the
+    /// node down (a forwarded write, an append, a log entry read back from disk).
+    #[test]
+    fn a_command_wrapped_twice_is_refused_without_recursing() {
+        let nested = |levels: usize| {
+            let mut bytes = vec![PROTOCOL_VERSION];
+            for _ in 0..levels {
+                bytes.extend_from_slice(&[0x03, 0x01]); // Command::As { principal: Member, command:
+            }
+            bytes.extend_from_slice(&[0x01, 0x01, b'k', 0x00]); // Delete { key: "k", precondition: None }
+            bytes.push(0x00); // ack: Quorum
+            bytes
+        };
+        assert!(decode::<ForwardedWrite>(&nested(0)).is_ok());
+        assert!(decode::<ForwardedWrite>(&nested(1)).is_ok());
+        assert!(decode::<ForwardedWrite>(&nested(2)).is_err(), "a command wrapped twice decoded");
+        // A million levels on a small stack: any recursion per level would overflow it.
+        let deep = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || decode::<ForwardedWrite>(&nested(1_000_000)).is_err())
+            .expect("thread")
+            .join();
+        assert!(matches!(deep, Ok(true)), "a deeply wrapped command was not refused");
+    }
+
     #[test]
     fn another_version_or_trailing_bytes_are_refused() {
         let mut bytes = encode(&ReadPolicy::Lease).expect("encode");

@@ -90,10 +90,39 @@ pub enum Command {
     /// is a command without a credential, refused while authentication is on.
     As {
         principal: Principal,
+        #[serde(deserialize_with = "unwrapped_command")]
         command: Box<Command>,
     },
     /// A change to users, roles or the auth switch.
     Auth(AuthCommand),
+}
+
+thread_local! {
+    /// How many `As` wrappers the command being decoded on this thread is inside.
+    static WRAPPERS_DECODING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Decodes the command inside an `As`, refusing one that is itself wrapped. Postcard has no
+/// depth limit, so without this a message of nested wrappers (two bytes a level) would recurse
+/// until the decoding thread's stack overflowed: one request could take a node down. No node
+/// proposes a command wrapped twice (`Command::check` refuses it), so no log holds one.
+fn unwrapped_command<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Box<Command>, D::Error> {
+    struct Unwrap;
+    impl Drop for Unwrap {
+        fn drop(&mut self) {
+            WRAPPERS_DECODING.with(|depth| depth.set(depth.get() - 1));
+        }
+    }
+    let depth = WRAPPERS_DECODING.with(|depth| {
+        depth.set(depth.get() + 1);
+        depth.get()
+    });
+    let _unwrap = Unwrap;
+    // Refused before reading further: this is a wrapper inside a wrapper.
+    if depth > 1 {
+        return Err(serde::de::Error::custom("a command wrapped twice"));
+    }
+    Command::deserialize(deserializer).map(Box::new)
 }
 
 /// Longest client address a node may register (a host name of 253 bytes and a port).
