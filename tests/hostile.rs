@@ -20,11 +20,16 @@ const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
 /// Sends `request` as is and returns the status code of the answer (0: the connection was
 /// closed without one).
 async fn raw_status(addr: &str, request: &[u8]) -> u16 {
+    raw_status_within(addr, request, ANSWER_DEADLINE).await
+}
+
+/// [`raw_status`], waiting up to `deadline` for the answer.
+async fn raw_status_within(addr: &str, request: &[u8], deadline: Duration) -> u16 {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     // The node may answer and close before reading everything: a failed write is fine.
     let _ = stream.write_all(request).await;
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(ANSWER_DEADLINE, async {
+    let read = tokio::time::timeout(deadline, async {
         let mut buffer = [0u8; 4096];
         while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
             match stream.read(&mut buffer).await {
@@ -34,7 +39,7 @@ async fn raw_status(addr: &str, request: &[u8]) -> u16 {
         }
     })
     .await;
-    assert!(read.is_ok(), "no answer within {ANSWER_DEADLINE:?} to {:?}", String::from_utf8_lossy(request));
+    assert!(read.is_ok(), "no answer within {deadline:?} to {:?}", String::from_utf8_lossy(request));
     let text = String::from_utf8_lossy(&answer);
     text.strip_prefix("HTTP/1.1 ").and_then(|rest| rest.get(..3)).and_then(|code| code.parse().ok()).unwrap_or(0)
 }
@@ -158,5 +163,26 @@ async fn hostile_peer_messages_get_4xx_and_change_nothing() {
     assert_eq!((status, body.as_str()), (200, "v"), "the node serves and the key is unchanged");
     let page: Page = cluster.get_json(leader, "/v1/kv").await;
     assert_eq!(page.items.len(), 1, "no hostile message wrote anything: {:?}", page.items);
+    cluster.put_ok(leader, "after", "v").await;
+}
+
+/// Goal: a peer message whose body stops arriving holds its connection no longer than the
+/// peer body deadline: the sender (with the token) gets `408`, and the node serves on.
+#[tokio::test]
+async fn a_peer_body_that_stops_arriving_gets_408_at_the_deadline() {
+    let cluster = Cluster::start(1).await;
+    let leader = cluster.wait_for_leader().await;
+    let addr = cluster.node(leader).peer_addr.clone();
+    // Ten bytes of a declared hundred, then nothing, with the connection kept open.
+    let mut request = format!(
+        "POST /p1/raft/append HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {PEER_TOKEN}\r\ncontent-length: 100\r\n\r\n"
+    )
+    .into_bytes();
+    request.extend_from_slice(&[0x01; 10]);
+    let deadline = Duration::from_millis(quorumkv::limits::PEER_BODY_READ_TIMEOUT_MS);
+    let started = std::time::Instant::now();
+    let status = raw_status_within(&addr, &request, deadline + ANSWER_DEADLINE).await;
+    assert_eq!(status, 408, "a stalled peer body is answered 408");
+    assert!(started.elapsed() >= deadline, "answered before the deadline: {:?}", started.elapsed());
     cluster.put_ok(leader, "after", "v").await;
 }

@@ -401,6 +401,11 @@ impl Cluster {
         self.signal(id, "-CONT");
     }
 
+    /// SIGHUP: a node reads its certificates again.
+    pub fn hangup(&self, id: u64) {
+        self.signal(id, "-HUP");
+    }
+
     fn signal(&self, id: u64, signal: &str) {
         self.needs_processes();
         let pid = self.pid(id).expect("node running").to_string();
