@@ -20,11 +20,11 @@ rounds="${BENCH_ROUNDS:-3}"
 duration="${BENCH_DURATION_SECS:-10}"
 keys="${BENCH_KEYS:-100000}"
 value_bytes="${BENCH_VALUE_BYTES:-256}"
-configs=("put 1" "put 64" "put 256" "get 1" "get 64" "get 256")
+configs=("put 1" "put 64" "put 256" "get 1" "get 64" "get 256" "txn 64")
 single_node_configs=("put 64" "get 64")
 if [[ "${1:-}" == --smoke ]]; then
     rounds=1 duration=2 keys=2000
-    configs=("put 8" "get 8" "mixed 8" "cas 8")
+    configs=("put 8" "get 8" "mixed 8" "cas 8" "txn 8")
     single_node_configs=("put 8")
 fi
 out="$repo_dir/target/bench/$(date +%Y%m%d-%H%M%S)"

@@ -18,6 +18,7 @@
 //! | [`config`] | `ServeConfig`: flags, `QUORUMKV_*` env, optional file, `validate()` |
 //! | [`limits`] | every hard limit, named, with the reason for its value |
 //! | [`types`] | Raft type configuration; `Command`/`CommandResult`, the replicated payload (from `quorumkv-wire`) |
+//! | [`txn`] | transactions: compares, then one of two lists of operations, in one log entry (from `quorumkv-wire`) |
 //! | [`error`] | the one closed API error enum and its status table (from `quorumkv-wire`) |
 //! | [`api`] | client HTTP handlers on `--client-addr`: authenticate, validate, call `Node`, map to HTTP |
 //! | [`auth`] | users, roles, tokens: the policy, checked at the edge and again at apply (from `quorumkv-wire`) |
@@ -42,6 +43,7 @@
 //!
 //! ```text
 //! write:  HTTP PUT ─▶ api::kv::put ─▶ Node::write ──(follower)──▶ peer /internal/write ─┐
+//!         (POST /v1/txn ─▶ api::txn::txn ─▶ the same, as Command::Txn)                   │
 //!                                        │ (leader)                                      │
 //!                                        ▼                                               ▼
 //!                       Raft::client_write ◀───────────────────────── Node::write_as_leader
@@ -49,6 +51,7 @@
 //!                              │ replicate: network::RaftConnection ─▶ peers' /raft/append
 //!                              ▼ quorum durable ⇒ committed
 //!                       StateMachine::apply (one WriteBatch) ─▶ CommandResult ─▶ 200 {"revision"}
+//!                         every PUT, DELETE and Txn through apply_txn: compares, then a branch
 //!
 //! read:   HTTP GET ─▶ api::kv::get ─▶ Node::get
 //!            linearizable/lease: read point from the leader (ReadIndex or lease,
@@ -80,3 +83,4 @@ pub mod types;
 pub use quorumkv_wire::auth;
 pub use quorumkv_wire::error;
 pub use quorumkv_wire::protocol;
+pub use quorumkv_wire::txn;

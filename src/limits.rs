@@ -17,6 +17,18 @@ pub use quorumkv_wire::limits::MAX_VALUE_BYTES_CEILING;
 /// refused unread and its connection closed.
 pub const OVERSIZE_BODY_DRAIN_BYTES: usize = 1024 * 1024;
 
+/// Largest JSON body of `POST /v1/txn`: its keys and values, which may total
+/// `--max-key-bytes` plus `--max-value-bytes`, twice over (base64 is 4/3 of a value, JSON text
+/// escapes a few bytes), with room for the JSON of three full lists. The transaction itself is
+/// then checked against the exact limit (`Txn::check`).
+pub fn txn_body_bytes(max_key_bytes: usize, max_value_bytes: usize) -> usize {
+    let lists = 3 * quorumkv_wire::txn::MAX_TXN_OPS;
+    2 * (max_key_bytes + max_value_bytes) + lists * TXN_BODY_BYTES_PER_ENTRY
+}
+
+/// Room in a transaction's body for the JSON of one compare or operation besides its key.
+pub const TXN_BODY_BYTES_PER_ENTRY: usize = 256;
+
 /// Default and largest page of a list (`GET /v1/kv?limit=`): a page is built in memory.
 pub const DEFAULT_LIST_LIMIT: usize = 100;
 pub const MAX_LIST_LIMIT: usize = 1000;

@@ -97,6 +97,10 @@ enum Command {
         #[arg(long)]
         if_match: Option<u64>,
     },
+    /// Run a transaction: the JSON body of `POST /v1/txn` (compare, success, failure) from
+    /// FILE, or standard input when omitted. Prints the answer; exits 0 whichever branch ran
+    /// (its "succeeded" says which).
+    Txn { file: Option<std::path::PathBuf> },
     /// List keys and values as JSON.
     List {
         #[arg(long, default_value = "")]
@@ -582,6 +586,33 @@ async fn run_client(
                 let headers = precondition_headers(if_match, false);
                 let answer = client
                     .request(Method::DELETE, &Client::key_path(&key), &[], headers, None, Retry::OnlyIfNotSent)
+                    .await?;
+                print_answer(answer, false)
+            }
+            Command::Txn { file } => {
+                // At most the largest body any node accepts, plus one byte to tell it is over.
+                let limit = quorumkv::limits::txn_body_bytes(
+                    quorumkv::limits::MAX_KEY_BYTES_CEILING,
+                    quorumkv::limits::MAX_VALUE_BYTES_CEILING,
+                ) as u64;
+                let mut body = Vec::new();
+                let read = match &file {
+                    Some(path) => std::fs::File::open(path).and_then(|f| f.take(limit + 1).read_to_end(&mut body)),
+                    None => std::io::stdin().take(limit + 1).read_to_end(&mut body),
+                };
+                let source = file.as_ref().map_or("standard input".to_string(), |p| p.display().to_string());
+                read.map_err(|e| ClientError::Failed(format!("reading {source}: {e}")))?;
+                if body.len() as u64 > limit {
+                    return Err(ClientError::Failed(format!(
+                        "{source} is larger than any transaction ({limit} bytes)"
+                    )));
+                }
+                client.prefer_leader().await;
+                let mut headers = HeaderMap::new();
+                headers.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                let segments = vec!["v1".to_string(), "txn".to_string()];
+                let answer = client
+                    .request(Method::POST, &segments, &[], headers, Some(Bytes::from(body)), Retry::OnlyIfNotSent)
                     .await?;
                 print_answer(answer, false)
             }

@@ -14,6 +14,8 @@ use quorumkv::protocol;
 use quorumkv::protocol::Ack;
 use quorumkv::protocol::ForwardedWrite;
 use quorumkv::protocol::Rpc;
+use quorumkv::txn::Txn;
+use quorumkv::txn::TxnOp;
 use quorumkv::types::Command;
 use quorumkv::types::CommandResult;
 use quorumkv::types::Precondition;
@@ -271,12 +273,54 @@ async fn commands_are_authorized_again_when_applied() {
     assert!(matches!(beyond, CommandResult::Refused(quorumkv::auth::Refusal::Forbidden(_))), "{beyond:?}");
     let bare = forward(put("app/bare")).await;
     assert!(matches!(bare, CommandResult::Refused(quorumkv::auth::Refusal::Unauthenticated(_))), "{bare:?}");
+    // A transaction is judged by every key it touches: one operation beyond her grants
+    // refuses the whole of it.
+    let txn = |ops: Vec<TxnOp>| Command::Txn(Txn { success: ops, ..Txn::default() });
+    let app_put = TxnOp::Put { key: "app/txn".into(), value: "v".into() };
+    let mixed = forward(as_alice(alice_revision, txn(vec![app_put.clone(), TxnOp::Get { key: "other/y".into() }])));
+    let mixed = mixed.await;
+    assert!(matches!(mixed, CommandResult::Refused(quorumkv::auth::Refusal::Forbidden(_))), "{mixed:?}");
+    let wide = forward(as_alice(alice_revision, txn(vec![TxnOp::DeletePrefix { prefix: "ap".into() }]))).await;
+    assert!(matches!(wide, CommandResult::Refused(quorumkv::auth::Refusal::Forbidden(_))), "{wide:?}");
     let allowed = forward(as_alice(alice_revision, put("app/ok"))).await;
     assert!(matches!(allowed, CommandResult::Put { .. }), "{allowed:?}");
     // The harness's client is a member (it sends the peer token): it sees every key.
     let page: quorumkv_api::Page = cluster.get_json(leader, "/v1/kv?prefix=").await;
     let keys: Vec<&str> = page.items.iter().map(|item| item.key.as_str()).collect();
     assert_eq!(keys, ["app/ok"]);
+}
+
+/// Goal: a transaction needs read permission on every key it compares or gets and write
+/// permission on every key it changes (on the whole prefix of a `delete_prefix`); one
+/// operation beyond the user's grants refuses it whole (403), and nothing of it is written.
+#[tokio::test]
+async fn a_transaction_needs_permission_for_every_key_it_touches() {
+    use reqwest::Method;
+    let cluster = Cluster::start(1).await;
+    let leader = cluster.wait_for_leader().await;
+    set_up_users(&cluster, leader).await;
+    let alice = Caller::with_token(&cluster, &token(&cluster, leader, "alice", "alice-password").await);
+    let txn = |body: serde_json::Value| alice.json(leader, Method::POST, "/v1/txn", body);
+    let put = |key: &str| json!({"op": "put", "key": key, "value": "v"});
+    let (status, body) =
+        txn(json!({"compare": [{"key": "shared/flag", "exists": false}], "success": [put("app/t1")]})).await;
+    assert_eq!(status, 200, "read shared/, write app/: {body}");
+    assert!(body.contains(r#""succeeded":true"#), "{body}");
+    for refused_txn in [
+        json!({"compare": [{"key": "other", "exists": false}], "success": [put("app/t2")]}),
+        json!({"success": [put("app/t2"), put("shared/t2")]}),
+        json!({"failure": [put("app/t2"), {"op": "get", "key": "other"}]}),
+        json!({"success": [put("app/t2"), {"op": "delete", "key": "shared/x"}]}),
+        json!({"success": [put("app/t2"), {"op": "delete_prefix", "prefix": ""}]}),
+        json!({"success": [put("app/t2"), {"op": "delete_prefix", "prefix": "ap"}]}),
+    ] {
+        refused(&txn(refused_txn.clone()).await, 403, "permission_denied");
+    }
+    let (status, body) = txn(json!({"success": [{"op": "delete_prefix", "prefix": "app/"}]})).await;
+    assert_eq!(status, 200, "readwrite app/ covers deleting under it: {body}");
+    assert!(body.contains(r#"{"op":"delete_prefix","deleted":1}"#), "app/t1 deleted, no app/t2 ever: {body}");
+    let page: quorumkv_api::Page = cluster.get_json(leader, "/v1/kv?prefix=").await;
+    assert!(page.items.is_empty(), "nothing of a refused transaction was written: {page:?}");
 }
 
 /// Goal: users, roles and the signing key are replicated state that snapshots carry: a node

@@ -138,21 +138,12 @@ pub(super) async fn list(
     let _slot = node.admit().await?;
     let (page, next_start) = node.list(&prefix, &start, limit, consistency).await?;
     node.authorize(caller.principal(), Need::ReadPrefix(&prefix))?;
-    let items = page
-        .into_iter()
-        .map(|(key, stored)| {
-            let (value, value_base64) = match std::str::from_utf8(&stored.value) {
-                Ok(text) => (Some(text.to_owned()), None),
-                Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(&stored.value))),
-            };
-            Item { key, revision: stored.mod_revision, create_revision: stored.create_revision, value, value_base64 }
-        })
-        .collect();
+    let items = page.into_iter().map(|(key, stored)| item(key, stored)).collect();
     Ok(Json(Page { items, next_start }))
 }
 
 /// The results a write can have other than success, as errors.
-fn write_result_error(result: CommandResult) -> Error {
+pub(super) fn write_result_error(result: CommandResult) -> Error {
     match result {
         CommandResult::PreconditionFailed { current_revision } => Error::PreconditionFailed { current_revision },
         CommandResult::Refused(refusal) => refusal.into(),
@@ -192,7 +183,7 @@ fn parse_consistency(consistency: Option<ConsistencyParam>, max_lag_ms: Option<u
 }
 
 /// `ack=quorum` (default, semi-synchronous) or `ack=all` (synchronous).
-fn ack(ack: Option<AckParam>) -> Ack {
+pub(super) fn ack(ack: Option<AckParam>) -> Ack {
     match ack {
         None | Some(AckParam::Quorum) => Ack::Quorum,
         Some(AckParam::All) => Ack::All,
@@ -216,32 +207,17 @@ fn parse_precondition(headers: &HeaderMap) -> Result<Precondition, Error> {
 
 /// Reads the request body as the value, refusing more than `--max-value-bytes`.
 async fn read_value(node: &Node, headers: &HeaderMap, body: Body) -> Result<Bytes, Error> {
-    let limit = node.config().max_value_bytes;
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    match declared {
-        // Far over the limit: refuse without reading; the connection is closed after the 413.
-        Some(size) if size > limit + limits::OVERSIZE_BODY_DRAIN_BYTES => Err(Error::ValueTooLarge { size, limit }),
-        _ => {
-            // A whole-body deadline: a client trickling its body must not hold on for ever.
-            let read = axum::body::to_bytes(body, limit + limits::OVERSIZE_BODY_DRAIN_BYTES);
-            let deadline = Duration::from_millis(limits::BODY_READ_TIMEOUT_MS);
-            let read = tokio::time::timeout(deadline, read)
-                .await
-                .map_err(|_| Error::RequestTimeout { limit_ms: limits::BODY_READ_TIMEOUT_MS })?;
-            let bytes = read.map_err(|error| {
-                // Over the limit is the client's value; anything else is a broken upload.
-                if error.into_inner().downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                    Error::ValueTooLarge { size: declared.unwrap_or(limit + 1), limit }
-                } else {
-                    Error::InvalidParameter("the request body could not be read".into())
-                }
-            })?;
-            if bytes.len() > limit {
-                return Err(Error::ValueTooLarge { size: bytes.len(), limit });
-            }
-            Ok(bytes)
-        }
-    }
+    super::read_body(headers, body, node.config().max_value_bytes).await
+}
+
+/// A key and its record as the API shows them: the value as text when it is UTF-8, else as
+/// base64.
+pub(super) fn item(key: String, stored: crate::store::StoredValue) -> Item {
+    let (value, value_base64) = match std::str::from_utf8(&stored.value) {
+        Ok(text) => (Some(text.to_owned()), None),
+        Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(&stored.value))),
+    };
+    Item { key, revision: stored.mod_revision, create_revision: stored.create_revision, value, value_base64 }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 mod auth;
 mod cluster;
 mod kv;
+mod txn;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ pub fn client_router(node: Arc<Node>) -> Router {
         .route("/v1/kv", get(kv::list))
         .route("/v1/kv/", get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key))
         .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/txn", axum::routing::post(txn::txn))
         .route("/v1/cluster", get(cluster::status))
         .route("/v1/cluster/members", get(cluster::members))
         .route("/v1/cluster/members/{id}", axum::routing::delete(cluster::remove))
@@ -172,6 +174,41 @@ impl axum::extract::FromRequestParts<Arc<Node>> for Caller {
         let authorization = parts.headers.get(header::AUTHORIZATION);
         let certificate = parts.extensions.get::<ClientIdentity>();
         Ok(node.authenticate(authorization, certificate).await.map(Caller)?)
+    }
+}
+
+/// Reads a request body of at most `limit` bytes within the body deadline; a larger one is a
+/// `413`.
+pub(crate) async fn read_body(
+    headers: &header::HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<bytes::Bytes, Error> {
+    let declared: Option<usize> =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    match declared {
+        // Far over the limit: refuse without reading; the connection is closed after the 413.
+        Some(size) if size > limit + limits::OVERSIZE_BODY_DRAIN_BYTES => Err(Error::ValueTooLarge { size, limit }),
+        _ => {
+            // A whole-body deadline: a client trickling its body must not hold on for ever.
+            let read = axum::body::to_bytes(body, limit + limits::OVERSIZE_BODY_DRAIN_BYTES);
+            let deadline = std::time::Duration::from_millis(limits::BODY_READ_TIMEOUT_MS);
+            let read = tokio::time::timeout(deadline, read)
+                .await
+                .map_err(|_| Error::RequestTimeout { limit_ms: limits::BODY_READ_TIMEOUT_MS })?;
+            let bytes = read.map_err(|error| {
+                // Over the limit is the client's body; anything else is a broken upload.
+                if error.into_inner().downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    Error::ValueTooLarge { size: declared.unwrap_or(limit + 1), limit }
+                } else {
+                    Error::InvalidParameter("the request body could not be read".into())
+                }
+            })?;
+            if bytes.len() > limit {
+                return Err(Error::ValueTooLarge { size: bytes.len(), limit });
+            }
+            Ok(bytes)
+        }
     }
 }
 

@@ -5,7 +5,6 @@
 //! storage error into a fatal error).
 
 use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -43,12 +42,16 @@ use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::LogId;
 use crate::types::NodeId;
-use crate::types::Precondition;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
 use quorumkv_wire::snapshot::Record;
 use quorumkv_wire::snapshot::SnapshotReader;
+use quorumkv_wire::txn::Txn;
+use quorumkv_wire::txn::TxnOp;
+use quorumkv_wire::txn::TxnOpResult;
+use quorumkv_wire::txn::MAX_DELETE_PREFIX_KEYS;
+use quorumkv_wire::txn::MAX_TXN_READ_BYTES;
 
 pub(crate) const KEY_APPLIED: &[u8] = b"applied";
 pub(crate) const KEY_MEMBERSHIP: &[u8] = b"membership";
@@ -253,9 +256,9 @@ impl StateMachine {
     }
 }
 
-/// A key's revisions as seen while applying one batch: earlier entries of the same batch are
-/// not in RocksDB yet, so they are tracked here. `None` means absent.
-type Overlay = HashMap<String, Option<(u64, u64)>>;
+/// The keys written by earlier entries of the batch being applied: they are not in RocksDB
+/// yet. `None`: deleted. Ordered, so a `delete_prefix` finds the batch's keys under its prefix.
+type Overlay = BTreeMap<String, Option<StoredValue>>;
 /// The auth records as one entry of an apply batch sees them: the applied records (in memory,
 /// see [`AuthCache`]), copied on the batch's first auth change and changed in place after it.
 /// Apply reads no auth record from RocksDB.
@@ -283,24 +286,7 @@ fn role_key(name: &str) -> String {
     format!("{PREFIX_AUTH_ROLE}{name}")
 }
 
-/// What a client command needs permission for; `None`: an internal command no client sends.
-fn needed(command: &Command) -> Option<Need<'_>> {
-    match command {
-        Command::Put { key, .. } | Command::Delete { key, .. } => Some(Need::Write(key)),
-        Command::Auth(_) => Some(Need::Admin),
-        Command::RegisterClientAddr { .. } | Command::As { .. } => None,
-    }
-}
-
 impl StateMachine {
-    fn current_revisions(&self, overlay: &Overlay, key: &str) -> io::Result<Option<(u64, u64)>> {
-        if let Some(state) = overlay.get(key) {
-            return Ok(*state);
-        }
-        let stored = get_stored(&self.db, key)?;
-        Ok(stored.map(|v| (v.create_revision, v.mod_revision)))
-    }
-
     /// Applies one command if its sender may (see `auth.rs`): a refusal is a result.
     fn apply_command(
         &self,
@@ -314,19 +300,26 @@ impl StateMachine {
             Command::As { principal, command } => (Some(principal), command.as_ref()),
             command => (None, command),
         };
-        let need = match (needed(command), principal) {
-            (Some(need), _) => need,
+        let needs = match (command.needs(), principal) {
+            // Nothing to judge it by (an empty transaction, refused before proposing): it
+            // must not pass unjudged.
+            (Some(needs), _) if needs.is_empty() => {
+                return Ok(CommandResult::Refused(Refusal::Invalid(format!("{command} does nothing"))))
+            }
+            (Some(needs), _) => needs,
             // Internal commands come from members only, never wrapped for a user.
             (None, None) => return self.apply_allowed(batch, overlay, auth, revision, command),
-            (None, Some(auth::Principal::Member)) if !matches!(command, Command::As { .. }) => Need::Admin,
+            (None, Some(auth::Principal::Member)) if !matches!(command, Command::As { .. }) => vec![Need::Admin],
             (None, Some(_)) => {
                 return Ok(CommandResult::Refused(Refusal::Forbidden(format!("{command} is not a client command"))))
             }
         };
-        match auth::authorize(auth.records(), principal, need)? {
-            Ok(()) => self.apply_allowed(batch, overlay, auth, revision, command),
-            Err(refusal) => Ok(CommandResult::Refused(refusal)),
+        for need in needs {
+            if let Err(refusal) = auth::authorize(auth.records(), principal, need)? {
+                return Ok(CommandResult::Refused(refusal));
+            }
         }
+        self.apply_allowed(batch, overlay, auth, revision, command)
     }
 
     fn apply_allowed(
@@ -337,30 +330,32 @@ impl StateMachine {
         revision: u64,
         command: &Command,
     ) -> io::Result<CommandResult> {
-        let kv = cf(&self.db, CF_KV);
         match command {
+            // A plain or conditional PUT or DELETE is the transaction its precondition stands
+            // for: one evaluator for every condition.
             Command::Put { key, value, precondition } => {
-                let current = self.current_revisions(overlay, key)?;
-                if !precondition_holds(*precondition, current) {
-                    return Ok(CommandResult::PreconditionFailed { current_revision: current.map(|c| c.1) });
-                }
-                let create_revision = current.map_or(revision, |c| c.0);
-                let stored = StoredValue { create_revision, mod_revision: revision, value: value.clone() };
-                batch.put_cf(kv, key.as_bytes(), encode(&stored)?);
-                overlay.insert(key.clone(), Some((create_revision, revision)));
-                Ok(CommandResult::Put { revision })
+                let put = TxnOp::Put { key: key.clone(), value: value.clone() };
+                let txn = Txn { compare: precondition.compares(key), success: vec![put], failure: Vec::new() };
+                Ok(match self.apply_txn(batch, overlay, revision, &txn)? {
+                    Ok((true, _)) => CommandResult::Put { revision },
+                    _ => self.precondition_failed(overlay, key)?,
+                })
             }
             Command::Delete { key, precondition } => {
-                let current = self.current_revisions(overlay, key)?;
-                if !precondition_holds(*precondition, current) {
-                    return Ok(CommandResult::PreconditionFailed { current_revision: current.map(|c| c.1) });
-                }
-                if current.is_some() {
-                    batch.delete_cf(kv, key.as_bytes());
-                    overlay.insert(key.clone(), None);
-                }
-                Ok(CommandResult::Delete { revision, deleted: current.is_some() })
+                let delete = TxnOp::Delete { key: key.clone() };
+                let txn = Txn { compare: precondition.compares(key), success: vec![delete], failure: Vec::new() };
+                Ok(match self.apply_txn(batch, overlay, revision, &txn)? {
+                    Ok((true, results)) => {
+                        let deleted = matches!(results.first(), Some(TxnOpResult::Delete { deleted: true }));
+                        CommandResult::Delete { revision, deleted }
+                    }
+                    _ => self.precondition_failed(overlay, key)?,
+                })
             }
+            Command::Txn(txn) => Ok(match self.apply_txn(batch, overlay, revision, txn)? {
+                Ok((succeeded, results)) => CommandResult::Txn { succeeded, revision, results },
+                Err(reason) => CommandResult::Refused(Refusal::Invalid(reason)),
+            }),
             Command::RegisterClientAddr { node_id, client_addr } => {
                 batch.put_cf(cf(&self.db, CF_SM), client_addr_key(*node_id), client_addr.as_bytes());
                 Ok(CommandResult::Empty)
@@ -383,6 +378,157 @@ impl StateMachine {
             Command::As { .. } => Ok(CommandResult::Refused(Refusal::Invalid("a command wrapped twice".into()))),
         }
     }
+}
+
+impl StateMachine {
+    /// A conditional write whose compares did not hold: the key's revision now.
+    fn precondition_failed(&self, overlay: &Overlay, key: &str) -> io::Result<CommandResult> {
+        let current = TxnView::new(&self.db, overlay).current(key)?;
+        Ok(CommandResult::PreconditionFailed { current_revision: current.map(|stored| stored.mod_revision) })
+    }
+
+    /// Runs a transaction at `revision`: the compares against the state as of the previous
+    /// entry (this batch's earlier entries included), then the branch they choose, each
+    /// operation seeing the ones before it. Its writes go into `batch` and `overlay` only if
+    /// the whole branch can run; a branch that would delete more than
+    /// [`MAX_DELETE_PREFIX_KEYS`] keys under one prefix, or read more than
+    /// [`MAX_TXN_READ_BYTES`], changes nothing and gives the reason (the same on every
+    /// replica: both bounds are part of the log format).
+    fn apply_txn(
+        &self,
+        batch: &mut WriteBatch,
+        overlay: &mut Overlay,
+        revision: u64,
+        txn: &Txn,
+    ) -> io::Result<Result<(bool, Vec<TxnOpResult>), String>> {
+        let mut view = TxnView::new(&self.db, overlay);
+        let mut succeeded = true;
+        for compare in &txn.compare {
+            if !compare.holds(view.current(&compare.key)?.as_ref()) {
+                succeeded = false;
+                break;
+            }
+        }
+        let branch = if succeeded { &txn.success } else { &txn.failure };
+        let mut results = Vec::with_capacity(branch.len());
+        let mut read_bytes = 0usize;
+        let mut deleted_by_prefix = 0usize;
+        for op in branch {
+            results.push(match op {
+                TxnOp::Put { key, value } => {
+                    let create_revision = view.current(key)?.map_or(revision, |stored| stored.create_revision);
+                    let stored = StoredValue { create_revision, mod_revision: revision, value: value.clone() };
+                    view.changes.insert(key.clone(), Some(stored));
+                    TxnOpResult::Put { revision }
+                }
+                TxnOp::Delete { key } => {
+                    let deleted = view.current(key)?.is_some();
+                    if deleted {
+                        view.changes.insert(key.clone(), None);
+                    }
+                    TxnOpResult::Delete { deleted }
+                }
+                TxnOp::DeletePrefix { prefix } => {
+                    let budget = MAX_DELETE_PREFIX_KEYS - deleted_by_prefix;
+                    let keys = view.keys_with_prefix(prefix, budget + 1)?;
+                    if keys.len() > budget {
+                        return Ok(Err(format!(
+                            "this transaction would delete more than {MAX_DELETE_PREFIX_KEYS} keys by prefix \
+                             ({prefix:?} and any before it): delete them in parts, by longer prefixes"
+                        )));
+                    }
+                    deleted_by_prefix += keys.len();
+                    let deleted = keys.len() as u64;
+                    for key in keys {
+                        view.changes.insert(key, None);
+                    }
+                    TxnOpResult::DeletePrefix { deleted }
+                }
+                TxnOp::Get { key } => {
+                    let current = view.current(key)?;
+                    read_bytes += current.as_ref().map_or(0, |stored| stored.value.len());
+                    if read_bytes > MAX_TXN_READ_BYTES {
+                        return Ok(Err(format!(
+                            "the gets of this transaction would return more than {MAX_TXN_READ_BYTES} bytes"
+                        )));
+                    }
+                    TxnOpResult::Get(current)
+                }
+            });
+        }
+        let changes = std::mem::take(&mut view.changes);
+        let kv = cf(&self.db, CF_KV);
+        for (key, stored) in changes {
+            match &stored {
+                Some(stored) => batch.put_cf(kv, key.as_bytes(), encode(stored)?),
+                None => batch.delete_cf(kv, key.as_bytes()),
+            }
+            overlay.insert(key, stored);
+        }
+        Ok(Ok((succeeded, results)))
+    }
+}
+
+/// The state as one transaction sees it: its own writes so far (`changes`), over the batch's
+/// earlier entries (`overlay`), over RocksDB.
+struct TxnView<'a> {
+    db: &'a DB,
+    overlay: &'a Overlay,
+    changes: BTreeMap<String, Option<StoredValue>>,
+}
+
+impl<'a> TxnView<'a> {
+    fn new(db: &'a DB, overlay: &'a Overlay) -> Self {
+        TxnView { db, overlay, changes: BTreeMap::new() }
+    }
+
+    /// What this transaction or the batch wrote to `key`: `Some(None)` deleted, `None` nothing.
+    fn written(&self, key: &str) -> Option<&Option<StoredValue>> {
+        self.changes.get(key).or_else(|| self.overlay.get(key))
+    }
+
+    fn current(&self, key: &str) -> io::Result<Option<StoredValue>> {
+        match self.written(key) {
+            Some(written) => Ok(written.clone()),
+            None => get_stored(self.db, key),
+        }
+    }
+
+    /// The keys under `prefix` that exist in this view, in order, at most `limit` of them.
+    fn keys_with_prefix(&self, prefix: &str, limit: usize) -> io::Result<Vec<String>> {
+        let mut keys = std::collections::BTreeSet::new();
+        // Keys only: a raw iterator does not copy the values out.
+        let mut iterator = self.db.raw_iterator_cf(cf(self.db, CF_KV));
+        iterator.seek(prefix.as_bytes());
+        while let Some(key) = iterator.key() {
+            if keys.len() >= limit || !key.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            let key = std::str::from_utf8(key).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            // A key this batch deleted is gone; one it wrote is counted below.
+            if self.written(key).is_none() {
+                keys.insert(key.to_string());
+            }
+            iterator.next();
+        }
+        iterator.status().map_err(io_error)?;
+        for (key, _) in written_under(self.overlay, prefix).chain(written_under(&self.changes, prefix)) {
+            if matches!(self.written(key), Some(Some(_))) {
+                keys.insert(key.clone());
+            }
+        }
+        Ok(keys.into_iter().take(limit).collect())
+    }
+}
+
+/// The entries of `written` under `prefix`, in order.
+fn written_under<'m>(
+    written: &'m BTreeMap<String, Option<StoredValue>>,
+    prefix: &'m str,
+) -> impl Iterator<Item = (&'m String, &'m Option<StoredValue>)> + 'm {
+    written
+        .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+        .take_while(move |(key, _)| key.starts_with(prefix))
 }
 
 /// The records an auth change writes (`None`: deletes), or why it cannot be made. Pure:
@@ -466,15 +612,6 @@ fn auth_writes(view: &AuthRecords, revision: u64, command: &AuthCommand) -> io::
         }
         AuthCommand::Disable => vec![(KEY_AUTH_ENABLED.to_vec(), None)],
     }))
-}
-
-fn precondition_holds(precondition: Precondition, current: Option<(u64, u64)>) -> bool {
-    match precondition {
-        Precondition::None => true,
-        Precondition::Exists => current.is_some(),
-        Precondition::Absent => current.is_none(),
-        Precondition::ModRevision(expected) => current.is_some_and(|(_, mod_revision)| mod_revision == expected),
-    }
 }
 
 pub(crate) fn client_addr_key(node_id: NodeId) -> Vec<u8> {

@@ -13,6 +13,7 @@
 //! | `PUT /v1/kv/{key}` | [`WriteParams`]; `If-Match`, `If-None-Match`; the value as body | [`PutReply`] |
 //! | `DELETE /v1/kv/{key}` | [`WriteParams`]; `If-Match` | [`DeleteReply`] |
 //! | `GET /v1/kv` | [`ListParams`] | [`Page`] |
+//! | `POST /v1/txn` | [`WriteParams`]; [`TxnRequest`] | [`TxnReply`] |
 //! | `GET /v1/cluster` | | [`ClusterStatus`] |
 //! | `GET /v1/cluster/members` | | `[`[`MemberStatus`]`]` |
 //! | `POST /v1/cluster/learners` | [`AddLearnerRequest`] | [`ClusterStatus`] |
@@ -132,6 +133,159 @@ pub struct Item {
     pub value: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_base64: Option<String>,
+}
+
+/// `POST /v1/txn`: if every compare holds, the `success` operations run, else the `failure`
+/// ones, atomically, at one revision. Each list may be empty or missing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnRequest {
+    #[serde(default)]
+    pub compare: Vec<TxnCompare>,
+    #[serde(default)]
+    pub success: Vec<TxnOperation>,
+    #[serde(default)]
+    pub failure: Vec<TxnOperation>,
+}
+
+/// One compare: the key, the operator (`=` when absent) and exactly one of `value` (text),
+/// `value_base64`, `mod_revision`, `create_revision` or `exists`. An absent key has revisions
+/// 0 and fails every value compare; `exists` takes `=` and `!=` only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnCompare {
+    pub key: String,
+    #[serde(default)]
+    pub cmp: CompareOp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mod_revision: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_revision: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<bool>,
+}
+
+impl TxnCompare {
+    /// The key's value (text) compared with `value`.
+    pub fn value(key: &str, cmp: CompareOp, value: &str) -> Self {
+        TxnCompare { key: key.into(), cmp, value: Some(value.into()), ..Default::default() }
+    }
+
+    /// The key's modification revision compared with `revision` (an absent key's is 0).
+    pub fn mod_revision(key: &str, cmp: CompareOp, revision: u64) -> Self {
+        TxnCompare { key: key.into(), cmp, mod_revision: Some(revision), ..Default::default() }
+    }
+
+    /// The key exists (`true`) or not.
+    pub fn exists(key: &str, exists: bool) -> Self {
+        TxnCompare { key: key.into(), exists: Some(exists), ..Default::default() }
+    }
+}
+
+/// The operator of a [`TxnCompare`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    #[default]
+    #[serde(rename = "=")]
+    Equal,
+    #[serde(rename = "!=")]
+    NotEqual,
+    #[serde(rename = "<")]
+    Less,
+    #[serde(rename = ">")]
+    Greater,
+}
+
+/// One operation of a branch: `put` (`key` and `value` or `value_base64`), `delete` (`key`),
+/// `delete_prefix` (`prefix`; `""` is every key) or `get` (`key`). A get sees the branch's
+/// earlier operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnOperation {
+    pub op: TxnOpKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+}
+
+impl TxnOperation {
+    fn of(op: TxnOpKind, key: &str) -> Self {
+        TxnOperation { op, key: Some(key.into()), prefix: None, value: None, value_base64: None }
+    }
+
+    pub fn put(key: &str, value: &str) -> Self {
+        TxnOperation { value: Some(value.into()), ..Self::of(TxnOpKind::Put, key) }
+    }
+
+    pub fn delete(key: &str) -> Self {
+        Self::of(TxnOpKind::Delete, key)
+    }
+
+    pub fn delete_prefix(prefix: &str) -> Self {
+        TxnOperation {
+            op: TxnOpKind::DeletePrefix,
+            key: None,
+            prefix: Some(prefix.into()),
+            value: None,
+            value_base64: None,
+        }
+    }
+
+    pub fn get(key: &str) -> Self {
+        Self::of(TxnOpKind::Get, key)
+    }
+}
+
+/// The kind of a [`TxnOperation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxnOpKind {
+    Put,
+    Delete,
+    DeletePrefix,
+    Get,
+}
+
+/// The answer to `POST /v1/txn` (200 whichever branch ran).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnReply {
+    /// Every compare held, so `success` ran; else `failure` did.
+    pub succeeded: bool,
+    /// The revision (log index) the transaction ran at: every key it wrote has it as its
+    /// modification revision, and its gets saw the state there.
+    pub revision: u64,
+    /// One per operation of the branch that ran, in order.
+    pub results: Vec<TxnResult>,
+}
+
+/// The result of one operation of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum TxnResult {
+    Put {
+        revision: u64,
+    },
+    /// Whether the key existed.
+    Delete {
+        deleted: bool,
+    },
+    /// How many keys were deleted.
+    DeletePrefix {
+        deleted: u64,
+    },
+    /// The key (`null`: absent).
+    Get {
+        kv: Option<Item>,
+    },
 }
 
 /// Whether a failed request could have taken effect.
@@ -444,6 +598,56 @@ mod tests {
             serde_json::json!({"error": "no_leader", "message": "m", "outcome": "failed", "last_known_leader": null})
         );
         assert_eq!(serde_json::to_value(Ready { ready: false }).expect("encode"), serde_json::json!({"ready": false}));
+        let txn = TxnReply {
+            succeeded: true,
+            revision: 9,
+            results: vec![
+                TxnResult::Put { revision: 9 },
+                TxnResult::Delete { deleted: false },
+                TxnResult::DeletePrefix { deleted: 2 },
+                TxnResult::Get { kv: None },
+            ],
+        };
+        assert_eq!(
+            serde_json::to_value(&txn).expect("encode"),
+            serde_json::json!({"succeeded": true, "revision": 9, "results": [
+                {"op": "put", "revision": 9}, {"op": "delete", "deleted": false},
+                {"op": "delete_prefix", "deleted": 2}, {"op": "get", "kv": null}
+            ]})
+        );
+    }
+
+    /// Goal: a transaction request is spelled as the README shows it; `cmp` defaults to `=`,
+    /// and a misspelt field is refused rather than ignored.
+    #[test]
+    fn transactions_are_spelled_as_documented() {
+        let request: TxnRequest = serde_json::from_value(serde_json::json!({
+            "compare": [{"key": "a", "mod_revision": 5}, {"key": "b", "cmp": "!=", "value": "x"},
+                        {"key": "c", "exists": false}],
+            "success": [{"op": "put", "key": "a", "value": "1"}, {"op": "delete_prefix", "prefix": "tmp/"}],
+            "failure": [{"op": "get", "key": "a"}]
+        }))
+        .expect("decode");
+        assert_eq!(
+            request,
+            TxnRequest {
+                compare: vec![
+                    TxnCompare::mod_revision("a", CompareOp::Equal, 5),
+                    TxnCompare::value("b", CompareOp::NotEqual, "x"),
+                    TxnCompare::exists("c", false),
+                ],
+                success: vec![TxnOperation::put("a", "1"), TxnOperation::delete_prefix("tmp/")],
+                failure: vec![TxnOperation::get("a")],
+            }
+        );
+        for bad in [
+            serde_json::json!({"compares": []}),
+            serde_json::json!({"compare": [{"key": "a", "cmp": "==", "value": "x"}]}),
+            serde_json::json!({"success": [{"op": "increment", "key": "a"}]}),
+            serde_json::json!({"success": [{"op": "put", "key": "a", "val": "x"}]}),
+        ] {
+            assert!(serde_json::from_value::<TxnRequest>(bad.clone()).is_err(), "{bad}");
+        }
     }
 
     /// Goal: parameters are spelled as the README says, and unknown ones are refused.

@@ -143,6 +143,8 @@ pub enum Need<'a> {
     /// List keys under this prefix: a read grant must cover the whole prefix.
     ReadPrefix(&'a str),
     Write(&'a str),
+    /// Delete every key under this prefix: a write grant must cover the whole prefix.
+    WritePrefix(&'a str),
     /// Membership, backup, users and roles.
     Admin,
 }
@@ -153,6 +155,7 @@ impl std::fmt::Display for Need<'_> {
             Need::Read(key) => write!(f, "read key {key:?}"),
             Need::ReadPrefix(prefix) => write!(f, "list keys under {prefix:?}"),
             Need::Write(key) => write!(f, "write key {key:?}"),
+            Need::WritePrefix(prefix) => write!(f, "delete keys under {prefix:?}"),
             Need::Admin => f.write_str("administer the cluster (role admin)"),
         }
     }
@@ -211,6 +214,7 @@ fn grant_covers(grant: &Grant, need: Need<'_>) -> bool {
         Need::Read(key) => grant.read && key.starts_with(&grant.prefix),
         Need::ReadPrefix(prefix) => grant.read && prefix.starts_with(&grant.prefix),
         Need::Write(key) => grant.write && key.starts_with(&grant.prefix),
+        Need::WritePrefix(prefix) => grant.write && prefix.starts_with(&grant.prefix),
         Need::Admin => false,
     }
 }
@@ -435,9 +439,16 @@ mod tests {
         assert_eq!(allowed(&alice, Need::Read("app/x")), Ok(()));
         assert_eq!(allowed(&alice, Need::Write("app/mine/x")), Ok(()));
         assert_eq!(allowed(&alice, Need::ReadPrefix("app/sub/")), Ok(()));
-        for need in
-            [Need::Write("app/x"), Need::Read("other"), Need::ReadPrefix("ap"), Need::ReadPrefix(""), Need::Admin]
-        {
+        assert_eq!(allowed(&alice, Need::WritePrefix("app/mine/sub/")), Ok(()));
+        for need in [
+            Need::Write("app/x"),
+            Need::Read("other"),
+            Need::ReadPrefix("ap"),
+            Need::ReadPrefix(""),
+            Need::WritePrefix("app/"),
+            Need::WritePrefix("app/mi"),
+            Need::Admin,
+        ] {
             assert!(matches!(allowed(&alice, need), Err(Refusal::Forbidden(_))), "{need}");
         }
         assert_eq!(allowed(&user("root", None), Need::Admin), Ok(()));

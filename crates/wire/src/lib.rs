@@ -7,6 +7,7 @@
 //! | module | format |
 //! |---|---|
 //! | [`types`] | Raft type configuration; `Command`/`CommandResult`, the replicated payload (postcard, in the log) |
+//! | [`txn`] | transactions: compares and operations, applied in one log entry; every conditional write is one |
 //! | [`auth`] | users, roles, grants and tokens: the records replicated through the log, the policy, Argon2id and HMAC |
 //! | [`error`] | the one closed API error enum and its status table (it crosses the peer wire inside replies) |
 //! | [`protocol`] | the peer wire format: every message, its path, its version byte, pinned bytes |
@@ -22,4 +23,5 @@ pub mod error;
 pub mod limits;
 pub mod protocol;
 pub mod snapshot;
+pub mod txn;
 pub mod types;

@@ -10,7 +10,12 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::auth::AuthCommand;
+use crate::auth::Need;
 use crate::auth::Principal;
+use crate::txn::Cmp;
+use crate::txn::Compare;
+use crate::txn::Target;
+use crate::txn::Txn;
 
 /// A node's identity in the cluster; never reused for a different data directory.
 pub type NodeId = u64;
@@ -65,6 +70,22 @@ impl Precondition {
             }
         }
     }
+
+    /// The compares of the transaction a write with this precondition on `key` is: the write
+    /// runs if they all hold, and nothing happens otherwise.
+    pub fn compares(self, key: &str) -> Vec<Compare> {
+        let compare = |cmp, target| Compare { key: key.to_string(), cmp, target };
+        match self {
+            Precondition::None => Vec::new(),
+            Precondition::Exists => vec![compare(Cmp::Equal, Target::Exists(true))],
+            Precondition::Absent => vec![compare(Cmp::Equal, Target::Exists(false))],
+            // The key must exist too: an absent key's revision compares as 0, and `If-Match: "0"`
+            // has never matched an absent key.
+            Precondition::ModRevision(revision) => {
+                vec![compare(Cmp::Equal, Target::Exists(true)), compare(Cmp::Equal, Target::ModRevision(revision))]
+            }
+        }
+    }
 }
 
 /// A state-machine command, the application payload of a Raft log entry.
@@ -95,6 +116,8 @@ pub enum Command {
     },
     /// A change to users, roles or the auth switch.
     Auth(AuthCommand),
+    /// Compares, then one of two lists of operations, atomically at one revision.
+    Txn(Txn),
 }
 
 thread_local! {
@@ -186,6 +209,18 @@ impl Command {
                 }
             }
             Command::Auth(command) => command.check().map_err(Error::InvalidParameter),
+            Command::Txn(txn) => txn.check(max_key_bytes, max_value_bytes),
+        }
+    }
+
+    /// What a client command needs permission for, judged at the edge and again at apply;
+    /// `None`: an internal command no client sends (`RegisterClientAddr`, `As` itself).
+    pub fn needs(&self) -> Option<Vec<Need<'_>>> {
+        match self {
+            Command::Put { key, .. } | Command::Delete { key, .. } => Some(vec![Need::Write(key)]),
+            Command::Auth(_) => Some(vec![Need::Admin]),
+            Command::Txn(txn) => Some(txn.needs()),
+            Command::RegisterClientAddr { .. } | Command::As { .. } => None,
         }
     }
 }
@@ -208,6 +243,9 @@ pub enum CommandResult {
     Refused(crate::auth::Refusal),
     /// An auth change took effect at `revision`.
     AuthChanged { revision: u64 },
+    /// A transaction ran at `revision`: its `success` branch when every compare held, else
+    /// its `failure` branch; one result per operation of that branch.
+    Txn { succeeded: bool, revision: u64, results: Vec<crate::txn::TxnOpResult> },
 }
 
 impl fmt::Display for Command {
@@ -220,6 +258,7 @@ impl fmt::Display for Command {
             Command::RegisterClientAddr { node_id, client_addr } => write!(f, "register {node_id} at {client_addr}"),
             Command::As { principal, command } => write!(f, "{command} as {principal}"),
             Command::Auth(command) => write!(f, "{command}"),
+            Command::Txn(txn) => write!(f, "{txn}"),
         }
     }
 }

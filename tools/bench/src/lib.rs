@@ -47,6 +47,9 @@ pub enum Workload {
     Cas,
     /// Writes every key once (not timed against a deadline): loads a cluster for `get`.
     Populate,
+    /// Transactions: a compare on one random key's modification revision (always true), then
+    /// puts of that key and the next one, atomically (etcd: the same through `/v3/kv/txn`).
+    Txn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -118,6 +121,9 @@ impl BenchOptions {
         }
         if self.duration_secs == 0 || self.duration_secs > MAX_BENCH_DURATION_SECS {
             return Err(format!("--duration-secs must be 1 to {MAX_BENCH_DURATION_SECS}"));
+        }
+        if self.workload == Workload::Txn && self.keys < 2 {
+            return Err("--workload txn writes two distinct keys: --keys must be at least 2".into());
         }
         if !(0.0..=1.0).contains(&self.read_ratio) {
             return Err("--read-ratio must be between 0 and 1".into());
@@ -366,6 +372,9 @@ async fn worker(shared: Arc<Shared>, index: usize) -> Result<Tally, String> {
                 revisions.remove(&key_index);
             }
             outcome
+        } else if options.workload == Workload::Txn {
+            let next = options.key((key_index + 1) % options.keys);
+            txn(&http, &endpoint, options, [&key, &next], &value).await
         } else if read {
             get(&http, &endpoint, options, &key).await
         } else {
@@ -437,6 +446,48 @@ async fn get(http: &reqwest::Client, endpoint: &str, options: &BenchOptions, key
 async fn drain(response: reqwest::Response) -> RequestResult {
     match response.bytes().await {
         Ok(_) => RequestResult::Ok,
+        Err(error) => transport_error(error),
+    }
+}
+
+/// A modification revision no key reaches: the benchmark's compare always holds, yet the
+/// server must read the key to know it.
+const TXN_BENCH_REVISION_BOUND: u64 = 1 << 62;
+
+/// One transaction: compare `keys[0]`'s modification revision, then put both keys.
+async fn txn(
+    http: &reqwest::Client,
+    endpoint: &str,
+    options: &BenchOptions,
+    keys: [&str; 2],
+    value: &[u8],
+) -> RequestResult {
+    let request = match options.target {
+        Target::Quorumkv => {
+            let body = json!({
+                "compare": [{"key": keys[0], "cmp": "<", "mod_revision": TXN_BENCH_REVISION_BOUND}],
+                "success": keys.map(|key| json!({"op": "put", "key": key, "value_base64": b64(value)})),
+            });
+            http.post(format!("{endpoint}/v1/txn")).body(body.to_string())
+        }
+        Target::Etcd => {
+            let body = json!({
+                "compare": [{
+                    "key": b64(keys[0].as_bytes()), "result": "LESS", "target": "MOD",
+                    "mod_revision": TXN_BENCH_REVISION_BOUND.to_string(),
+                }],
+                "success": keys.map(|key| json!({"request_put": {"key": b64(key.as_bytes()), "value": b64(value)}})),
+            });
+            http.post(format!("{endpoint}/v3/kv/txn")).body(body.to_string())
+        }
+    };
+    match request.send().await {
+        Ok(response) if response.status().is_success() => match response.json::<serde_json::Value>().await {
+            Ok(answer) if answer["succeeded"] == true => RequestResult::Ok,
+            Ok(_) => RequestResult::Error("txn_compare_failed".into()),
+            Err(error) => transport_error(error),
+        },
+        Ok(response) => status_error(response.status()),
         Err(error) => transport_error(error),
     }
 }

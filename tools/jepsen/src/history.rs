@@ -52,6 +52,10 @@ pub struct Operation {
     /// checked against their bound, not for linearizability.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lag_ms: Option<u64>,
+    /// Sent as a transaction (`POST /v1/txn`): a read as a get, a cas as a value compare and a
+    /// put. Checked like the same operation sent as a GET or an `If-Match` PUT.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub txn: bool,
 }
 
 /// Writes the history to `out/history.jsonl`, one operation per line.
@@ -91,6 +95,7 @@ pub mod build {
             complete_ns,
             error: None,
             max_lag_ms: None,
+            txn: false,
         }
     }
 

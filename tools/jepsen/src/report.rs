@@ -20,6 +20,8 @@ pub struct RunReport {
     pub time_limit_secs: u64,
     pub read_consistency: String,
     pub bounded_reads_ok: usize,
+    /// Operations sent as transactions (`POST /v1/txn`) that succeeded: reads and cas.
+    pub txn_ok: usize,
     pub learners: u64,
     /// HTTPS and mutual TLS (`--tls`), and users and roles on (`--auth`).
     pub tls: bool,

@@ -214,6 +214,11 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
             cluster.harness_failure(format!("{refused} requests refused root's token (401 or 403)"));
         }
     }
+    // The register workload sends some reads and compare-and-sets as transactions: a run in
+    // which none succeeded checked none of them, whatever its verdict.
+    if options.workload == Workload::Register && !operations.iter().any(|op| op.txn && op.status == Status::Ok) {
+        cluster.harness_failure("no operation sent as a transaction succeeded".to_string());
+    }
     // Waited for all along, not just taken: the nemesis's requests ran on this task.
     let ledger = std::mem::take(&mut *cluster.ledger.lock().unwrap_or_else(|p| p.into_inner()));
     let problems = ledger.problems(&nemesis::requested_faults(options.nemesis, cluster.kind));
@@ -227,6 +232,7 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         time_limit_secs: options.time_limit_secs,
         read_consistency: options.read_consistency.clone(),
         bounded_reads_ok: operations.iter().filter(|o| o.max_lag_ms.is_some() && o.status == Status::Ok).count(),
+        txn_ok: operations.iter().filter(|o| o.txn && o.status == Status::Ok).count(),
         learners: options.learners,
         tls: options.tls,
         auth: options.auth,

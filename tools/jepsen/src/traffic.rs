@@ -7,7 +7,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
+use quorumkv_api::CompareOp;
 use quorumkv_api::Page;
+use quorumkv_api::TxnCompare;
+use quorumkv_api::TxnOperation;
+use quorumkv_api::TxnReply;
+use quorumkv_api::TxnRequest;
+use quorumkv_api::TxnResult;
 
 use crate::cluster::RECOVERY_DEADLINE;
 use crate::history::OpKind;
@@ -25,6 +31,22 @@ const FAILURE_BACKOFF: Duration = Duration::from_millis(50);
 const READER_PAUSE: Duration = Duration::from_millis(10);
 /// Cap on operations per client, so a run's history (and the checker's work) stays bounded.
 const MAX_OPS_PER_CLIENT: usize = 20_000;
+
+/// How a write's exchange ended: the body of a 200, else its status in the history and why.
+/// 504 and 500 may have been applied, as may a request sent without an answer; everything else
+/// was refused.
+fn write_outcome(exchange: Exchange) -> Result<String, (Status, String)> {
+    match exchange {
+        Exchange::Answered(200, _, body) => Ok(body),
+        Exchange::Answered(status @ (500 | 504), _, body) => Err((Status::Info, format!("{status} {body}"))),
+        Exchange::Answered(status, _, body) => Err((Status::Fail, format!("{status} {body}"))),
+        Exchange::NotSent(error) => Err((Status::Fail, error)),
+        Exchange::Lost(error) => Err((Status::Info, error)),
+    }
+}
+
+/// The error of a transaction's compare-and-set whose compare did not hold (its 412).
+pub const COMPARE_DID_NOT_HOLD: &str = "the compare did not hold";
 
 /// Every client's operations, in the order they completed.
 pub type History = Arc<Mutex<Vec<Operation>>>;
@@ -123,6 +145,7 @@ impl Client {
             complete_ns: 0,
             error: None,
             max_lag_ms: None,
+            txn: false,
         }
     }
 
@@ -161,11 +184,13 @@ impl Client {
                     let key = register_key(&self.prefix, self.rng.usize(..self.keys));
                     let choice = if self.reader_only { 0 } else { self.rng.u8(..10) };
                     match choice {
-                        0..=4 => {
+                        0..=3 => {
                             self.read(&key).await;
                         }
+                        4 => self.txn_read(&key).await,
                         5..=7 => self.write(&key, &value).await,
-                        _ => self.cas(&key, &value).await,
+                        8 => self.cas(&key, &value).await,
+                        _ => self.txn_cas(&key, &value).await,
                     }
                 }
             }
@@ -224,24 +249,84 @@ impl Client {
         self.finish_write(op, request).await;
     }
 
-    async fn finish_write(&self, mut op: Operation, request: reqwest::RequestBuilder) {
-        match self.send(request).await {
-            Exchange::Answered(200, _, _) => op.status = Status::Ok,
-            // 504 and 500 may have been applied; everything else was refused.
-            Exchange::Answered(status @ (500 | 504), _, body) => {
-                op.status = Status::Info;
-                op.error = Some(format!("{status} {body}"));
-            }
-            Exchange::Answered(status, _, body) => {
+    /// A read as a transaction's get: through the log, so linearizable whatever
+    /// `read_consistency` says.
+    async fn txn_read(&self, key: &str) {
+        let mut op = self.begin(key, OpKind::Read);
+        op.txn = true;
+        let body = TxnRequest { success: vec![TxnOperation::get(key)], ..TxnRequest::default() };
+        match self.send(self.txn_request(&body)).await {
+            Exchange::Answered(200, _, text) => match serde_json::from_str::<TxnReply>(&text) {
+                Ok(TxnReply { succeeded: true, results, .. }) if results.len() == 1 => {
+                    op.status = Status::Ok;
+                    op.value_read = match &results[0] {
+                        // A value that is not UTF-8 (never one of ours) reads as its base64.
+                        TxnResult::Get { kv: Some(item) } => item.value.clone().or(item.value_base64.clone()),
+                        _ => None,
+                    };
+                }
+                _ => {
+                    op.status = Status::Fail;
+                    op.error = Some(format!("unexpected answer {text}"));
+                }
+            },
+            Exchange::Answered(status, _, text) => {
                 op.status = Status::Fail;
-                op.error = Some(format!("{status} {body}"));
+                op.error = Some(format!("{status} {text}"));
             }
-            Exchange::NotSent(error) => {
+            // A read that did not answer changed nothing.
+            Exchange::NotSent(error) | Exchange::Lost(error) => {
                 op.status = Status::Fail;
                 op.error = Some(error);
             }
-            Exchange::Lost(error) => {
-                op.status = Status::Info;
+        }
+        self.record(op);
+    }
+
+    /// Compare-and-set as a transaction: if the value is still the one just read, put the new
+    /// one. The failure branch running is a definite failure, as a 412.
+    async fn txn_cas(&self, key: &str, value: &str) {
+        let Some((current, _)) = self.read(key).await else { return };
+        let mut op = self.begin(key, OpKind::Cas);
+        op.txn = true;
+        op.value = Some(value.to_string());
+        op.expected = Some(current.clone());
+        let body = TxnRequest {
+            compare: vec![TxnCompare::value(key, CompareOp::Equal, &current)],
+            success: vec![TxnOperation::put(key, value)],
+            failure: Vec::new(),
+        };
+        match write_outcome(self.send(self.txn_request(&body)).await) {
+            Ok(text) => match serde_json::from_str::<TxnReply>(&text) {
+                Ok(TxnReply { succeeded: true, .. }) => op.status = Status::Ok,
+                Ok(TxnReply { succeeded: false, .. }) => {
+                    op.status = Status::Fail;
+                    op.error = Some(COMPARE_DID_NOT_HOLD.into());
+                }
+                // A 200 that does not parse: whether the put ran is unknown.
+                Err(error) => {
+                    op.status = Status::Info;
+                    op.error = Some(format!("unreadable answer {text}: {error}"));
+                }
+            },
+            Err((status, error)) => {
+                op.status = status;
+                op.error = Some(error);
+            }
+        }
+        self.record(op);
+    }
+
+    fn txn_request(&self, body: &TxnRequest) -> reqwest::RequestBuilder {
+        let json = serde_json::to_string(body).unwrap_or_default();
+        self.http.post(format!("{}/v1/txn", self.endpoint)).header("content-type", "application/json").body(json)
+    }
+
+    async fn finish_write(&self, mut op: Operation, request: reqwest::RequestBuilder) {
+        match write_outcome(self.send(request).await) {
+            Ok(_) => op.status = Status::Ok,
+            Err((status, error)) => {
+                op.status = status;
                 op.error = Some(error);
             }
         }

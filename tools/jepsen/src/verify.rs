@@ -161,6 +161,10 @@ pub async fn verify(options: &VerifyOptions) -> Result<VerifyReport, String> {
             operations.len()
         ));
     }
+    // Some reads and compare-and-sets go as transactions; none succeeding checked none.
+    if !operations.iter().any(|op| op.txn && op.status == Status::Ok) {
+        return Err(format!("no operation sent as a transaction (POST /v1/txn) succeeded{left_note}"));
+    }
     // A node that answered nothing was not checked: say so rather than pass it.
     let silent: Vec<&String> = options
         .endpoints
@@ -177,7 +181,11 @@ pub async fn verify(options: &VerifyOptions) -> Result<VerifyReport, String> {
     let cas_refused = operations
         .iter()
         .filter(|op| op.kind == OpKind::Cas && op.status == Status::Fail)
-        .filter(|op| op.error.as_deref().is_some_and(|error| error.starts_with("412")))
+        .filter(|op| {
+            op.error
+                .as_deref()
+                .is_some_and(|error| error.starts_with("412") || error == crate::traffic::COMPARE_DID_NOT_HOLD)
+        })
         .count();
     Ok(VerifyReport {
         verdict: report.verdict,

@@ -56,6 +56,59 @@ async fn write(State(store): State<Shared>, Path(key): Path<String>, headers: He
     format!("{{\"revision\":{}}}", *revision).into_response()
 }
 
+/// `POST /v1/txn` for what the register workload sends: value compares, puts and gets (a get
+/// as stale as a read of this store).
+async fn txn(State(store): State<Shared>, body: String) -> Response {
+    use quorumkv_api::TxnOpKind;
+    let Ok(request) = serde_json::from_str::<quorumkv_api::TxnRequest>(&body) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let mut versions = store.versions.lock().unwrap();
+    let current = |versions: &BTreeMap<String, Vec<(u64, String)>>, key: &str| {
+        versions.get(key).and_then(|history| history.last()).map(|version| version.1.clone())
+    };
+    let mut succeeded = true;
+    for compare in &request.compare {
+        match (&compare.value, compare.cmp) {
+            (Some(value), quorumkv_api::CompareOp::Equal) => {
+                succeeded &= current(&versions, &compare.key).as_ref() == Some(value)
+            }
+            _ => return StatusCode::BAD_REQUEST.into_response(),
+        }
+    }
+    let mut revision = store.revision.lock().unwrap();
+    *revision += 1;
+    let mut results = Vec::new();
+    for op in if succeeded { &request.success } else { &request.failure } {
+        let key = op.key.clone().unwrap_or_default();
+        match op.op {
+            TxnOpKind::Put => {
+                versions.entry(key).or_default().push((*revision, op.value.clone().unwrap_or_default()));
+                results.push(quorumkv_api::TxnResult::Put { revision: *revision });
+            }
+            TxnOpKind::Get => {
+                let history = versions.get(&key).cloned().unwrap_or_default();
+                let shown = if store.stale_reads && history.len() >= 2 {
+                    history.get(history.len() - 2)
+                } else {
+                    history.last()
+                };
+                let kv = shown.map(|(revision, value)| quorumkv_api::Item {
+                    key: key.clone(),
+                    revision: *revision,
+                    create_revision: history[0].0,
+                    value: Some(value.clone()),
+                    value_base64: None,
+                });
+                results.push(quorumkv_api::TxnResult::Get { kv });
+            }
+            _ => return StatusCode::BAD_REQUEST.into_response(),
+        }
+    }
+    let reply = quorumkv_api::TxnReply { succeeded, revision: *revision, results };
+    serde_json::to_string(&reply).unwrap().into_response()
+}
+
 async fn delete(State(store): State<Shared>, Path(key): Path<String>) -> StatusCode {
     match store.versions.lock().unwrap().remove(&key) {
         Some(_) => StatusCode::OK,
@@ -65,7 +118,10 @@ async fn delete(State(store): State<Shared>, Path(key): Path<String>) -> StatusC
 
 /// Serves `store` on a listener bound to port 0 and returns its base URL.
 async fn serve(store: Shared) -> String {
-    let app = Router::new().route("/v1/kv/{*key}", get(read).put(write).delete(delete)).with_state(store);
+    let app = Router::new()
+        .route("/v1/kv/{*key}", get(read).put(write).delete(delete))
+        .route("/v1/txn", axum::routing::post(txn))
+        .with_state(store);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
