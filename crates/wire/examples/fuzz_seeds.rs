@@ -29,6 +29,12 @@ use quorumkv_wire::protocol::ProbeReply;
 use quorumkv_wire::protocol::ReadPolicy;
 use quorumkv_wire::snapshot::SnapshotWriter;
 use quorumkv_wire::snapshot::StoredValue;
+use quorumkv_wire::txn::Cmp;
+use quorumkv_wire::txn::Compare;
+use quorumkv_wire::txn::Target;
+use quorumkv_wire::txn::Txn;
+use quorumkv_wire::txn::TxnOp;
+use quorumkv_wire::txn::TxnOpResult;
 use quorumkv_wire::types::test_log_id as log_id;
 use quorumkv_wire::types::Command;
 use quorumkv_wire::types::CommandResult;
@@ -62,6 +68,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         name: "reader".into(),
         grants: vec![Grant { prefix: "config/".into(), read: true, write: false }],
     });
+    let txn = Command::Txn(Txn {
+        compare: vec![
+            Compare { key: "config/a".into(), cmp: Cmp::Equal, target: Target::ModRevision(9) },
+            Compare { key: "config/b".into(), cmp: Cmp::Less, target: Target::Value(Bytes::from_static(b"v2")) },
+            Compare { key: "lock".into(), cmp: Cmp::NotEqual, target: Target::Exists(true) },
+        ],
+        success: vec![
+            TxnOp::Put { key: "config/a".into(), value: Bytes::from_static(b"v3") },
+            TxnOp::DeletePrefix { prefix: "tmp/".into() },
+        ],
+        failure: vec![TxnOp::Get { key: "config/a".into() }, TxnOp::Delete { key: "config/c".into() }],
+    });
     let membership = openraft::Membership::new(
         vec![std::collections::BTreeSet::from([1, 2, 3])],
         std::collections::BTreeMap::from([
@@ -82,13 +100,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Entry::new_normal(log_id(5, 1, 12), as_user.clone()),
             Entry::new_normal(log_id(5, 1, 13), auth_change.clone()),
             Entry::new_membership(log_id(5, 1, 14), membership.clone()),
+            Entry::new_normal(log_id(5, 1, 15), txn.clone()),
         ],
         leader_commit: Some(log_id(4, 2, 8)),
     };
     write(&dir, peer, "append", &encoded(&append))?;
     write(&dir, peer, "vote", &encoded(&VoteRequest::<TypeConfig>::new(Vote::new(6, 2), Some(log_id(5, 1, 11)))))?;
     write(&dir, peer, "transfer", &encoded(&TransferLeaderRequest::<TypeConfig>::new(vote, 2, None)))?;
-    for (name, command) in [("put", put), ("as-user", as_user), ("auth", auth_change)] {
+    for (name, command) in [("put", put), ("as-user", as_user), ("auth", auth_change), ("txn", txn)] {
         write(&dir, peer, &format!("write-{name}"), &encoded(&ForwardedWrite { command, ack: Ack::All }))?;
     }
     write(&dir, peer, "read-policy", &encoded(&ReadPolicy::Lease))?;
@@ -99,6 +118,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     write(&dir, peer, "vote-reply", &encoded(&VoteResponse::<TypeConfig>::new(vote, None, true)))?;
     let result: Result<CommandResult, Error> = Ok(CommandResult::PreconditionFailed { current_revision: Some(5) });
     write(&dir, peer, "write-reply", &encoded(&result))?;
+    let txn_result: Result<CommandResult, Error> = Ok(CommandResult::Txn {
+        succeeded: false,
+        revision: 16,
+        results: vec![
+            TxnOpResult::Get(Some(StoredValue {
+                create_revision: 3,
+                mod_revision: 12,
+                value: Bytes::from_static(b"v1"),
+            })),
+            TxnOpResult::Delete { deleted: true },
+            TxnOpResult::DeletePrefix { deleted: 2 },
+            TxnOpResult::Put { revision: 16 },
+        ],
+    });
+    write(&dir, peer, "txn-reply", &encoded(&txn_result))?;
     let refused: Result<CommandResult, Error> = Err(Error::TooStale { lag_ms: Some(9), max_lag_ms: 5 });
     write(&dir, peer, "error-reply", &encoded(&refused))?;
     let freshness: Result<FreshnessReply, Error> = Ok(FreshnessReply { committed_index: 41, quorum_age_us: 1500 });

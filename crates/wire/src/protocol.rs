@@ -326,6 +326,24 @@ mod tests {
             "0100020105",
         );
         pinned::<Result<CommandResult, Error>>(Ok(CommandResult::Empty), "010003");
+        let txn = Command::Txn(crate::txn::Txn {
+            compare: vec![crate::txn::Compare {
+                key: "k".into(),
+                cmp: crate::txn::Cmp::Less,
+                target: crate::txn::Target::ModRevision(7),
+            }],
+            success: vec![crate::txn::TxnOp::Put { key: "k".into(), value: Bytes::from_static(b"v") }],
+            failure: vec![crate::txn::TxnOp::DeletePrefix { prefix: "p".into() }],
+        });
+        pinned(ForwardedWrite { command: txn, ack: Ack::Quorum }, "010501016b0201070100016b01760102017000");
+        pinned::<Result<CommandResult, Error>>(
+            Ok(CommandResult::Txn {
+                succeeded: false,
+                revision: 300,
+                results: vec![crate::txn::TxnOpResult::Get(None), crate::txn::TxnOpResult::DeletePrefix { deleted: 2 }],
+            }),
+            "01000600ac020203000202",
+        );
     }
 
     #[test]
