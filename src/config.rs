@@ -169,6 +169,14 @@ pub struct ServeConfig {
     #[arg(long, env = "QUORUMKV_SNAPSHOT_LOG_ENTRIES", default_value_t = 10_000)]
     pub snapshot_log_entries: u64,
 
+    /// Change history kept for watches: the events of this many latest revisions at most.
+    #[arg(long, env = "QUORUMKV_WATCH_HISTORY_REVISIONS", default_value_t = limits::DEFAULT_WATCH_HISTORY_REVISIONS)]
+    pub watch_history_revisions: u64,
+
+    /// ...and none applied longer ago than this (checked as later writes are applied).
+    #[arg(long, env = "QUORUMKV_WATCH_HISTORY_MS", default_value_t = limits::DEFAULT_WATCH_HISTORY_MS)]
+    pub watch_history_ms: u64,
+
     /// Lifetime of the tokens `POST /v1/auth/token` issues (once auth is enabled).
     #[arg(long, env = "QUORUMKV_AUTH_TOKEN_TTL_MS", default_value_t = limits::DEFAULT_AUTH_TOKEN_TTL_MS)]
     pub auth_token_ttl_ms: u64,
@@ -275,6 +283,22 @@ impl ServeConfig {
         }
         if self.snapshot_log_entries < 100 {
             return Err("--snapshot-log-entries must be at least 100".into());
+        }
+        if !(limits::MIN_WATCH_HISTORY_REVISIONS..=limits::MAX_WATCH_HISTORY_REVISIONS)
+            .contains(&self.watch_history_revisions)
+        {
+            return Err(format!(
+                "--watch-history-revisions must be between {} and {}",
+                limits::MIN_WATCH_HISTORY_REVISIONS,
+                limits::MAX_WATCH_HISTORY_REVISIONS
+            ));
+        }
+        if !(limits::MIN_WATCH_HISTORY_MS..=limits::MAX_WATCH_HISTORY_MS).contains(&self.watch_history_ms) {
+            return Err(format!(
+                "--watch-history-ms must be between {} and {}",
+                limits::MIN_WATCH_HISTORY_MS,
+                limits::MAX_WATCH_HISTORY_MS
+            ));
         }
         if self.fault_fsync_delay_ms + self.fault_fsync_jitter_ms > limits::MAX_FAULT_FSYNC_DELAY_MS {
             return Err(format!(

@@ -26,6 +26,7 @@
 //! | [`bootstrap`] | how a node starts: resume, join, or bootstrap — never a wiped voter |
 //! | [`leader`] | the one way to the leader: run locally or forward, retry only what did not run |
 //! | [`removal`] | a removed member learns it, stops serving clients, comes back with `--join` |
+//! | [`watch`] | watch streams and blocking reads from this node's change history |
 //! | [`admin`] | membership and leadership changes on the leader, with safety refusals |
 //! | [`staleness`] | bounded-staleness reads, measured against the cluster's real commit point |
 //! | [`backup`] | consistent JSON-lines backups streamed from a node |
@@ -78,6 +79,7 @@ pub mod staleness;
 pub mod store;
 pub mod tls;
 pub mod types;
+pub mod watch;
 
 // The formats read from outside a node live in `quorumkv-wire`; under their old names here.
 pub use quorumkv_wire::auth;

@@ -29,6 +29,40 @@ pub fn txn_body_bytes(max_key_bytes: usize, max_value_bytes: usize) -> usize {
 /// Room in a transaction's body for the JSON of one compare or operation besides its key.
 pub const TXN_BODY_BYTES_PER_ENTRY: usize = 256;
 
+/// Default change history a node keeps for watches (`--watch-history-revisions`): a client
+/// that reconnects within this many revisions resumes without a gap. About 100 k events of
+/// small keys is tens of MB on disk.
+pub const DEFAULT_WATCH_HISTORY_REVISIONS: u64 = 100_000;
+/// The bounds of `--watch-history-revisions`: at least several apply batches' worth (a batch
+/// can hold hundreds of entries, and a watcher caught up must not be pruned under); at most
+/// what the disk of a small node holds comfortably.
+pub const MIN_WATCH_HISTORY_REVISIONS: u64 = 1_000;
+pub const MAX_WATCH_HISTORY_REVISIONS: u64 = 100_000_000;
+/// Default age bound of the history (`--watch-history-ms`): an hour, like etcd's default
+/// auto-compaction retention in periodic mode.
+pub const DEFAULT_WATCH_HISTORY_MS: u64 = 3_600_000;
+/// The bounds of `--watch-history-ms`: a second to a week.
+pub const MIN_WATCH_HISTORY_MS: u64 = 1_000;
+pub const MAX_WATCH_HISTORY_MS: u64 = 7 * 24 * 3_600_000;
+/// Watch streams one node serves at once; each holds a connection and a task. More get `429`.
+pub const MAX_WATCHERS: usize = 1_024;
+/// An idle watch stream gets a `progress` event this often: the client learns the revision it
+/// may resume after, and a dead connection is noticed.
+pub const WATCH_PROGRESS_INTERVAL_MS: u64 = 5_000;
+/// Events read from the history at a time for one stream (a `delete_prefix` may make many).
+pub const WATCH_READ_BATCH_EVENTS: usize = 1_024;
+/// ...and at most about this many bytes of them (at least one event): values may be large.
+pub const WATCH_READ_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Events a stream holds for a slow client before it stops reading the history (the client
+/// then reads at its own pace; nothing is dropped).
+pub const WATCH_STREAM_BUFFER_EVENTS: usize = 256;
+/// A read of the history overlapped a snapshot install: wait this long and read again.
+pub const WATCH_RETRY_PAUSE_MS: u64 = 50;
+/// Default and longest wait of a blocking read (`wait_ms`): Consul's default is 5 minutes and
+/// its longest 10; a minute keeps proxies' idle timeouts from cutting the wait.
+pub const DEFAULT_WAIT_MS: u64 = 60_000;
+pub const MAX_WAIT_MS: u64 = 600_000;
+
 /// Default and largest page of a list (`GET /v1/kv?limit=`): a page is built in memory.
 pub const DEFAULT_LIST_LIMIT: usize = 100;
 pub const MAX_LIST_LIMIT: usize = 1000;

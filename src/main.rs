@@ -101,6 +101,27 @@ enum Command {
     /// FILE, or standard input when omitted. Prints the answer; exits 0 whichever branch ran
     /// (its "succeeded" says which).
     Txn { file: Option<std::path::PathBuf> },
+    /// Print the changes of a key (or of every key under `--prefix`) as they happen, one per
+    /// line: `<revision> put <key> <value>` or `<revision> delete <key>` (`--json`: the
+    /// events as JSON). Reconnects by itself without losing or repeating an event.
+    Watch {
+        #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
+        key: Option<String>,
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Start with the events of this revision (default: from now). Exit 1 when this node no
+        /// longer keeps them (`compacted`).
+        #[arg(long = "rev")]
+        rev: Option<u64>,
+        #[arg(long)]
+        json: bool,
+        /// Print progress events too (`<revision> progress`).
+        #[arg(long)]
+        progress: bool,
+        /// Stop after printing this many lines.
+        #[arg(long)]
+        max_events: Option<u64>,
+    },
     /// List keys and values as JSON.
     List {
         #[arg(long, default_value = "")]
@@ -588,6 +609,37 @@ async fn run_client(
                     .request(Method::DELETE, &Client::key_path(&key), &[], headers, None, Retry::OnlyIfNotSent)
                     .await?;
                 print_answer(answer, false)
+            }
+            Command::Watch { key, prefix, rev, json, progress, max_events } => {
+                let mut watcher = client.watch(key.as_deref(), prefix.as_deref(), rev);
+                let mut printed = 0u64;
+                while max_events.is_none_or(|max| printed < max) {
+                    let line = match watcher.next().await? {
+                        quorumkv_api::client::WatchMessage::Event(event) if json => {
+                            serde_json::to_string(&event).unwrap_or_default()
+                        }
+                        quorumkv_api::client::WatchMessage::Event(event) => match event.kind {
+                            quorumkv_api::WatchEventKind::Put => format!(
+                                "{} put {} {}",
+                                event.revision,
+                                event.key,
+                                event.value.or(event.value_base64.map(|b| format!("(base64) {b}"))).unwrap_or_default()
+                            ),
+                            quorumkv_api::WatchEventKind::Delete => format!("{} delete {}", event.revision, event.key),
+                        },
+                        quorumkv_api::client::WatchMessage::Progress(revision) if progress => {
+                            if json {
+                                format!("{{\"progress\":{revision}}}")
+                            } else {
+                                format!("{revision} progress")
+                            }
+                        }
+                        quorumkv_api::client::WatchMessage::Progress(_) => continue,
+                    };
+                    println!("{line}");
+                    printed += 1;
+                }
+                Ok(ExitCode::SUCCESS)
             }
             Command::Txn { file } => {
                 // At most the largest body any node accepts, plus one byte to tell it is over.

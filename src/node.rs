@@ -124,6 +124,8 @@ pub struct Node {
     /// Slots for Argon2 work (hashing or checking a password), see
     /// [`limits::MAX_CONCURRENT_PASSWORD_HASHES`].
     password_work: Arc<tokio::sync::Semaphore>,
+    /// Slots for watch streams (see [`limits::MAX_WATCHERS`]).
+    pub(crate) watchers: Arc<tokio::sync::Semaphore>,
     prometheus_metrics: Metrics,
 }
 
@@ -143,9 +145,14 @@ impl Node {
     /// Opens the node's storage and creates its Raft instance (not yet bootstrapped).
     pub async fn open(config: ServeConfig) -> Result<Arc<Node>, String> {
         let raft_config = Arc::new(config.raft_config()?);
-        let (log_store, state_machine) = store::open_with_faults(&config.data_dir, config.storage_faults())
-            .await
-            .map_err(|e| format!("cannot open data dir {}: {e}", config.data_dir.display()))?;
+        let (log_store, mut state_machine) =
+            store::open_with_faults(&config.data_dir, config.storage_faults())
+                .await
+                .map_err(|e| format!("cannot open data dir {}: {e}", config.data_dir.display()))?;
+        state_machine.set_event_retention(store::events::EventRetention {
+            revisions: config.watch_history_revisions,
+            age_ms: config.watch_history_ms,
+        });
         let bootstrap = BootstrapRecord::new(&log_store);
         let kv = state_machine.reader();
         let snapshots = state_machine.snapshots();
@@ -189,6 +196,7 @@ impl Node {
             bounded_read_at: std::sync::Mutex::new(None),
             last_leader_contact: std::sync::Mutex::new(None),
             password_work: Arc::new(tokio::sync::Semaphore::new(limits::MAX_CONCURRENT_PASSWORD_HASHES)),
+            watchers: Arc::new(tokio::sync::Semaphore::new(limits::MAX_WATCHERS)),
             prometheus_metrics: Metrics::new(),
         }))
     }
@@ -368,13 +376,33 @@ impl Node {
     // ----- reads -----
 
     pub async fn get(&self, key: &str, consistency: Consistency) -> Result<Option<StoredValue>, Error> {
-        self.await_read_point(consistency).await?;
-        self.kv.get(key).map_err(read_error)
+        self.get_indexed(key, consistency).await.map(|(stored, _)| stored)
     }
 
     pub async fn list(&self, prefix: &str, start: &str, limit: usize, consistency: Consistency) -> Result<Page, Error> {
+        self.list_indexed(prefix, start, limit, consistency).await.map(|(page, _)| page)
+    }
+
+    /// [`Node::get`], with the revision this node had applied just before it read (the
+    /// `X-Quorumkv-Index` of the answer): the state read is at least that new, so waiting
+    /// for changes after it misses none.
+    pub async fn get_indexed(&self, key: &str, consistency: Consistency) -> Result<(Option<StoredValue>, u64), Error> {
         self.await_read_point(consistency).await?;
-        self.kv.list(prefix, start, limit, limits::MAX_LIST_PAGE_BYTES).map_err(read_error)
+        let index = self.kv.event_clock().applied_revision();
+        Ok((self.kv.get(key).map_err(read_error)?, index))
+    }
+
+    /// [`Node::list`], with the revision applied before the read (see [`Node::get_indexed`]).
+    pub async fn list_indexed(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<(Page, u64), Error> {
+        self.await_read_point(consistency).await?;
+        let index = self.kv.event_clock().applied_revision();
+        Ok((self.kv.list(prefix, start, limit, limits::MAX_LIST_PAGE_BYTES).map_err(read_error)?, index))
     }
 
     /// Starts receiving a snapshot streamed by the leader (see `network::server`).

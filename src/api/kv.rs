@@ -37,6 +37,7 @@ use crate::protocol::Ack;
 use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::Precondition;
+use crate::watch::Filter;
 
 type KeyPath = Result<Path<String>, PathRejection>;
 
@@ -55,16 +56,40 @@ pub(super) async fn get(
     let caller = caller?;
     node.authorize_or_catch_up(caller.principal(), Need::Read(&key)).await?;
     let consistency = parse_consistency(params.consistency, params.max_lag_ms)?;
+    let wait = parse_wait(params.wait_revision, params.wait_ms)?;
+    if let Some((after, wait)) = wait {
+        // Before taking a slot: a blocking read may wait for minutes doing nothing.
+        node.wait_for_change(&Filter::Key(key.clone()), after, wait).await?;
+    }
     let _slot = node.admit().await?;
-    let stored = node.get(&key, consistency).await?;
+    let (stored, index) = node.get_indexed(&key, consistency).await?;
     // Again after the read point: a read honours every auth change committed before it.
     node.authorize(caller.principal(), Need::Read(&key))?;
-    let stored = stored.ok_or(Error::KeyNotFound)?;
-    let mut response = stored.value.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    headers.insert(header::ETAG, etag(stored.mod_revision));
+    let mut response = match stored {
+        Some(stored) => {
+            let mut response = stored.value.into_response();
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            headers.insert(header::ETAG, etag(stored.mod_revision));
+            response
+        }
+        // With the index too: a blocking read of a key that is absent waits for it from there.
+        None => super::error_response(Error::KeyNotFound),
+    };
+    response.headers_mut().insert(quorumkv_api::INDEX_HEADER, HeaderValue::from(index));
     Ok(response)
+}
+
+/// `wait_revision` (a blocking read) and its `wait_ms`, within [`limits::MAX_WAIT_MS`].
+fn parse_wait(wait_revision: Option<u64>, wait_ms: Option<u64>) -> Result<Option<(u64, Duration)>, Error> {
+    match (wait_revision, wait_ms) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(Error::InvalidParameter("wait_ms goes with wait_revision".into())),
+        (Some(_), Some(ms)) if !(1..=limits::MAX_WAIT_MS).contains(&ms) => {
+            Err(Error::InvalidParameter(format!("wait_ms must be between 1 and {}", limits::MAX_WAIT_MS)))
+        }
+        (Some(after), ms) => Ok(Some((after, Duration::from_millis(ms.unwrap_or(limits::DEFAULT_WAIT_MS))))),
+    }
 }
 
 pub(super) async fn put(
@@ -121,7 +146,7 @@ pub(super) async fn list(
     State(node): State<Arc<Node>>,
     Params(params): Params<ListParams>,
     caller: Caller,
-) -> Result<Json<Page>, ApiError> {
+) -> Result<Response, ApiError> {
     let consistency = parse_consistency(params.consistency, params.max_lag_ms)?;
     let limit = match params.limit {
         None => limits::DEFAULT_LIST_LIMIT,
@@ -134,12 +159,18 @@ pub(super) async fn list(
     };
     let prefix = params.prefix.unwrap_or_default();
     let start = params.start.unwrap_or_default();
+    let wait = parse_wait(params.wait_revision, params.wait_ms)?;
     node.authorize_or_catch_up(caller.principal(), Need::ReadPrefix(&prefix)).await?;
+    if let Some((after, wait)) = wait {
+        node.wait_for_change(&Filter::Prefix(prefix.clone()), after, wait).await?;
+    }
     let _slot = node.admit().await?;
-    let (page, next_start) = node.list(&prefix, &start, limit, consistency).await?;
+    let ((page, next_start), index) = node.list_indexed(&prefix, &start, limit, consistency).await?;
     node.authorize(caller.principal(), Need::ReadPrefix(&prefix))?;
     let items = page.into_iter().map(|(key, stored)| item(key, stored)).collect();
-    Ok(Json(Page { items, next_start }))
+    let mut response = Json(Page { items, next_start }).into_response();
+    response.headers_mut().insert(quorumkv_api::INDEX_HEADER, HeaderValue::from(index));
+    Ok(response)
 }
 
 /// The results a write can have other than success, as errors.
@@ -213,11 +244,16 @@ async fn read_value(node: &Node, headers: &HeaderMap, body: Body) -> Result<Byte
 /// A key and its record as the API shows them: the value as text when it is UTF-8, else as
 /// base64.
 pub(super) fn item(key: String, stored: crate::store::StoredValue) -> Item {
-    let (value, value_base64) = match std::str::from_utf8(&stored.value) {
-        Ok(text) => (Some(text.to_owned()), None),
-        Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(&stored.value))),
-    };
+    let (value, value_base64) = text_or_base64(&stored.value);
     Item { key, revision: stored.mod_revision, create_revision: stored.create_revision, value, value_base64 }
+}
+
+/// A value as the API's JSON carries it: `value` when it is UTF-8, else `value_base64`.
+pub(super) fn text_or_base64(value: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(value) {
+        Ok(text) => (Some(text.to_owned()), None),
+        Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(value))),
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod auth;
 mod cluster;
 mod kv;
 mod txn;
+mod watch;
 
 use std::sync::Arc;
 
@@ -32,6 +33,7 @@ pub fn client_router(node: Arc<Node>) -> Router {
         .route("/v1/kv/", get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key))
         .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/txn", axum::routing::post(txn::txn))
+        .route("/v1/watch", get(watch::watch))
         .route("/v1/cluster", get(cluster::status))
         .route("/v1/cluster/members", get(cluster::members))
         .route("/v1/cluster/members/{id}", axum::routing::delete(cluster::remove))
@@ -111,24 +113,33 @@ async fn refuse_while_draining_or_removed(
 /// retrying helps.
 pub fn error_response(error: Error) -> Response {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = ErrorBody {
-        error: error.code().to_string(),
-        message: error.to_string(),
-        outcome: error.outcome(),
-        current_revision: match &error {
-            Error::PreconditionFailed { current_revision } => Some(*current_revision),
-            _ => None,
-        },
-        last_known_leader: match &error {
-            Error::NoLeader { last_known_leader } => Some(*last_known_leader),
-            _ => None,
-        },
-    };
+    let body = error_body(&error);
     let mut response = (status, Json(body)).into_response();
     if let Some(seconds) = error.retry_after_seconds() {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
+}
+
+/// The body of an error answer (also the data of a watch stream's `error` event).
+pub(crate) fn error_body(error: &Error) -> ErrorBody {
+    ErrorBody {
+        error: error.code().to_string(),
+        message: error.to_string(),
+        outcome: error.outcome(),
+        current_revision: match error {
+            Error::PreconditionFailed { current_revision } => Some(*current_revision),
+            _ => None,
+        },
+        last_known_leader: match error {
+            Error::NoLeader { last_known_leader } => Some(*last_known_leader),
+            _ => None,
+        },
+        oldest_revision: match error {
+            Error::Compacted { oldest_revision } => Some(*oldest_revision),
+            _ => None,
+        },
+    }
 }
 
 /// What a handler answers when it fails: an [`Error`] through the one table

@@ -5,6 +5,7 @@
 //! | `log` | Raft log entries, key = big-endian index |
 //! | `meta` | Raft metadata: vote, committed log id, last purged log id, bootstrap marker, peers seen |
 //! | `kv` | the key-value state: key → modification revision + value |
+//! | `events` | this node's change history for watches: revision and place → the change (`events.rs`) |
 //! | `sm` | state-machine metadata: last applied log id, last membership, client addresses, users and roles (`auth/`), the marker of a snapshot install in progress |
 //!
 //! Snapshots live beside the database in `snapshots/` (see `snapshot.rs`).
@@ -15,6 +16,7 @@
 //! openraft's storage contract follow from that (see `DESIGN.md`).
 
 mod codec;
+pub mod events;
 mod log_store;
 mod snapshot;
 mod state_machine;
@@ -34,6 +36,7 @@ pub use snapshot::IncomingSnapshot;
 pub use snapshot::SnapshotHandle;
 pub(crate) use snapshot::SnapshotStore;
 pub use state_machine::AuthRecords;
+pub use state_machine::EventsPage;
 pub use state_machine::KvReader;
 pub use state_machine::Page;
 pub use state_machine::StateMachine;
@@ -46,6 +49,8 @@ pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_KV: &str = "kv";
 pub(crate) const CF_SM: &str = "sm";
+/// This node's change history for watches (`events.rs`): not replicated, not in snapshots.
+pub(crate) const CF_EVENTS: &str = "events";
 
 /// Raft metadata keys in `meta`.
 pub(crate) const KEY_VOTE: &[u8] = b"vote";
@@ -112,7 +117,7 @@ fn open_db(data_dir: &Path, lose_unsynced_writes: bool) -> io::Result<Arc<DB>> {
     options.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
     // Bounded, so the descriptor budget of `server.rs` holds (RocksDB's default is no limit).
     options.set_max_open_files(crate::limits::ROCKSDB_MAX_OPEN_FILES);
-    let families = [CF_LOG, CF_META, CF_KV, CF_SM].map(|name| {
+    let families = [CF_LOG, CF_META, CF_KV, CF_SM, CF_EVENTS].map(|name| {
         let mut cf_options = Options::default();
         cf_options.set_compression_type(rocksdb::DBCompressionType::None);
         ColumnFamilyDescriptor::new(name, cf_options)

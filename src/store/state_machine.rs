@@ -24,10 +24,16 @@ use rocksdb::DB;
 use super::cf;
 use super::codec::decode;
 use super::codec::encode;
+use super::events;
+use super::events::EventClock;
+use super::events::EventRecord;
+use super::events::EventRetention;
+use super::events::PutEvent;
 use super::io_error;
 use super::snapshot::SnapshotBuilder;
 use super::snapshot::SnapshotHandle;
 use super::snapshot::SnapshotStore;
+use super::CF_EVENTS;
 use super::CF_KV;
 use super::CF_SM;
 use crate::auth;
@@ -68,6 +74,15 @@ const PREFIX_AUTH_ROLE: &str = "auth/role/";
 /// Present while a snapshot install is replacing the state (its value: the snapshot's
 /// metadata). Found at start-up, it means the install was cut off and is redone.
 pub(crate) const KEY_INSTALLING: &[u8] = b"installing";
+/// The first revision whose events are all in `events` (see `events.rs`). Absent: the
+/// revision after the applied one (a node that never kept events keeps them from now on).
+const KEY_EVENTS_FROM: &[u8] = b"events_from";
+/// How many old revisions one apply batch looks at for the age bound: pruning is spread over
+/// batches, so no batch waits on a long scan.
+const EVENT_AGE_SCAN_LIMIT: usize = 4096;
+/// The history is pruned at most this often (so it may hold up to a second of writes beyond
+/// its bounds).
+const EVENT_PRUNE_INTERVAL_MS: u64 = 1_000;
 
 /// One key's stored record (its format is shared with snapshot files).
 pub use quorumkv_wire::snapshot::StoredValue;
@@ -78,6 +93,13 @@ pub struct StateMachine {
     snapshots: SnapshotStore,
     installs: InstallCounter,
     auth: AuthCache,
+    events: EventClock,
+    retention: EventRetention,
+    /// When the batch being applied began (this node's clock), stamped on its events.
+    batch_time_unix_ms: u64,
+    /// When the history was last pruned: at most once per [`EVENT_PRUNE_INTERVAL_MS`], so a
+    /// steady write load does not leave a range tombstone per batch.
+    last_prune: Option<std::time::Instant>,
 }
 
 /// The applied auth records, in memory: every client request consults them, so they are not
@@ -219,10 +241,37 @@ impl InstallCounter {
 impl StateMachine {
     /// Opens the state machine, first finishing an install a crash cut off.
     pub(crate) fn new(db: Arc<DB>, snapshots: SnapshotStore) -> io::Result<Self> {
-        let state_machine = Self { db, snapshots, installs: InstallCounter::default(), auth: AuthCache::default() };
+        let mut state_machine = Self {
+            db,
+            snapshots,
+            installs: InstallCounter::default(),
+            auth: AuthCache::default(),
+            events: EventClock::new(0, 1),
+            retention: EventRetention::default(),
+            batch_time_unix_ms: 0,
+            last_prune: None,
+        };
         state_machine.repair_interrupted_install()?;
         state_machine.auth.reload(&state_machine.db)?;
+        let applied = state_machine.reader().sm_meta::<LogId>(KEY_APPLIED)?.map_or(0, |log_id| log_id.index());
+        let from = match state_machine.reader().sm_meta::<u64>(KEY_EVENTS_FROM)? {
+            Some(from) => from,
+            None => {
+                // Recorded before any event is written (one WAL, recovered as a prefix), so a
+                // restart knows the history is complete from here, not from its applied index.
+                let from = applied + 1;
+                let sm = cf(&state_machine.db, CF_SM);
+                state_machine.db.put_cf(sm, KEY_EVENTS_FROM, encode(&from)?).map_err(io_error)?;
+                from
+            }
+        };
+        state_machine.events = EventClock::new(applied, from);
         Ok(state_machine)
+    }
+
+    /// How much change history to keep (`--watch-history-revisions`, `--watch-history-ms`).
+    pub fn set_event_retention(&mut self, retention: EventRetention) {
+        self.retention = retention;
     }
 
     /// The snapshot directory, for receiving snapshots from the leader.
@@ -232,7 +281,12 @@ impl StateMachine {
 
     /// A read handle on the applied state, for the API layer (through the node).
     pub fn reader(&self) -> KvReader {
-        KvReader { db: self.db.clone(), installs: self.installs.clone(), auth: self.auth.clone() }
+        KvReader {
+            db: self.db.clone(),
+            installs: self.installs.clone(),
+            auth: self.auth.clone(),
+            events: self.events.clone(),
+        }
     }
 
     fn repair_interrupted_install(&self) -> io::Result<()> {
@@ -252,7 +306,7 @@ impl StateMachine {
             )));
         }
         tracing::warn!(last_log_id = ?interrupted.last_log_id, "redoing a snapshot install cut off by a crash");
-        install_state(&self.db, &self.installs, &self.auth, &current.meta, &current.snapshot)
+        install_state(&self.db, &self.installs, &self.auth, &self.events, &current.meta, &current.snapshot)
     }
 }
 
@@ -457,8 +511,21 @@ impl StateMachine {
             });
         }
         let changes = std::mem::take(&mut view.changes);
-        let kv = cf(&self.db, CF_KV);
-        for (key, stored) in changes {
+        // Each key's net change is one event, in key order; deleting a key the transaction
+        // itself created is no change at all.
+        let changed: Vec<bool> = (changes.iter())
+            .map(|(key, stored)| Ok(stored.is_some() || view.existed_before(key)?))
+            .collect::<io::Result<_>>()?;
+        let (kv, events) = (cf(&self.db, CF_KV), cf(&self.db, CF_EVENTS));
+        let mut event_index = 0u32;
+        for ((key, stored), changed) in changes.into_iter().zip(changed) {
+            if changed {
+                let put =
+                    stored.as_ref().map(|s| PutEvent { create_revision: s.create_revision, value: s.value.clone() });
+                let record = EventRecord { key: key.clone(), put, applied_at_unix_ms: self.batch_time_unix_ms };
+                batch.put_cf(events, events::event_key(revision, event_index), encode(&record)?);
+                event_index += 1;
+            }
             match &stored {
                 Some(stored) => batch.put_cf(kv, key.as_bytes(), encode(stored)?),
                 None => batch.delete_cf(kv, key.as_bytes()),
@@ -494,6 +561,14 @@ impl<'a> TxnView<'a> {
         }
     }
 
+    /// Whether the key existed before this transaction.
+    fn existed_before(&self, key: &str) -> io::Result<bool> {
+        match self.overlay.get(key) {
+            Some(written) => Ok(written.is_some()),
+            None => Ok(get_stored(self.db, key)?.is_some()),
+        }
+    }
+
     /// The keys under `prefix` that exist in this view, in order, at most `limit` of them.
     fn keys_with_prefix(&self, prefix: &str, limit: usize) -> io::Result<Vec<String>> {
         let mut keys = std::collections::BTreeSet::new();
@@ -518,6 +593,34 @@ impl<'a> TxnView<'a> {
             }
         }
         Ok(keys.into_iter().take(limit).collect())
+    }
+}
+
+impl StateMachine {
+    /// The new first revision of the history once the batch ending at `last` is applied, if
+    /// the bounds move it: the latest `retention.revisions` revisions at most, and none
+    /// applied longer than `retention.age_ms` ago (up to [`EVENT_AGE_SCAN_LIMIT`] revisions
+    /// looked at per batch).
+    fn pruned_events_from(&self, last: u64) -> io::Result<Option<u64>> {
+        let from = self.events.events_from();
+        let mut new_from = from.max((last + 1).saturating_sub(self.retention.revisions));
+        let cutoff = self.batch_time_unix_ms.saturating_sub(self.retention.age_ms);
+        let mut iterator = self.db.raw_iterator_cf(cf(&self.db, CF_EVENTS));
+        iterator.seek(events::event_key(new_from, 0));
+        for _ in 0..EVENT_AGE_SCAN_LIMIT {
+            let (Some(key), Some(value)) = (iterator.key(), iterator.value()) else { break };
+            let (revision, _) =
+                events::parse_event_key(key).ok_or_else(|| io::Error::other("a malformed event key"))?;
+            let record: EventRecord = decode(value)?;
+            if record.applied_at_unix_ms >= cutoff {
+                break;
+            }
+            // A revision's events were applied together: this one is old as a whole.
+            new_from = revision + 1;
+            iterator.seek(events::event_key(new_from, 0));
+        }
+        iterator.status().map_err(io_error)?;
+        Ok((new_from > from).then_some(new_from))
     }
 }
 
@@ -636,6 +739,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // One WriteBatch for the whole run of entries: the state and its applied log id always
         // move together. Not synced: the log is durable, and a crash that loses the tail of
         // this batch is repaired by re-applying from the log (see DESIGN.md).
+        self.batch_time_unix_ms = events::now_unix_ms();
         let mut batch = WriteBatch::default();
         let mut overlay = Overlay::new();
         let mut auth = AuthBatch { applied: self.auth.current()?, changed: None };
@@ -674,7 +778,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Early is safe: these entries are committed.
             self.auth.set(Ok(records))?;
         }
+        let prune_due = self
+            .last_prune
+            .is_none_or(|last| last.elapsed() >= std::time::Duration::from_millis(EVENT_PRUNE_INTERVAL_MS));
+        if prune_due {
+            self.last_prune = Some(std::time::Instant::now());
+        }
+        let pruned = if prune_due { self.pruned_events_from(last_applied.index())? } else { None };
+        if let Some(from) = pruned {
+            let events = cf(&self.db, CF_EVENTS);
+            let old_from = self.events.events_from();
+            batch.delete_range_cf(events, events::event_key(old_from, 0), events::event_key(from, 0));
+            batch.put_cf(sm, KEY_EVENTS_FROM, encode(&from)?);
+            // Before the write: a watcher that reads after the deletion sees the new bound and
+            // knows it missed events, instead of skipping them silently.
+            self.events.set_from(from);
+        }
         self.db.write(batch).map_err(io_error)?;
+        self.events.applied(last_applied.index());
         // Answer only once the batch is visible to local reads.
         for (responder, result) in responses {
             responder.send(result);
@@ -688,15 +809,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotHandle) -> Result<(), io::Error> {
         // File moves and a large write: off the async workers.
-        let (db, snapshots, installs, auth, meta) =
-            (self.db.clone(), self.snapshots.clone(), self.installs.clone(), self.auth.clone(), meta.clone());
+        let (db, snapshots, installs, auth, events, meta) = (
+            self.db.clone(),
+            self.snapshots.clone(),
+            self.installs.clone(),
+            self.auth.clone(),
+            self.events.clone(),
+            meta.clone(),
+        );
         tokio::task::spawn_blocking(move || {
             let mut snapshot = snapshot;
             // The file first: if a crash cuts the install short, start-up finds the marker and
             // redoes it from this file. openraft has decided to install it, so it replaces
             // even a newer file a concurrent build left (the marker must match the file).
             snapshots.promote(&meta, &mut snapshot, true)?;
-            install_state(&db, &installs, &auth, &meta, &snapshot)
+            install_state(&db, &installs, &auth, &events, &meta, &snapshot)
         })
         .await
         .map_err(io::Error::other)?
@@ -720,6 +847,7 @@ fn install_state(
     db: &DB,
     installs: &InstallCounter,
     auth: &AuthCache,
+    events: &EventClock,
     meta: &SnapshotMeta,
     snapshot: &SnapshotHandle,
 ) -> io::Result<()> {
@@ -738,6 +866,12 @@ fn install_state(
         // `client_addr0` is the first key after every `client_addr/…` key ('0' follows '/').
         batch.delete_range_cf(sm, PREFIX_CLIENT_ADDR, b"client_addr0".as_slice());
         batch.delete_range_cf(sm, PREFIX_AUTH, PREFIX_AUTH_END);
+        // No history before the snapshot: watches from earlier revisions get `410`. The bound
+        // moves before the events go (see `StateMachine::apply`).
+        let snapshot_index = meta.last_log_id.as_ref().map_or(0, |log_id| log_id.index());
+        batch.delete_range_cf(cf(db, CF_EVENTS), events::event_key(0, 0), events::event_key(u64::MAX, u32::MAX));
+        batch.put_cf(sm, KEY_EVENTS_FROM, encode(&(snapshot_index + 1))?);
+        events.set_from(events.events_from().max(snapshot_index + 1));
         let mut keys = 0u64;
         while let Some(record) = reader.next_record()? {
             match record {
@@ -768,6 +902,7 @@ fn install_state(
         write_options.set_sync(true);
         db.write_opt(batch, &write_options).map_err(io_error)?;
         auth.reload(db)?;
+        events.applied(snapshot_index);
         tracing::info!(last_log_id = ?meta.last_log_id, keys, "snapshot installed");
         Ok(())
     })();
@@ -797,9 +932,67 @@ pub struct KvReader {
     db: Arc<DB>,
     installs: InstallCounter,
     auth: AuthCache,
+    events: EventClock,
+}
+
+/// A page of the change history.
+#[derive(Debug)]
+pub enum EventsPage {
+    /// Events in order, each with its revision and place; `whole` when the page reached the
+    /// revision asked for (else it stopped at its count or byte budget).
+    Events { events: Vec<(u64, u32, EventRecord)>, whole: bool },
+    /// The history no longer reaches back to the position asked for: it starts here.
+    Compacted { oldest_revision: u64 },
 }
 
 impl KvReader {
+    /// The applied revision and the bounds of the change history.
+    pub fn event_clock(&self) -> &EventClock {
+        &self.events
+    }
+
+    /// Events from `(revision, index)` on (inclusive), none after `up_to`: at most `limit`,
+    /// and no more once `max_bytes` of them are read (at least one);
+    /// [`EventsPage::Compacted`] when events from there on are no longer all kept.
+    pub fn events_after(
+        &self,
+        revision: u64,
+        index: u32,
+        up_to: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> io::Result<EventsPage> {
+        self.installs.read(|| {
+            let mut events = Vec::new();
+            let mut bytes = 0usize;
+            let mut whole = true;
+            let mut iterator = self.db.raw_iterator_cf(cf(&self.db, CF_EVENTS));
+            iterator.seek(events::event_key(revision, index));
+            while let (Some(key), Some(value)) = (iterator.key(), iterator.value()) {
+                let (event_revision, event_index) =
+                    events::parse_event_key(key).ok_or_else(|| io::Error::other("a malformed event key"))?;
+                if event_revision > up_to {
+                    break;
+                }
+                if events.len() >= limit || (!events.is_empty() && bytes + value.len() > max_bytes) {
+                    whole = false;
+                    break;
+                }
+                bytes += value.len();
+                events.push((event_revision, event_index, decode(value)?));
+                iterator.next();
+            }
+            iterator.status().map_err(io_error)?;
+            // After the read: the bound moves before events are deleted, so a read that may
+            // have missed some sees it moved.
+            let oldest_revision = self.events.events_from();
+            if oldest_revision > revision {
+                return Ok(EventsPage::Compacted { oldest_revision });
+            }
+            Ok(EventsPage::Events { events, whole })
+        })
+    }
+
     pub fn get(&self, key: &str) -> io::Result<Option<StoredValue>> {
         self.installs.read(|| get_stored(&self.db, key))
     }
@@ -850,7 +1043,7 @@ impl KvReader {
 
     /// Bytes in RocksDB per column family (SST files plus memtables), for metrics.
     pub fn storage_sizes(&self) -> Vec<(String, u64)> {
-        [super::CF_LOG, super::CF_META, CF_KV, CF_SM]
+        [super::CF_LOG, super::CF_META, CF_KV, CF_SM, CF_EVENTS]
             .iter()
             .map(|name| {
                 let family = cf(&self.db, name);

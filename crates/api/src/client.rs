@@ -393,6 +393,224 @@ impl Client {
     }
 }
 
+/// A watch (`GET /v1/watch`) as a sequence of messages, reconnecting by itself: after a
+/// dropped or silent connection it asks the next endpoint for the events after the last
+/// revision it received whole (`Last-Event-ID`), so no event is lost or repeated. It gives up
+/// after [`limits::CLIENT_MAX_ATTEMPTS`] failed connections in a row, and at once when the
+/// events it needs are no longer kept (`compacted`).
+pub struct Watcher<'a> {
+    client: &'a Client,
+    query: Vec<(&'static str, String)>,
+    /// The last revision received whole (`None`: none yet; the first connection then starts
+    /// where the query says).
+    last_complete: Option<u64>,
+    response: Option<reqwest::Response>,
+    buffer: Vec<u8>,
+    /// How far `buffer` was searched for the end of a message.
+    scanned: usize,
+    failures: u32,
+    last_refusal: std::sync::Mutex<Option<String>>,
+    /// The (revision, key) of the last event handed out: after a reconnect in the middle of a
+    /// revision, its events up to this one come again and are skipped (within a revision,
+    /// events come in key order, on every node).
+    last_delivered: Option<(u64, String)>,
+}
+
+/// What a watch stream sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchMessage {
+    Event(crate::WatchEvent),
+    /// Every event up to this revision was sent.
+    Progress(u64),
+}
+
+impl Client {
+    /// Watches `key`, or every key under `prefix`, from `start_revision` (`None`: from now).
+    pub fn watch(&self, key: Option<&str>, prefix: Option<&str>, start_revision: Option<u64>) -> Watcher<'_> {
+        let mut query = Vec::new();
+        if let Some(key) = key {
+            query.push(("key", key.to_string()));
+        }
+        if let Some(prefix) = prefix {
+            query.push(("prefix", prefix.to_string()));
+        }
+        if let Some(start) = start_revision {
+            query.push(("start_revision", start.to_string()));
+        }
+        Watcher {
+            client: self,
+            query,
+            last_complete: None,
+            response: None,
+            buffer: Vec::new(),
+            scanned: 0,
+            failures: 0,
+            last_refusal: std::sync::Mutex::new(None),
+            last_delivered: None,
+        }
+    }
+
+    /// A client over `endpoints` (URLs) that sends its requests with `http` (a caller's own
+    /// TLS, token and timeouts).
+    pub fn with_http(endpoints: &str, http: reqwest::Client) -> Result<Self, ClientError> {
+        let endpoints = parse_endpoints(endpoints)?;
+        Ok(Self { endpoints, current: std::sync::atomic::AtomicUsize::new(0), http })
+    }
+}
+
+impl Watcher<'_> {
+    /// The last revision received whole (every event of it and before it); `None` before the
+    /// stream said where it starts.
+    pub fn last_complete(&self) -> Option<u64> {
+        self.last_complete
+    }
+
+    /// The next message, reconnecting as needed.
+    pub async fn next(&mut self) -> Result<WatchMessage, ClientError> {
+        use std::sync::atomic::Ordering;
+        loop {
+            if let Some(message) = self.take_message()? {
+                return Ok(message);
+            }
+            if self.response.is_none() {
+                if self.failures >= limits::CLIENT_MAX_ATTEMPTS {
+                    let last = self.last_refusal.lock().ok().and_then(|last| last.clone());
+                    let last = last.map_or_else(String::new, |last| format!("; last answer: {last}"));
+                    return Err(ClientError::Failed(format!(
+                        "the watch failed {} times in a row{last}",
+                        self.failures
+                    )));
+                }
+                let index = self.client.current.load(Ordering::Relaxed) % self.client.endpoints.len();
+                match self.connect(&self.client.endpoints[index]).await {
+                    Ok(response) => self.response = Some(response),
+                    Err(Some(error)) => return Err(error),
+                    Err(None) => {
+                        self.failures += 1;
+                        let next = (index + 1) % self.client.endpoints.len();
+                        let _ = self.client.current.compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(limits::CLIENT_BACKOFF_FIRST_MS)).await;
+                    }
+                }
+                continue;
+            }
+            let idle = Duration::from_millis(limits::WATCH_IDLE_TIMEOUT_MS);
+            let chunk = match self.response.as_mut() {
+                Some(response) => tokio::time::timeout(idle, response.chunk()).await,
+                None => continue,
+            };
+            match chunk {
+                Ok(Ok(Some(bytes))) => {
+                    self.failures = 0;
+                    self.buffer.extend_from_slice(&bytes);
+                    if self.buffer.len() > limits::WATCH_MAX_EVENT_BYTES {
+                        return Err(ClientError::Failed("a watch event larger than the client takes".into()));
+                    }
+                }
+                // Ended, broken or silent: resume elsewhere after what arrived whole.
+                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => self.drop_connection(),
+            }
+        }
+    }
+
+    fn drop_connection(&mut self) {
+        self.response = None;
+        // A message cut off mid-way is sent again after the reconnect.
+        self.buffer.clear();
+        self.scanned = 0;
+    }
+
+    /// `Ok(response)` once the stream is open; `Err(None)` to try another endpoint;
+    /// `Err(Some(error))` to stop.
+    async fn connect(&self, endpoint: &Url) -> Result<reqwest::Response, Option<ClientError>> {
+        let mut url = endpoint.clone();
+        url.path_segments_mut()
+            .map_err(|_| Some(ClientError::Failed("bad endpoint".into())))?
+            .clear()
+            .extend(["v1", "watch"]);
+        url.query_pairs_mut().extend_pairs(&self.query);
+        // A watch lasts: silence is caught by the idle timeout; after this long the stream is
+        // opened again (resuming exactly where it was).
+        let mut request = self.client.http.get(url).timeout(Duration::from_millis(limits::WATCH_STREAM_MAX_MS));
+        if let Some(revision) = self.last_complete {
+            request = request.header("last-event-id", revision.to_string());
+        }
+        let response = request.send().await.map_err(|_| None)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&body).into_owned();
+        // Busy, or without the history it needs (a node caught up by a snapshot): another
+        // endpoint may serve it; when none does, the watch fails with the last answer.
+        let elsewhere = [
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::GONE,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::BAD_GATEWAY,
+            StatusCode::GATEWAY_TIMEOUT,
+        ];
+        if elsewhere.contains(&status) {
+            self.last_refusal.lock().map(|mut last| *last = Some(format!("{status} {text}"))).ok();
+            return Err(None);
+        }
+        Err(Some(ClientError::Failed(format!("{status} {text}"))))
+    }
+
+    /// The next whole message in the buffer, if any; an `error` event ends the watch.
+    fn take_message(&mut self) -> Result<Option<WatchMessage>, ClientError> {
+        loop {
+            let from = self.scanned.saturating_sub(1);
+            let Some(end) = self.buffer[from..].windows(2).position(|w| w == b"\n\n").map(|at| at + from) else {
+                self.scanned = self.buffer.len();
+                return Ok(None);
+            };
+            let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+            self.scanned = 0;
+            let text = String::from_utf8_lossy(&block);
+            let (mut event, mut data, mut id) = ("message", String::new(), None);
+            for line in text.lines() {
+                if let Some(value) = line.strip_prefix("event:") {
+                    event = match value.trim() {
+                        "put" => "put",
+                        "delete" => "delete",
+                        "progress" => "progress",
+                        "error" => "error",
+                        _ => "other",
+                    };
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data.push_str(value.strip_prefix(' ').unwrap_or(value));
+                } else if let Some(value) = line.strip_prefix("id:") {
+                    id = value.trim().parse::<u64>().ok();
+                }
+            }
+            if let Some(id) = id {
+                self.last_complete = Some(id);
+            }
+            let unreadable = |e: serde_json::Error| ClientError::Failed(format!("unreadable watch event: {e}"));
+            match event {
+                "put" | "delete" => {
+                    let event: crate::WatchEvent = serde_json::from_str(&data).map_err(unreadable)?;
+                    let place = (event.revision, event.key.clone());
+                    if self.last_delivered.as_ref().is_some_and(|delivered| place <= *delivered) {
+                        continue; // sent again after a reconnect mid-revision
+                    }
+                    self.last_delivered = Some(place);
+                    return Ok(Some(WatchMessage::Event(event)));
+                }
+                "progress" => {
+                    let progress: crate::WatchProgress = serde_json::from_str(&data).map_err(unreadable)?;
+                    return Ok(Some(WatchMessage::Progress(progress.revision)));
+                }
+                "error" => return Err(ClientError::Failed(format!("the watch ended: {data}"))),
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Whether an error answer says the request may have taken effect. The server's error body says
 /// so in `outcome` ("unknown" or "failed"), whatever the status (a 500 may be either); only an
 /// answer without one (a proxy's page, say) is judged by its status: 504 is unknown.

@@ -52,6 +52,13 @@ pub struct ReadParams {
     /// Bounded staleness (with `consistency=stale` only): refuse data older than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lag_ms: Option<u64>,
+    /// A blocking query: answer once the key has changed after this revision (an
+    /// `X-Quorumkv-Index` of an earlier answer), or after `wait_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_revision: Option<u64>,
+    /// With `wait_revision`: the longest wait (default 60 s, at most 10 min).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
 }
 
 /// How fresh a read must be.
@@ -100,6 +107,11 @@ pub struct ListParams {
     pub consistency: Option<ConsistencyParam>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lag_ms: Option<u64>,
+    /// A blocking query, as for one key: answer once a key under the prefix has changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_revision: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
 }
 
 /// `PUT /v1/kv/{key}`: the key's new modification revision.
@@ -288,6 +300,55 @@ pub enum TxnResult {
     },
 }
 
+/// Query of `GET /v1/watch`: `key` or `prefix` (`""`: every key), and where to start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The first revision to send events of (default: the next one this node applies). A
+    /// `Last-Event-ID` header (a reconnecting client's) starts after its revision instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_revision: Option<u64>,
+}
+
+/// The `data` of a `put` or `delete` event of `GET /v1/watch` (its `id` is the revision).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    pub revision: u64,
+    #[serde(rename = "type")]
+    pub kind: WatchEventKind,
+    pub key: String,
+    /// Of a put: the key's creation revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_revision: Option<u64>,
+    /// Of a put: the value, as text when it is UTF-8, else as base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+}
+
+/// What happened to the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchEventKind {
+    Put,
+    Delete,
+}
+
+/// The `data` of a `progress` event: every event up to `revision` has been sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchProgress {
+    pub revision: u64,
+}
+
+/// The header of every key read and listing: the revision this node had applied when it
+/// answered. Give it back as `wait_revision` to wait for the next change.
+pub const INDEX_HEADER: &str = "x-quorumkv-index";
+
 /// Whether a failed request could have taken effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -314,6 +375,9 @@ pub struct ErrorBody {
     /// With `no_leader`: the leader this node knew last (`null`: none).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     pub last_known_leader: Option<Option<NodeId>>,
+    /// With `compacted` (410): the oldest revision whose events this node still has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_revision: Option<u64>,
 }
 
 /// A field that is present, even as `null`, is `Some`: tells "absent" from "null".
@@ -592,6 +656,7 @@ mod tests {
             outcome: Outcome::Failed,
             current_revision: None,
             last_known_leader: Some(None),
+            oldest_revision: None,
         };
         assert_eq!(
             serde_json::to_value(&error).expect("encode"),
@@ -653,7 +718,8 @@ mod tests {
     /// Goal: parameters are spelled as the README says, and unknown ones are refused.
     #[test]
     fn parameters_are_spelled_as_documented() {
-        let read = ReadParams { consistency: Some(ConsistencyParam::Stale), max_lag_ms: Some(250) };
+        let read =
+            ReadParams { consistency: Some(ConsistencyParam::Stale), max_lag_ms: Some(250), ..Default::default() };
         assert_eq!(
             serde_json::to_value(read).expect("encode"),
             serde_json::json!({"consistency": "stale", "max_lag_ms": 250})

@@ -33,3 +33,13 @@ pub const CLIENT_LEADER_LOOKUP_TIMEOUT_MS: u64 = 1_000;
 pub const MIN_AUTH_TOKEN_TTL_MS: u64 = 1_000;
 /// A day: a leaked token is worthless by the next day at the latest.
 pub const MAX_AUTH_TOKEN_TTL_MS: u64 = 86_400_000;
+
+/// A watch stream that sends nothing (not even its progress event, every 5 s) for this long is
+/// taken for dead, and the client reconnects (resuming after the last revision it got whole).
+pub const WATCH_IDLE_TIMEOUT_MS: u64 = 15_000;
+/// A watch stream is opened again after this long (a request needs a deadline; the client
+/// resumes exactly where it was).
+pub const WATCH_STREAM_MAX_MS: u64 = 86_400_000;
+/// Largest server-sent event the client buffers: an event of a value at the largest value
+/// limit (16 MiB), as base64 in JSON, with room.
+pub const WATCH_MAX_EVENT_BYTES: usize = 32 * 1024 * 1024;

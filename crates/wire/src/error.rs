@@ -61,6 +61,11 @@ pub enum Error {
     Unauthorized(String),
     #[error("permission denied: {0}")]
     Forbidden(String),
+    #[error(
+        "the events before revision {oldest_revision} are no longer kept on this node: read the current state, \
+         then watch from its revision"
+    )]
+    Compacted { oldest_revision: u64 },
 }
 
 impl Error {
@@ -71,6 +76,7 @@ impl Error {
             Error::KeyNotFound | Error::RouteNotFound | Error::MemberNotFound(_) => 404,
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
+            Error::Compacted { .. } => 410,
             Error::RequestTimeout { .. } => 408,
             Error::Conflict(_) => 409,
             Error::Overloaded => 429,
@@ -110,6 +116,7 @@ impl Error {
             Error::Overloaded => "too_many_requests",
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "permission_denied",
+            Error::Compacted { .. } => "compacted",
         }
     }
 

@@ -370,6 +370,7 @@ mod tests {
             (Error::Overloaded, "010112"),
             (Error::Unauthorized("a".into()), "0101130161"),
             (Error::Forbidden("a".into()), "0101140161"),
+            (Error::Compacted { oldest_revision: 7 }, "01011507"),
         ];
         for (error, expected) in cases {
             pinned::<Result<(), Error>>(Err(error), expected);

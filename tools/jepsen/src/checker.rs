@@ -9,6 +9,7 @@
 
 pub mod set;
 pub mod staleness;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;

@@ -56,6 +56,10 @@ pub struct Operation {
     /// put. Checked like the same operation sent as a GET or an `If-Match` PUT.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub txn: bool,
+    /// For an ok write or cas: the revision the answer gave (the watch checker expects every
+    /// watcher to have seen the write there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
 }
 
 /// Writes the history to `out/history.jsonl`, one operation per line.
@@ -96,6 +100,7 @@ pub mod build {
             error: None,
             max_lag_ms: None,
             txn: false,
+            revision: None,
         }
     }
 

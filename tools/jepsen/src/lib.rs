@@ -17,8 +17,9 @@
 //! | [`nemesis`] | which fault next (seeded), and the membership faults |
 //! | [`faults`] | the ledger of faults installed, skipped or indeterminate, and harness failures |
 //! | [`traffic`] | the clients and their workloads, recording every operation |
+//! | [`watchers`] | a watcher per node beside the register clients, reconnecting across faults |
 //! | [`history`] | the recorded operations |
-//! | [`checker`] | linearizability (registers), [`checker::set`], [`checker::staleness`] |
+//! | [`checker`] | linearizability (registers), [`checker::set`], [`checker::staleness`], [`checker::watch`] |
 //! | [`report`] | `history.jsonl`, `result.json` and what a run prints |
 //! | [`run`] | one fault run, start to end |
 //! | [`verify`] | `quorumkv verify`: a short register workload on a live cluster, checked and cleaned up |
@@ -33,3 +34,4 @@ pub mod report;
 pub mod run;
 pub mod traffic;
 pub mod verify;
+pub mod watchers;

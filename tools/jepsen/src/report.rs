@@ -22,6 +22,11 @@ pub struct RunReport {
     pub bounded_reads_ok: usize,
     /// Operations sent as transactions (`POST /v1/txn`) that succeeded: reads and cas.
     pub txn_ok: usize,
+    /// Events the watchers received, all checked (`checker::watch`), and how often a watcher
+    /// had to start again after its client gave up.
+    pub watch_events_checked: usize,
+    pub watch_restarts: u32,
+    pub watch_anomalies: serde_json::Value,
     pub learners: u64,
     /// HTTPS and mutual TLS (`--tls`), and users and roles on (`--auth`).
     pub tls: bool,

@@ -16,6 +16,7 @@ use crate::cluster::replica_divergence;
 use crate::cluster::Cluster;
 use crate::cluster::MAX_AUTH_RUN_SECS;
 use crate::cluster::MAX_DIVERGENCES_REPORTED;
+use crate::cluster::RECOVERY_DEADLINE;
 use crate::history;
 use crate::history::Status;
 use crate::nemesis;
@@ -28,6 +29,7 @@ use crate::traffic::register_key;
 use crate::traffic::Client;
 use crate::traffic::History;
 use crate::traffic::CLIENT_TIMEOUT;
+use crate::watchers;
 
 pub async fn run(options: Options) -> Result<Verdict, String> {
     validate(&options)?;
@@ -116,6 +118,22 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
     let deadline = start + Duration::from_secs(options.time_limit_secs);
     let mut nemesis_log = std::fs::File::create(out.join("nemesis.log")).map_err(|e| e.to_string())?;
 
+    // Beside the register clients, a watcher per node (preferring it) of every register key.
+    let (stop_watchers, watchers_stop) = tokio::sync::watch::channel(None);
+    let mut watchers = Vec::new();
+    if options.workload == Workload::Register {
+        for index in 0..cluster.endpoints.len() {
+            let mut endpoints = cluster.endpoints.clone();
+            endpoints.rotate_left(index);
+            let stop = watchers_stop.clone();
+            watchers.push(tokio::spawn(watchers::watch(
+                endpoints,
+                http.clone(),
+                crate::traffic::register_prefix(""),
+                stop,
+            )));
+        }
+    }
     let mut clients = Vec::new();
     for process in 0..options.clients {
         let endpoint = cluster.endpoints[process % cluster.endpoints.len()].clone();
@@ -175,6 +193,14 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         Workload::Set => Some(final_reader.read_set().await?),
     };
 
+    // The watchers catch up to the last acknowledged write, then stop.
+    let last_acknowledged =
+        history.lock().map_err(|_| "history lock poisoned")?.iter().filter_map(|op| op.revision).max();
+    let _ = stop_watchers.send(Some((last_acknowledged.unwrap_or(0), Instant::now() + RECOVERY_DEADLINE)));
+    let mut watch_logs = Vec::new();
+    for watcher in watchers {
+        watch_logs.push(watcher.await.map_err(|e| e.to_string())?);
+    }
     let divergence = replica_divergence(cluster, &http).await?;
     let mut operations = history.lock().map_err(|_| "history lock poisoned")?.clone();
     for (index, op) in operations.iter_mut().enumerate() {
@@ -201,8 +227,21 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         }
         Some(present) => checker::set::check(&operations, &present),
     };
+    let (watch_events_checked, watch_anomalies) = checker::watch::check(&operations, &watch_logs);
     let checker_ms = check_started.elapsed().as_millis();
-    let verdict = if divergence.is_empty() { verdict } else { Verdict::Invalid };
+    let verdict = if divergence.is_empty() && watch_anomalies.is_empty() { verdict } else { Verdict::Invalid };
+    for log in &watch_logs {
+        let target = last_acknowledged.unwrap_or(0);
+        if log.complete_to < target {
+            cluster.harness_failure(format!(
+                "the watcher preferring {} received revisions up to {} only, not {target} ({} restarts; {:?})",
+                log.endpoint,
+                log.complete_to,
+                log.restarts,
+                log.errors.last()
+            ));
+        }
+    }
     if cluster.auth {
         // Root may do anything and its token outlives the run: a refusal means authentication
         // itself misbehaved, and the operations it failed exercised nothing.
@@ -233,6 +272,9 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         read_consistency: options.read_consistency.clone(),
         bounded_reads_ok: operations.iter().filter(|o| o.max_lag_ms.is_some() && o.status == Status::Ok).count(),
         txn_ok: operations.iter().filter(|o| o.txn && o.status == Status::Ok).count(),
+        watch_events_checked,
+        watch_restarts: watch_logs.iter().map(|log| log.restarts).sum(),
+        watch_anomalies: serde_json::to_value(&watch_anomalies).map_err(|e| e.to_string())?,
         learners: options.learners,
         tls: options.tls,
         auth: options.auth,

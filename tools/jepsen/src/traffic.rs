@@ -53,7 +53,12 @@ pub type History = Arc<Mutex<Vec<Operation>>>;
 
 /// The key of register `index` under `prefix`.
 pub fn register_key(prefix: &str, index: usize) -> String {
-    format!("{prefix}register/{index}")
+    format!("{}{index}", register_prefix(prefix))
+}
+
+/// The prefix every register key under `prefix` starts with.
+pub fn register_prefix(prefix: &str) -> String {
+    format!("{prefix}register/")
 }
 
 pub struct Client {
@@ -146,6 +151,7 @@ impl Client {
             error: None,
             max_lag_ms: None,
             txn: false,
+            revision: None,
         }
     }
 
@@ -298,7 +304,10 @@ impl Client {
         };
         match write_outcome(self.send(self.txn_request(&body)).await) {
             Ok(text) => match serde_json::from_str::<TxnReply>(&text) {
-                Ok(TxnReply { succeeded: true, .. }) => op.status = Status::Ok,
+                Ok(TxnReply { succeeded: true, revision, .. }) => {
+                    op.status = Status::Ok;
+                    op.revision = Some(revision);
+                }
                 Ok(TxnReply { succeeded: false, .. }) => {
                     op.status = Status::Fail;
                     op.error = Some(COMPARE_DID_NOT_HOLD.into());
@@ -324,7 +333,10 @@ impl Client {
 
     async fn finish_write(&self, mut op: Operation, request: reqwest::RequestBuilder) {
         match write_outcome(self.send(request).await) {
-            Ok(_) => op.status = Status::Ok,
+            Ok(body) => {
+                op.status = Status::Ok;
+                op.revision = serde_json::from_str::<quorumkv_api::PutReply>(&body).ok().map(|reply| reply.revision);
+            }
             Err((status, error)) => {
                 op.status = status;
                 op.error = Some(error);
