@@ -58,6 +58,9 @@ pub const WATCH_READ_BATCH_BYTES: usize = 4 * 1024 * 1024;
 pub const WATCH_STREAM_BUFFER_EVENTS: usize = 256;
 /// A read of the history overlapped a snapshot install: wait this long and read again.
 pub const WATCH_RETRY_PAUSE_MS: u64 = 50;
+/// ...at most this many times (5 s): a stream or blocking read does not wait out a long install
+/// (or one that failed) but ends, and its client goes to another node.
+pub const WATCH_RETRY_ATTEMPTS: u32 = 100;
 /// Default and longest wait of a blocking read (`wait_ms`): Consul's default is 5 minutes and
 /// its longest 10; a minute keeps proxies' idle timeouts from cutting the wait.
 pub const DEFAULT_WAIT_MS: u64 = 60_000;

@@ -220,10 +220,16 @@ impl Cursor {
     /// overlapped a snapshot install is made again shortly.
     async fn read(&mut self, kv: &KvReader, applied: u64) -> Result<Page, Error> {
         let (batch, bytes) = (limits::WATCH_READ_BATCH_EVENTS, limits::WATCH_READ_BATCH_BYTES);
+        let mut attempts = 0;
         let page = loop {
             match kv.events_after(self.revision, self.index, applied, batch, bytes) {
                 Ok(page) => break page,
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {
+                    attempts += 1;
+                    if attempts >= limits::WATCH_RETRY_ATTEMPTS {
+                        // A long (or failed) install: end here; the client may go elsewhere.
+                        return Err(read_error(error));
+                    }
                     tokio::time::sleep(Duration::from_millis(limits::WATCH_RETRY_PAUSE_MS)).await;
                 }
                 Err(error) => return Err(read_error(error)),

@@ -784,7 +784,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if prune_due {
             self.last_prune = Some(std::time::Instant::now());
         }
-        let pruned = if prune_due { self.pruned_events_from(last_applied.index())? } else { None };
+        // The history is this node's own: a record it cannot read is logged, never a reason to
+        // stop applying the replicated state.
+        let pruned = match prune_due.then(|| self.pruned_events_from(last_applied.index())) {
+            Some(Ok(pruned)) => pruned,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "the change history could not be pruned; trying again later");
+                None
+            }
+            None => None,
+        };
         if let Some(from) = pruned {
             let events = cf(&self.db, CF_EVENTS);
             let old_from = self.events.events_from();

@@ -41,5 +41,5 @@ pub const WATCH_IDLE_TIMEOUT_MS: u64 = 15_000;
 /// resumes exactly where it was).
 pub const WATCH_STREAM_MAX_MS: u64 = 86_400_000;
 /// Largest server-sent event the client buffers: an event of a value at the largest value
-/// limit (16 MiB), as base64 in JSON, with room.
-pub const WATCH_MAX_EVENT_BYTES: usize = 32 * 1024 * 1024;
+/// limit (16 MiB) as JSON text, where a control character takes 6 bytes, with room.
+pub const WATCH_MAX_EVENT_BYTES: usize = 6 * 16 * 1024 * 1024 + 1024 * 1024;
