@@ -27,6 +27,7 @@
 //! | [`leader`] | the one way to the leader: run locally or forward, retry only what did not run |
 //! | [`removal`] | a removed member learns it, stops serving clients, comes back with `--join` |
 //! | [`watch`] | watch streams and blocking reads from this node's change history |
+//! | [`lease`] | the leader's clock for leases: fresh TTLs on a new leader, expiry proposed as a command |
 //! | [`admin`] | membership and leadership changes on the leader, with safety refusals |
 //! | [`staleness`] | bounded-staleness reads, measured against the cluster's real commit point |
 //! | [`backup`] | consistent JSON-lines backups streamed from a node |
@@ -67,6 +68,7 @@ pub mod bootstrap;
 pub mod certs;
 pub mod config;
 pub mod leader;
+pub mod lease;
 pub mod limits;
 pub mod listener;
 pub mod logging;

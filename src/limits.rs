@@ -46,6 +46,20 @@ pub const MIN_WATCH_HISTORY_MS: u64 = 1_000;
 pub const MAX_WATCH_HISTORY_MS: u64 = 7 * 24 * 3_600_000;
 /// Watch streams one node serves at once; each holds a connection and a task. More get `429`.
 pub const MAX_WATCHERS: usize = 1_024;
+
+/// How often the leader's lease keeper looks at its deadlines: a lease ends at most this much
+/// (plus one commit) after its TTL ran out.
+pub const LEASE_TICK_MS: u64 = 100;
+/// How long, beyond the write timeout, the leader waits after proposing an expiry before it
+/// proposes it again (a proposal that timed out may not have run; an expiry is idempotent).
+pub const LEASE_EXPIRE_RETRY_MS: u64 = 1_000;
+/// Expiries the leader proposes per tick (10,000 a second): a mass expiry, after a client
+/// fleet died, goes out in bounded waves rather than as one burst of proposals.
+pub const MAX_LEASE_EXPIRIES_PER_TICK: usize = 1_000;
+/// Largest lease request body: a keepalive of the most leases (1,000 ids of 20 digits).
+pub const LEASE_BODY_BYTES: usize = 64 * 1024;
+/// Keys a lease's description lists (`GET /v1/leases/{id}`); the rest are counted.
+pub const MAX_LEASE_KEYS_SHOWN: usize = 1_000;
 /// An idle watch stream gets a `progress` event this often: the client learns the revision it
 /// may resume after, and a dead connection is noticed.
 pub const WATCH_PROGRESS_INTERVAL_MS: u64 = 5_000;

@@ -3,6 +3,7 @@
 use std::io::Read;
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
@@ -15,6 +16,8 @@ use quorumkv_api::client::Retry;
 use reqwest::header::HeaderMap;
 use reqwest::header::HeaderValue;
 use reqwest::Method;
+
+mod recipes;
 
 /// glibc's malloc took about 11% of a node's CPU under a write load (perf, 3-node cluster,
 /// 64 connections); mimalloc's thread-local free lists avoid most of that.
@@ -69,6 +72,23 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum LeaseCliCommand {
+    /// Grant a lease of this TTL; prints `{"id", "ttl_ms", "revision"}`.
+    Grant { ttl_ms: u64 },
+    /// Keep a lease alive: renew it every third of its TTL until interrupted, printing each
+    /// renewal (`--once`: renew once). Exits 1 when the lease has ended.
+    Keepalive {
+        id: u64,
+        #[arg(long)]
+        once: bool,
+    },
+    /// End a lease now, deleting its keys.
+    Revoke { id: u64 },
+    /// Print a lease: TTL, revisions, keys, and (from the leader) the time left.
+    Show { id: u64 },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run a node.
     Serve(Box<ServeConfig>),
@@ -82,6 +102,41 @@ enum Command {
         /// Only if the key does not exist.
         #[arg(long, conflicts_with = "if_match")]
         create_only: bool,
+        /// Attach the key to this lease (`quorumkv lease grant`): it goes when the lease ends.
+        #[arg(long)]
+        lease: Option<u64>,
+        /// Delete the key this many milliseconds after this put (unless put again).
+        #[arg(long, conflicts_with = "lease")]
+        ttl_ms: Option<u64>,
+    },
+    /// Hold a lock while a command runs: waits for the lock NAME, runs CMD with the fencing
+    /// token in QUORUMKV_FENCING_TOKEN, and releases the lock when CMD exits. If the lock is
+    /// lost (no keepalive answered within the TTL), CMD is killed and the exit status is 1;
+    /// otherwise it is CMD's.
+    Lock {
+        name: String,
+        /// The lock's lease TTL: how long a crashed holder keeps others waiting.
+        #[arg(long, default_value_t = 10_000)]
+        ttl_ms: u64,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Campaign to lead NAME with VALUE and print the leader (JSON, one line per change) until
+    /// interrupted, then resign. With --observe, only print the leader.
+    Elect {
+        name: String,
+        #[arg(required_unless_present = "observe")]
+        value: Option<String>,
+        #[arg(long, conflicts_with = "value")]
+        observe: bool,
+        /// The campaign's lease TTL: how long a crashed leader keeps its place.
+        #[arg(long, default_value_t = 10_000)]
+        ttl_ms: u64,
+    },
+    /// Leases: keys that live while their holder keeps the lease alive.
+    Lease {
+        #[command(subcommand)]
+        command: LeaseCliCommand,
     },
     /// Print a value.
     Get {
@@ -487,6 +542,127 @@ async fn run_auth_command(
     }
 }
 
+/// `quorumkv lock NAME -- CMD`: see `recipes.rs`.
+async fn lock(client: Client, name: &str, ttl_ms: u64, command: Vec<String>) -> Result<ExitCode, ClientError> {
+    let client = std::sync::Arc::new(client);
+    let session = recipes::Session::open(client.clone(), ttl_ms).await?;
+    let acquired = async {
+        let (key, token) = recipes::enter(&client, &session, name, "").await?;
+        recipes::wait_turn(&client, name, &key, token).await?;
+        Ok::<_, ClientError>((key, token))
+    };
+    let acquired = tokio::select! {
+        acquired = acquired => Ok(acquired),
+        reason = session.lost() => Err(reason),
+    };
+    let (key, token) = match acquired {
+        Ok(Ok(acquired)) => acquired,
+        Ok(Err(error)) => {
+            session.close().await;
+            return Err(error);
+        }
+        Err(reason) => return Err(ClientError::Failed(format!("lost the lock before holding it: {reason}"))),
+    };
+    let (program, arguments) = command.split_first().ok_or_else(|| ClientError::Failed("no command to run".into()))?;
+    let mut child = tokio::process::Command::new(program)
+        .args(arguments)
+        .env("QUORUMKV_FENCING_TOKEN", token.to_string())
+        .env("QUORUMKV_LOCK_KEY", &key)
+        .env("QUORUMKV_LEASE_ID", session.lease.to_string())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| ClientError::Failed(format!("cannot run {program}: {e}")))?;
+    let finished = tokio::select! {
+        status = child.wait() => Ok(status),
+        reason = session.lost() => Err(reason),
+    };
+    let status = match finished {
+        Ok(status) => status.map_err(|e| ClientError::Failed(format!("waiting for {program}: {e}")))?,
+        Err(reason) => {
+            let _ = child.kill().await;
+            eprintln!("lost the lock {name} (fencing token {token}): {reason}; {program} was killed");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    session.close().await;
+    Ok(match status.code() {
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
+}
+
+/// `quorumkv elect NAME VALUE` (or `--observe`): see `recipes.rs`.
+async fn elect(client: Client, name: &str, value: Option<String>, ttl_ms: u64) -> Result<ExitCode, ClientError> {
+    let client = std::sync::Arc::new(client);
+    let Some(value) = value else {
+        tokio::select! {
+            result = recipes::observe(&client, name) => result?,
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let session = recipes::Session::open(client.clone(), ttl_ms).await?;
+    let campaign = async {
+        recipes::enter(&client, &session, name, &value).await?;
+        recipes::observe(&client, name).await
+    };
+    let outcome = tokio::select! {
+        campaigned = campaign => campaigned.map(|()| ExitCode::SUCCESS),
+        reason = session.lost() => {
+            eprintln!("lost the campaign for {name}: {reason}");
+            Ok(ExitCode::FAILURE)
+        }
+        _ = tokio::signal::ctrl_c() => Ok(ExitCode::SUCCESS),
+    };
+    session.close().await;
+    outcome
+}
+
+async fn run_lease_command(client: &Client, command: LeaseCliCommand) -> Result<ExitCode, ClientError> {
+    let json = || {
+        let mut headers = HeaderMap::new();
+        headers.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers
+    };
+    let path =
+        |parts: &[&str]| -> Vec<String> { ["v1", "leases"].iter().chain(parts).map(|s| s.to_string()).collect() };
+    match command {
+        LeaseCliCommand::Grant { ttl_ms } => {
+            let body = Bytes::from(serde_json::json!({ "ttl_ms": ttl_ms }).to_string());
+            // Not retried once sent: a second grant would make a second lease.
+            let answer =
+                client.request(Method::POST, &path(&[]), &[], json(), Some(body), Retry::OnlyIfNotSent).await?;
+            print_answer(answer, false)
+        }
+        LeaseCliCommand::Revoke { id } => {
+            let id = id.to_string();
+            let answer = client.request(Method::DELETE, &path(&[&id]), &[], json(), None, Retry::OnlyIfNotSent).await?;
+            print_answer(answer, false)
+        }
+        LeaseCliCommand::Show { id } => {
+            let id = id.to_string();
+            let answer = client.request(Method::GET, &path(&[&id]), &[], json(), None, Retry::Idempotent).await?;
+            print_answer(answer, false)
+        }
+        LeaseCliCommand::Keepalive { id, once } => {
+            let id = id.to_string();
+            loop {
+                // A renewal may be sent again: renewing twice is renewing once.
+                let answer = client
+                    .request(Method::POST, &path(&[&id, "keepalive"]), &[], json(), None, Retry::Idempotent)
+                    .await?;
+                if !answer.status.is_success() || once {
+                    return print_answer(answer, false);
+                }
+                let renewed: quorumkv_api::KeptAlive = serde_json::from_slice(&answer.body)
+                    .map_err(|e| ClientError::Failed(format!("the keepalive answer: {e}")))?;
+                println!("{}", String::from_utf8_lossy(&answer.body));
+                tokio::time::sleep(Duration::from_millis(renewed.ttl_ms / 3)).await;
+            }
+        }
+    }
+}
+
 /// Exit status of `verify` when the checker ran out of budget (as `quorumkv-jepsen`'s).
 const EXIT_VERIFY_UNDECIDED: u8 = 4;
 
@@ -577,7 +753,10 @@ async fn run_client(
             Command::Serve(_) | Command::Bench(_) | Command::Verify { .. } | Command::Certs { .. } => {
                 unreachable!("handled by main")
             }
-            Command::Put { key, value, if_match, create_only } => {
+            Command::Lease { command } => run_lease_command(&client, command).await,
+            Command::Lock { name, ttl_ms, command } => lock(client, &name, ttl_ms, command).await,
+            Command::Elect { name, value, observe: _, ttl_ms } => elect(client, &name, value, ttl_ms).await,
+            Command::Put { key, value, if_match, create_only, lease, ttl_ms } => {
                 let value = match value {
                     Some(value) => Bytes::from(value),
                     None => {
@@ -590,8 +769,11 @@ async fn run_client(
                 };
                 client.prefer_leader().await;
                 let headers = precondition_headers(if_match, create_only);
+                let query: Vec<(&str, String)> = (lease.map(|id| ("lease", id.to_string())).into_iter())
+                    .chain(ttl_ms.map(|ms| ("ttl_ms", ms.to_string())))
+                    .collect();
                 let answer = client
-                    .request(Method::PUT, &Client::key_path(&key), &[], headers, Some(value), Retry::OnlyIfNotSent)
+                    .request(Method::PUT, &Client::key_path(&key), &query, headers, Some(value), Retry::OnlyIfNotSent)
                     .await?;
                 print_answer(answer, false)
             }

@@ -126,6 +126,8 @@ pub struct Node {
     password_work: Arc<tokio::sync::Semaphore>,
     /// Slots for watch streams (see [`limits::MAX_WATCHERS`]).
     pub(crate) watchers: Arc<tokio::sync::Semaphore>,
+    /// The leader's deadlines for leases (see `lease.rs`).
+    lease_clock: std::sync::Mutex<crate::lease::LeaseClock>,
     prometheus_metrics: Metrics,
 }
 
@@ -197,6 +199,7 @@ impl Node {
             last_leader_contact: std::sync::Mutex::new(None),
             password_work: Arc::new(tokio::sync::Semaphore::new(limits::MAX_CONCURRENT_PASSWORD_HASHES)),
             watchers: Arc::new(tokio::sync::Semaphore::new(limits::MAX_WATCHERS)),
+            lease_clock: std::sync::Mutex::default(),
             prometheus_metrics: Metrics::new(),
         }))
     }
@@ -403,6 +406,28 @@ impl Node {
         self.await_read_point(consistency).await?;
         let index = self.kv.event_clock().applied_revision();
         Ok((self.kv.list(prefix, start, limit, limits::MAX_LIST_PAGE_BYTES).map_err(read_error)?, index))
+    }
+
+    /// The lease `id` after a read point of `consistency`, with what is left of its TTL when
+    /// this node leads and keeps its time.
+    pub async fn lease(
+        &self,
+        id: quorumkv_wire::lease::LeaseId,
+        consistency: Consistency,
+    ) -> Result<(store::LeaseView, Option<Duration>), Error> {
+        self.await_read_point(consistency).await?;
+        let lease = self.kv.lease(id, limits::MAX_LEASE_KEYS_SHOWN).ok_or(Error::LeaseNotFound { id })?;
+        let remaining = self.lease_clock.lock().unwrap_or_else(|p| p.into_inner()).remaining(id);
+        Ok((lease, remaining))
+    }
+
+    /// The lease `key` is attached to in the applied state (read after a key read's point).
+    pub fn lease_of(&self, key: &str) -> Option<quorumkv_wire::lease::LeaseId> {
+        self.kv.lease_of(key)
+    }
+
+    pub(crate) fn lease_clock(&self) -> &std::sync::Mutex<crate::lease::LeaseClock> {
+        &self.lease_clock
     }
 
     /// Starts receiving a snapshot streamed by the leader (see `network::server`).

@@ -109,6 +109,7 @@ pub async fn serve_on(
     beside(|node| Box::pin(async move { node.watch_removal().await }));
     beside(|node| Box::pin(async move { node.keep_fresh().await }));
     beside(|node| Box::pin(async move { node.reregister_if_moved().await }));
+    beside(|node| Box::pin(async move { node.keep_lease_time().await }));
     if node.config().join.is_some() && node.config().auto_promote {
         beside(|node| Box::pin(async move { node.promote_self_when_caught_up().await }));
     }

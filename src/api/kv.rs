@@ -38,6 +38,11 @@ use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::Precondition;
 use crate::watch::Filter;
+use quorumkv_wire::lease::LeaseRef;
+use quorumkv_wire::lease::LeaseResult;
+use quorumkv_wire::txn::Txn;
+use quorumkv_wire::txn::TxnOp;
+use quorumkv_wire::txn::TxnOpResult;
 
 type KeyPath = Result<Path<String>, PathRejection>;
 
@@ -71,6 +76,9 @@ pub(super) async fn get(
             let headers = response.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
             headers.insert(header::ETAG, etag(stored.mod_revision));
+            if let Some(lease) = node.lease_of(&key) {
+                headers.insert(quorumkv_api::LEASE_HEADER, HeaderValue::from(lease));
+            }
             response
         }
         // With the index too: a blocking read of a key that is absent waits for it from there.
@@ -108,18 +116,60 @@ pub(super) async fn put(
     let Params(params) = params?;
     let ack = ack(params.ack);
     let precondition = parse_precondition(&headers)?;
+    let lease = parse_lease(params.lease, params.ttl_ms)?;
     let value = value?;
     let caller = caller?;
     node.authorize_or_catch_up(caller.principal(), Need::Write(&key)).await?;
     let _slot = node.admit().await?;
-    match node.write(caller.wrap(Command::Put { key, value, precondition }), ack).await? {
-        CommandResult::Put { revision } => {
-            let mut response = Json(PutReply { revision }).into_response();
-            response.headers_mut().insert(header::ETAG, etag(revision));
-            Ok(response)
+    let command = match lease {
+        None => Command::Put { key, value, precondition },
+        // A put with a lease is the transaction it stands for, as a conditional put is.
+        Some(lease) => {
+            let failure =
+                if precondition == Precondition::None { vec![] } else { vec![TxnOp::Get { key: key.clone() }] };
+            let compare = precondition.compares(&key);
+            Command::Txn(Txn { compare, success: vec![TxnOp::PutWithLease { key, value, lease }], failure })
         }
-        other => Err(write_result_error(other).into()),
+    };
+    let revision = match node.write(caller.wrap(command), ack).await? {
+        CommandResult::Put { revision } | CommandResult::Txn { succeeded: true, revision, .. } => revision,
+        CommandResult::Txn { succeeded: false, results, .. } => {
+            let current_revision = match results.first() {
+                Some(TxnOpResult::Get(current)) => current.as_ref().map(|stored| stored.mod_revision),
+                _ => None,
+            };
+            return Err(Error::PreconditionFailed { current_revision }.into());
+        }
+        other => return Err(write_result_error(other).into()),
+    };
+    let mut response = Json(PutReply { revision }).into_response();
+    response.headers_mut().insert(header::ETAG, etag(revision));
+    Ok(response)
+}
+
+/// `lease=ID` or `ttl_ms=N` (not both) on a put.
+fn parse_lease(lease: Option<u64>, ttl_ms: Option<u64>) -> Result<Option<LeaseRef>, Error> {
+    match (lease, ttl_ms) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => {
+            Err(Error::InvalidParameter("use lease or ttl_ms, not both (a lease has its own TTL)".into()))
+        }
+        (Some(id), None) => Ok(Some(LeaseRef::Existing(id))),
+        (None, Some(ttl_ms)) => {
+            quorumkv_wire::lease::check_ttl(ttl_ms)?;
+            Ok(Some(LeaseRef::New { ttl_ms }))
+        }
     }
+}
+
+/// Refuses `lease` and `ttl_ms` where they mean nothing (a delete, a transaction's query).
+pub(super) fn no_lease_params(params: &WriteParams) -> Result<(), Error> {
+    if params.lease.is_some() || params.ttl_ms.is_some() {
+        return Err(Error::InvalidParameter(
+            "lease and ttl_ms go with a put (in a transaction: on its operation)".into(),
+        ));
+    }
+    Ok(())
 }
 
 pub(super) async fn delete(
@@ -131,6 +181,7 @@ pub(super) async fn delete(
 ) -> Result<Json<DeleteReply>, ApiError> {
     let key = parse_key(&node, key)?;
     let Params(params) = params?;
+    no_lease_params(&params)?;
     let ack = ack(params.ack);
     let precondition = parse_precondition(&headers)?;
     let caller = caller?;
@@ -178,6 +229,7 @@ pub(super) fn write_result_error(result: CommandResult) -> Error {
     match result {
         CommandResult::PreconditionFailed { current_revision } => Error::PreconditionFailed { current_revision },
         CommandResult::Refused(refusal) => refusal.into(),
+        CommandResult::Lease(LeaseResult::NotFound { id }) => Error::LeaseNotFound { id },
         other => Error::Internal(format!("unexpected write result {other:?}")),
     }
 }

@@ -4,6 +4,7 @@
 mod auth;
 mod cluster;
 mod kv;
+mod lease;
 mod txn;
 mod watch;
 
@@ -34,6 +35,10 @@ pub fn client_router(node: Arc<Node>) -> Router {
         .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/txn", axum::routing::post(txn::txn))
         .route("/v1/watch", get(watch::watch))
+        .route("/v1/leases", axum::routing::post(lease::grant))
+        .route("/v1/leases/keepalive", axum::routing::post(lease::keepalive_many))
+        .route("/v1/leases/{id}", get(lease::describe).delete(lease::revoke))
+        .route("/v1/leases/{id}/keepalive", axum::routing::post(lease::keepalive_one))
         .route("/v1/cluster", get(cluster::status))
         .route("/v1/cluster/members", get(cluster::members))
         .route("/v1/cluster/members/{id}", axum::routing::delete(cluster::remove))

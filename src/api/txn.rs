@@ -18,6 +18,7 @@ use quorumkv_api::TxnReply;
 use quorumkv_api::TxnRequest;
 use quorumkv_api::TxnResult;
 use quorumkv_api::WriteParams;
+use quorumkv_wire::lease::LeaseRef;
 use quorumkv_wire::txn::Cmp;
 use quorumkv_wire::txn::Compare;
 use quorumkv_wire::txn::Target;
@@ -49,6 +50,7 @@ pub(super) async fn txn(
     // The body first, whatever else is wrong (as a PUT's value, see `kv::put`).
     let body = super::read_body(&headers, body, limits::txn_body_bytes(max_key_bytes, max_value_bytes)).await;
     let Params(params) = params?;
+    super::kv::no_lease_params(&params)?;
     let ack = ack(params.ack);
     let request: TxnRequest = serde_json::from_slice(&body?)
         .map_err(|e| Error::InvalidParameter(format!("the transaction is not of the documented form: {e}")))?;
@@ -123,8 +125,19 @@ fn parse_compare(index: usize, compare: TxnCompare) -> Result<Compare, Error> {
 
 fn parse_op(place: &str, op: TxnOperation) -> Result<TxnOp, Error> {
     let invalid = |what: &str| Error::InvalidParameter(format!("{place}: {what}"));
-    let TxnOperation { op: kind, key, prefix, value, value_base64 } = op;
+    let TxnOperation { op: kind, key, prefix, value, value_base64, lease, ttl_ms } = op;
     let has_value = value.is_some() || value_base64.is_some();
+    let lease = match (lease, ttl_ms) {
+        (None, None) => None,
+        _ if kind != TxnOpKind::Put => return Err(invalid("lease and ttl_ms go with a put")),
+        (Some(_), Some(_)) => return Err(invalid("use lease or ttl_ms, not both")),
+        (Some(id), None) => Some(LeaseRef::Existing(id)),
+        (None, Some(ttl_ms)) => Some(LeaseRef::New { ttl_ms }),
+    };
+    let put = |key: String, value: Bytes| match lease {
+        None => TxnOp::Put { key, value },
+        Some(lease) => TxnOp::PutWithLease { key, value, lease },
+    };
     match kind {
         TxnOpKind::DeletePrefix => match (prefix, key, has_value) {
             (Some(prefix), None, false) => Ok(TxnOp::DeletePrefix { prefix }),
@@ -135,8 +148,8 @@ fn parse_op(place: &str, op: TxnOperation) -> Result<TxnOp, Error> {
                 return Err(invalid("put, delete and get take a key, and no prefix"));
             };
             match (kind, value, value_base64) {
-                (TxnOpKind::Put, Some(value), None) => Ok(TxnOp::Put { key, value: Bytes::from(value) }),
-                (TxnOpKind::Put, None, Some(value)) => Ok(TxnOp::Put { key, value: decode_base64(place, &value)? }),
+                (TxnOpKind::Put, Some(value), None) => Ok(put(key, Bytes::from(value))),
+                (TxnOpKind::Put, None, Some(value)) => Ok(put(key, decode_base64(place, &value)?)),
                 (TxnOpKind::Put, _, _) => Err(invalid("put takes exactly one of value and value_base64")),
                 (_, None, None) if kind == TxnOpKind::Delete => Ok(TxnOp::Delete { key }),
                 (_, None, None) => Ok(TxnOp::Get { key }),

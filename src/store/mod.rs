@@ -6,7 +6,7 @@
 //! | `meta` | Raft metadata: vote, committed log id, last purged log id, bootstrap marker, peers seen |
 //! | `kv` | the key-value state: key → modification revision + value |
 //! | `events` | this node's change history for watches: revision and place → the change (`events.rs`) |
-//! | `sm` | state-machine metadata: last applied log id, last membership, client addresses, users and roles (`auth/`), the marker of a snapshot install in progress |
+//! | `sm` | state-machine metadata: last applied log id, last membership, client addresses, users and roles (`auth/`), leases and their keys (`lease/`, `leases.rs`), the marker of a snapshot install in progress |
 //!
 //! Snapshots live beside the database in `snapshots/` (see `snapshot.rs`).
 //!
@@ -17,6 +17,7 @@
 
 mod codec;
 pub mod events;
+pub(crate) mod leases;
 mod log_store;
 mod snapshot;
 mod state_machine;
@@ -38,6 +39,7 @@ pub(crate) use snapshot::SnapshotStore;
 pub use state_machine::AuthRecords;
 pub use state_machine::EventsPage;
 pub use state_machine::KvReader;
+pub use state_machine::LeaseView;
 pub use state_machine::Page;
 pub use state_machine::StateMachine;
 pub use state_machine::StoredValue;

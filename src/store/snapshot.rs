@@ -28,6 +28,7 @@ use rocksdb::DB;
 use super::cf;
 use super::codec::decode;
 use super::io_error;
+use super::leases::PREFIX_LEASE;
 use super::state_machine::KEY_APPLIED;
 use super::state_machine::KEY_MEMBERSHIP;
 use super::state_machine::PREFIX_AUTH;
@@ -284,6 +285,13 @@ fn write_from_checkpoint(checkpoint_path: &Path, file_path: &Path) -> io::Result
             break;
         }
         writer.write_auth(key.to_vec(), value.to_vec())?;
+    }
+    for item in view.iterator_cf(sm, IteratorMode::From(PREFIX_LEASE, rocksdb::Direction::Forward)) {
+        let (key, value) = item.map_err(io_error)?;
+        if !key.starts_with(PREFIX_LEASE) {
+            break;
+        }
+        writer.write_lease(key.to_vec(), value.to_vec())?;
     }
     writer.finish()?;
     Ok(meta)

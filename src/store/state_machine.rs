@@ -30,6 +30,9 @@ use super::events::EventRecord;
 use super::events::EventRetention;
 use super::events::PutEvent;
 use super::io_error;
+use super::leases::LeaseCache;
+use super::leases::PREFIX_LEASE;
+use super::leases::PREFIX_LEASE_END;
 use super::snapshot::SnapshotBuilder;
 use super::snapshot::SnapshotHandle;
 use super::snapshot::SnapshotStore;
@@ -51,6 +54,12 @@ use crate::types::NodeId;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
+use quorumkv_wire::lease;
+use quorumkv_wire::lease::LeaseCommand;
+use quorumkv_wire::lease::LeaseId;
+use quorumkv_wire::lease::LeaseRecord;
+use quorumkv_wire::lease::LeaseRef;
+use quorumkv_wire::lease::LeaseResult;
 use quorumkv_wire::snapshot::Record;
 use quorumkv_wire::snapshot::SnapshotReader;
 use quorumkv_wire::txn::Txn;
@@ -93,6 +102,7 @@ pub struct StateMachine {
     snapshots: SnapshotStore,
     installs: InstallCounter,
     auth: AuthCache,
+    leases: LeaseCache,
     events: EventClock,
     retention: EventRetention,
     /// When the batch being applied began (this node's clock), stamped on its events.
@@ -246,6 +256,7 @@ impl StateMachine {
             snapshots,
             installs: InstallCounter::default(),
             auth: AuthCache::default(),
+            leases: LeaseCache::default(),
             events: EventClock::new(0, 1),
             retention: EventRetention::default(),
             batch_time_unix_ms: 0,
@@ -253,6 +264,7 @@ impl StateMachine {
         };
         state_machine.repair_interrupted_install()?;
         state_machine.auth.reload(&state_machine.db)?;
+        state_machine.leases.reload(&state_machine.db)?;
         let applied = state_machine.reader().sm_meta::<LogId>(KEY_APPLIED)?.map_or(0, |log_id| log_id.index());
         let from = match state_machine.reader().sm_meta::<u64>(KEY_EVENTS_FROM)? {
             Some(from) => from,
@@ -285,6 +297,7 @@ impl StateMachine {
             db: self.db.clone(),
             installs: self.installs.clone(),
             auth: self.auth.clone(),
+            leases: self.leases.clone(),
             events: self.events.clone(),
         }
     }
@@ -306,7 +319,8 @@ impl StateMachine {
             )));
         }
         tracing::warn!(last_log_id = ?interrupted.last_log_id, "redoing a snapshot install cut off by a crash");
-        install_state(&self.db, &self.installs, &self.auth, &self.events, &current.meta, &current.snapshot)
+        let caches = Caches { auth: &self.auth, leases: &self.leases, events: &self.events };
+        install_state(&self.db, &self.installs, caches, &current.meta, &current.snapshot)
     }
 }
 
@@ -373,6 +387,16 @@ impl StateMachine {
                 return Ok(CommandResult::Refused(refusal));
             }
         }
+        if let Command::Lease(LeaseCommand::Revoke { id }) = command {
+            // Revoking deletes the lease's keys: the sender must be able to delete each.
+            let keys: Vec<String> =
+                self.leases.lock().get(*id).map(|l| l.keys.iter().cloned().collect()).unwrap_or_default();
+            for key in &keys {
+                if let Err(refusal) = auth::authorize(auth.records(), principal, Need::Write(key))? {
+                    return Ok(CommandResult::Refused(refusal));
+                }
+            }
+        }
         self.apply_allowed(batch, overlay, auth, revision, command)
     }
 
@@ -408,8 +432,10 @@ impl StateMachine {
             }
             Command::Txn(txn) => Ok(match self.apply_txn(batch, overlay, revision, txn)? {
                 Ok((succeeded, results)) => CommandResult::Txn { succeeded, revision, results },
-                Err(reason) => CommandResult::Refused(Refusal::Invalid(reason)),
+                Err(TxnRefused::Invalid(reason)) => CommandResult::Refused(Refusal::Invalid(reason)),
+                Err(TxnRefused::LeaseNotFound(id)) => CommandResult::Lease(LeaseResult::NotFound { id }),
             }),
+            Command::Lease(command) => self.apply_lease(batch, overlay, revision, command),
             Command::RegisterClientAddr { node_id, client_addr } => {
                 batch.put_cf(cf(&self.db, CF_SM), client_addr_key(*node_id), client_addr.as_bytes());
                 Ok(CommandResult::Empty)
@@ -454,8 +480,13 @@ impl StateMachine {
         overlay: &mut Overlay,
         revision: u64,
         txn: &Txn,
-    ) -> io::Result<Result<(bool, Vec<TxnOpResult>), String>> {
+    ) -> io::Result<Result<(bool, Vec<TxnOpResult>), TxnRefused>> {
         let mut view = TxnView::new(&self.db, overlay);
+        // Each changed key's lease after the transaction (`None`: no lease), and the per-key
+        // leases it makes; applied only if the whole branch runs.
+        let mut attach: BTreeMap<String, Option<LeaseId>> = BTreeMap::new();
+        let mut new_leases: Vec<(LeaseId, u64)> = Vec::new();
+        let mut attaching: BTreeMap<LeaseId, usize> = BTreeMap::new();
         let mut succeeded = true;
         for compare in &txn.compare {
             if !compare.holds(view.current(&compare.key)?.as_ref()) {
@@ -467,9 +498,47 @@ impl StateMachine {
         let mut results = Vec::with_capacity(branch.len());
         let mut read_bytes = 0usize;
         let mut deleted_by_prefix = 0usize;
-        for op in branch {
+        for (position, op) in branch.iter().enumerate() {
             results.push(match op {
-                TxnOp::Put { key, value } => {
+                TxnOp::Put { key, value } | TxnOp::PutWithLease { key, value, .. } => {
+                    let lease = match op {
+                        TxnOp::PutWithLease { lease: LeaseRef::Existing(id), .. } => {
+                            let leases = self.leases.lock();
+                            let Some(lease) = leases.get(*id) else {
+                                return Ok(Err(TxnRefused::LeaseNotFound(*id)));
+                            };
+                            if lease.record.per_key && !lease.keys.contains(key) {
+                                return Ok(Err(TxnRefused::Invalid(format!(
+                                    "lease {id} is a per-key TTL's: it holds its own key only"
+                                ))));
+                            }
+                            let adding = attaching.entry(*id).or_default();
+                            if !lease.keys.contains(key) {
+                                *adding += 1;
+                            }
+                            if lease.keys.len() + *adding > lease::MAX_LEASE_KEYS {
+                                return Ok(Err(TxnRefused::Invalid(format!(
+                                    "lease {id} would hold more than {} keys",
+                                    lease::MAX_LEASE_KEYS
+                                ))));
+                            }
+                            Some(*id)
+                        }
+                        TxnOp::PutWithLease { lease: LeaseRef::New { ttl_ms }, .. } => {
+                            if self.leases.lock().len() + new_leases.len() >= lease::MAX_LEASES {
+                                return Ok(Err(TxnRefused::Invalid(format!(
+                                    "there are {} leases, the most there can be (per-key TTLs included)",
+                                    lease::MAX_LEASES
+                                ))));
+                            }
+                            // Positions are below MAX_TXN_OPS (128), so the slot fits a byte.
+                            let id = lease::lease_id(revision, u8::try_from(position + 1).unwrap_or(u8::MAX));
+                            new_leases.push((id, *ttl_ms));
+                            Some(id)
+                        }
+                        _ => None,
+                    };
+                    attach.insert(key.clone(), lease);
                     let create_revision = view.current(key)?.map_or(revision, |stored| stored.create_revision);
                     let stored = StoredValue { create_revision, mod_revision: revision, value: value.clone() };
                     view.changes.insert(key.clone(), Some(stored));
@@ -479,6 +548,7 @@ impl StateMachine {
                     let deleted = view.current(key)?.is_some();
                     if deleted {
                         view.changes.insert(key.clone(), None);
+                        attach.insert(key.clone(), None);
                     }
                     TxnOpResult::Delete { deleted }
                 }
@@ -486,14 +556,15 @@ impl StateMachine {
                     let budget = MAX_DELETE_PREFIX_KEYS - deleted_by_prefix;
                     let keys = view.keys_with_prefix(prefix, budget + 1)?;
                     if keys.len() > budget {
-                        return Ok(Err(format!(
+                        return Ok(Err(TxnRefused::Invalid(format!(
                             "this transaction would delete more than {MAX_DELETE_PREFIX_KEYS} keys by prefix \
                              ({prefix:?} and any before it): delete them in parts, by longer prefixes"
-                        )));
+                        ))));
                     }
                     deleted_by_prefix += keys.len();
                     let deleted = keys.len() as u64;
                     for key in keys {
+                        attach.insert(key.clone(), None);
                         view.changes.insert(key, None);
                     }
                     TxnOpResult::DeletePrefix { deleted }
@@ -502,9 +573,9 @@ impl StateMachine {
                     let current = view.current(key)?;
                     read_bytes += current.as_ref().map_or(0, |stored| stored.value.len());
                     if read_bytes > MAX_TXN_READ_BYTES {
-                        return Ok(Err(format!(
+                        return Ok(Err(TxnRefused::Invalid(format!(
                             "the gets of this transaction would return more than {MAX_TXN_READ_BYTES} bytes"
-                        )));
+                        ))));
                     }
                     TxnOpResult::Get(current)
                 }
@@ -532,8 +603,97 @@ impl StateMachine {
             }
             overlay.insert(key, stored);
         }
+        let mut leases = self.leases.lock();
+        for (id, ttl_ms) in &new_leases {
+            let record =
+                LeaseRecord { ttl_ms: *ttl_ms, granted_revision: revision, renewed_revision: revision, per_key: true };
+            leases.grant(&self.db, batch, *id, record)?;
+        }
+        for (key, lease) in &attach {
+            leases.attach(&self.db, batch, key, *lease);
+        }
+        for (id, _) in new_leases {
+            leases.end_if_unused(&self.db, batch, id);
+        }
         Ok(Ok((succeeded, results)))
     }
+
+    /// Grants, renews or ends a lease. Ending one deletes its keys as one transaction at this
+    /// revision (one event per key), then the lease.
+    fn apply_lease(
+        &self,
+        batch: &mut WriteBatch,
+        overlay: &mut Overlay,
+        revision: u64,
+        command: &LeaseCommand,
+    ) -> io::Result<CommandResult> {
+        let result = match command {
+            LeaseCommand::Grant { ttl_ms } => {
+                let mut leases = self.leases.lock();
+                if leases.len() >= lease::MAX_LEASES {
+                    return Ok(CommandResult::Refused(Refusal::Invalid(format!(
+                        "there are {} leases, the most there can be (per-key TTLs included)",
+                        lease::MAX_LEASES
+                    ))));
+                }
+                let id = lease::lease_id(revision, 0);
+                let record = LeaseRecord {
+                    ttl_ms: *ttl_ms,
+                    granted_revision: revision,
+                    renewed_revision: revision,
+                    per_key: false,
+                };
+                leases.grant(&self.db, batch, id, record)?;
+                LeaseResult::Granted { id, ttl_ms: *ttl_ms, revision }
+            }
+            LeaseCommand::KeepAlive { ids } => {
+                let mut leases = self.leases.lock();
+                let (mut renewed, mut not_found) = (Vec::new(), Vec::new());
+                for id in ids.iter().copied().collect::<std::collections::BTreeSet<_>>() {
+                    match leases.get(id).map(|lease| lease.record.ttl_ms) {
+                        Some(ttl_ms) => {
+                            leases.renew(&self.db, batch, id, revision)?;
+                            renewed.push((id, ttl_ms));
+                        }
+                        None => not_found.push(id),
+                    }
+                }
+                LeaseResult::KeptAlive { renewed, not_found }
+            }
+            LeaseCommand::Revoke { id } | LeaseCommand::Expire { id, .. } => {
+                let keys: Vec<String> = match self.leases.lock().get(*id) {
+                    None => return Ok(CommandResult::Lease(LeaseResult::NotFound { id: *id })),
+                    Some(lease) => {
+                        if let LeaseCommand::Expire { renewed_revision, .. } = command {
+                            if lease.record.renewed_revision != *renewed_revision {
+                                return Ok(CommandResult::Lease(LeaseResult::Renewed { id: *id }));
+                            }
+                        }
+                        lease.keys.iter().cloned().collect()
+                    }
+                };
+                let deleted_keys = keys.len() as u64;
+                let deletes = keys.into_iter().map(|key| TxnOp::Delete { key }).collect();
+                let txn = Txn { compare: Vec::new(), success: deletes, failure: Vec::new() };
+                if let Err(refused) = self.apply_txn(batch, overlay, revision, &txn)? {
+                    // Plain deletes of at most MAX_LEASE_KEYS keys: nothing can refuse them.
+                    return Err(io::Error::other(format!("ending lease {id}: {refused:?}")));
+                }
+                self.leases.lock().end(&self.db, batch, *id);
+                LeaseResult::Ended { id: *id, revision, deleted_keys }
+            }
+        };
+        Ok(CommandResult::Lease(result))
+    }
+}
+
+/// Why a transaction changed nothing, decided at apply alike on every replica.
+#[derive(Debug)]
+enum TxnRefused {
+    /// Over an apply-time bound; the reason.
+    Invalid(String),
+    /// A put names a lease that does not exist.
+    LeaseNotFound(LeaseId),
 }
 
 /// The state as one transaction sees it: its own writes so far (`changes`), over the batch's
@@ -818,11 +978,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotHandle) -> Result<(), io::Error> {
         // File moves and a large write: off the async workers.
-        let (db, snapshots, installs, auth, events, meta) = (
+        let (db, snapshots, installs, auth, leases, events, meta) = (
             self.db.clone(),
             self.snapshots.clone(),
             self.installs.clone(),
             self.auth.clone(),
+            self.leases.clone(),
             self.events.clone(),
             meta.clone(),
         );
@@ -832,7 +993,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // redoes it from this file. openraft has decided to install it, so it replaces
             // even a newer file a concurrent build left (the marker must match the file).
             snapshots.promote(&meta, &mut snapshot, true)?;
-            install_state(&db, &installs, &auth, &events, &meta, &snapshot)
+            install_state(&db, &installs, Caches { auth: &auth, leases: &leases, events: &events }, &meta, &snapshot)
         })
         .await
         .map_err(io::Error::other)?
@@ -852,11 +1013,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// either nothing of the install survived (the old state is intact) or the marker did (and
 /// start-up redoes the install). Local reads overlapping the install are refused
 /// ([`InstallCounter`]).
+/// The in-memory views of the state that an install replaces along with it.
+struct Caches<'a> {
+    auth: &'a AuthCache,
+    leases: &'a LeaseCache,
+    events: &'a EventClock,
+}
+
 fn install_state(
     db: &DB,
     installs: &InstallCounter,
-    auth: &AuthCache,
-    events: &EventClock,
+    caches: Caches<'_>,
     meta: &SnapshotMeta,
     snapshot: &SnapshotHandle,
 ) -> io::Result<()> {
@@ -864,6 +1031,7 @@ fn install_state(
     if reader.meta() != meta {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot file does not match its metadata"));
     }
+    let Caches { auth, leases, events } = caches;
     let kv = cf(db, CF_KV);
     let sm = cf(db, CF_SM);
     installs.begin();
@@ -875,6 +1043,7 @@ fn install_state(
         // `client_addr0` is the first key after every `client_addr/…` key ('0' follows '/').
         batch.delete_range_cf(sm, PREFIX_CLIENT_ADDR, b"client_addr0".as_slice());
         batch.delete_range_cf(sm, PREFIX_AUTH, PREFIX_AUTH_END);
+        batch.delete_range_cf(sm, PREFIX_LEASE, PREFIX_LEASE_END);
         // No history before the snapshot: watches from earlier revisions get `410`. The bound
         // moves before the events go (see `StateMachine::apply`).
         let snapshot_index = meta.last_log_id.as_ref().map_or(0, |log_id| log_id.index());
@@ -895,6 +1064,10 @@ fn install_state(
                 Record::Auth { .. } => {
                     return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot auth record outside auth/"))
                 }
+                Record::Lease { key, value } if key.starts_with(PREFIX_LEASE) => batch.put_cf(sm, key, value),
+                Record::Lease { .. } => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot lease record outside lease/"))
+                }
                 Record::Meta(_) | Record::End { .. } => unreachable!("the reader yields state records only"),
             }
             if batch.size_in_bytes() >= limits::SNAPSHOT_INSTALL_BATCH_BYTES {
@@ -911,6 +1084,7 @@ fn install_state(
         write_options.set_sync(true);
         db.write_opt(batch, &write_options).map_err(io_error)?;
         auth.reload(db)?;
+        leases.reload(db)?;
         events.applied(snapshot_index);
         tracing::info!(last_log_id = ?meta.last_log_id, keys, "snapshot installed");
         Ok(())
@@ -941,7 +1115,18 @@ pub struct KvReader {
     db: Arc<DB>,
     installs: InstallCounter,
     auth: AuthCache,
+    leases: LeaseCache,
     events: EventClock,
+}
+
+/// One lease as a reader sees it: its record and its first keys.
+#[derive(Debug, Clone)]
+pub struct LeaseView {
+    pub id: LeaseId,
+    pub record: LeaseRecord,
+    pub keys: Vec<String>,
+    /// More keys than `keys` holds are attached.
+    pub keys_truncated: bool,
 }
 
 /// A page of the change history.
@@ -955,6 +1140,28 @@ pub enum EventsPage {
 }
 
 impl KvReader {
+    /// The lease `id` with at most `max_keys` of its keys (`None`: no such lease).
+    pub fn lease(&self, id: LeaseId, max_keys: usize) -> Option<LeaseView> {
+        let leases = self.leases.lock();
+        let lease = leases.get(id)?;
+        Some(LeaseView {
+            id,
+            record: lease.record.clone(),
+            keys: lease.keys.iter().take(max_keys).cloned().collect(),
+            keys_truncated: lease.keys.len() > max_keys,
+        })
+    }
+
+    /// The lease `key` is attached to, if any.
+    pub fn lease_of(&self, key: &str) -> Option<LeaseId> {
+        self.leases.lock().lease_of(key)
+    }
+
+    /// The applied leases, for the lease keeper (see `crate::lease`).
+    pub(crate) fn lease_cache(&self) -> &LeaseCache {
+        &self.leases
+    }
+
     /// The applied revision and the bounds of the change history.
     pub fn event_clock(&self) -> &EventClock {
         &self.events

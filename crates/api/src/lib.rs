@@ -80,6 +80,13 @@ pub struct WriteParams {
     /// Default: quorum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack: Option<AckParam>,
+    /// A put attaches the key to this lease (`POST /v1/leases`); it goes when the lease ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
+    /// A put gives the key a TTL of its own: it is deleted this long after the put, unless put
+    /// again (a lease of its own, without keepalives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 /// When a write is acknowledged.
@@ -227,11 +234,25 @@ pub struct TxnOperation {
     pub value: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_base64: Option<String>,
+    /// A put attaches its key to this lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
+    /// A put gives its key a TTL of its own (as `PUT ?ttl_ms=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 impl TxnOperation {
     fn of(op: TxnOpKind, key: &str) -> Self {
-        TxnOperation { op, key: Some(key.into()), prefix: None, value: None, value_base64: None }
+        TxnOperation {
+            op,
+            key: Some(key.into()),
+            prefix: None,
+            value: None,
+            value_base64: None,
+            lease: None,
+            ttl_ms: None,
+        }
     }
 
     pub fn put(key: &str, value: &str) -> Self {
@@ -243,13 +264,7 @@ impl TxnOperation {
     }
 
     pub fn delete_prefix(prefix: &str) -> Self {
-        TxnOperation {
-            op: TxnOpKind::DeletePrefix,
-            key: None,
-            prefix: Some(prefix.into()),
-            value: None,
-            value_base64: None,
-        }
+        TxnOperation { key: None, prefix: Some(prefix.into()), ..Self::of(TxnOpKind::DeletePrefix, "") }
     }
 
     pub fn get(key: &str) -> Self {
@@ -348,6 +363,71 @@ pub struct WatchProgress {
 /// The header of every key read and listing: the revision this node had applied when it
 /// answered. Give it back as `wait_revision` to wait for the next change.
 pub const INDEX_HEADER: &str = "x-quorumkv-index";
+
+/// The header of a key read when the key is attached to a lease: the lease's id.
+pub const LEASE_HEADER: &str = "x-quorumkv-lease";
+
+/// `POST /v1/leases`: a lease of this TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseGrantRequest {
+    pub ttl_ms: u64,
+}
+
+/// `POST /v1/leases`: the new lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrantReply {
+    pub id: u64,
+    pub ttl_ms: u64,
+    pub revision: u64,
+}
+
+/// `POST /v1/leases/keepalive`: renew many leases in one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepAliveRequest {
+    pub ids: Vec<u64>,
+}
+
+/// One lease renewed: its TTL starts again from when the keepalive was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptAlive {
+    pub id: u64,
+    pub ttl_ms: u64,
+}
+
+/// `POST /v1/leases/keepalive`: the leases renewed, and the ids that name no lease (ended).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepAliveReply {
+    pub leases: Vec<KeptAlive>,
+    pub not_found: Vec<u64>,
+}
+
+/// `DELETE /v1/leases/{id}`: the revision at which the lease and its keys went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRevokeReply {
+    pub id: u64,
+    pub revision: u64,
+    pub deleted_keys: u64,
+}
+
+/// `GET /v1/leases/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub id: u64,
+    pub ttl_ms: u64,
+    pub granted_revision: u64,
+    pub renewed_revision: u64,
+    /// A per-key TTL's lease (made by `PUT ?ttl_ms=`).
+    pub per_key: bool,
+    /// The attached keys, the first 1,000 in key order.
+    pub keys: Vec<String>,
+    pub keys_truncated: bool,
+    /// What is left of the TTL by the leader's clock: only from the leader (the one clock
+    /// that counts); absent from other nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_ms: Option<u64>,
+}
 
 /// Whether a failed request could have taken effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

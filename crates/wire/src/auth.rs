@@ -147,6 +147,9 @@ pub enum Need<'a> {
     WritePrefix(&'a str),
     /// Membership, backup, users and roles.
     Admin,
+    /// Grant, renew or revoke leases: any write grant (a lease holds keys only where its
+    /// holder may write them, each checked when a key is put with it).
+    Lease,
 }
 
 impl std::fmt::Display for Need<'_> {
@@ -157,6 +160,7 @@ impl std::fmt::Display for Need<'_> {
             Need::Write(key) => write!(f, "write key {key:?}"),
             Need::WritePrefix(prefix) => write!(f, "delete keys under {prefix:?}"),
             Need::Admin => f.write_str("administer the cluster (role admin)"),
+            Need::Lease => f.write_str("use leases (any write grant)"),
         }
     }
 }
@@ -216,6 +220,7 @@ fn grant_covers(grant: &Grant, need: Need<'_>) -> bool {
         Need::Write(key) => grant.write && key.starts_with(&grant.prefix),
         Need::WritePrefix(prefix) => grant.write && prefix.starts_with(&grant.prefix),
         Need::Admin => false,
+        Need::Lease => grant.write,
     }
 }
 

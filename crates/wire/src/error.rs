@@ -66,6 +66,8 @@ pub enum Error {
          then watch from its revision"
     )]
     Compacted { oldest_revision: u64 },
+    #[error("lease {id} does not exist (never granted, revoked, or expired)")]
+    LeaseNotFound { id: u64 },
 }
 
 impl Error {
@@ -73,7 +75,7 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::InvalidKey(_) | Error::InvalidParameter(_) | Error::InvalidHeader(_) => 400,
-            Error::KeyNotFound | Error::RouteNotFound | Error::MemberNotFound(_) => 404,
+            Error::KeyNotFound | Error::RouteNotFound | Error::MemberNotFound(_) | Error::LeaseNotFound { .. } => 404,
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
             Error::Compacted { .. } => 410,
@@ -117,6 +119,7 @@ impl Error {
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "permission_denied",
             Error::Compacted { .. } => "compacted",
+            Error::LeaseNotFound { .. } => "lease_not_found",
         }
     }
 

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`types`] | Raft type configuration; `Command`/`CommandResult`, the replicated payload (postcard, in the log) |
 //! | [`txn`] | transactions: compares and operations, applied in one log entry; every conditional write is one |
+//! | [`lease`] | leases and per-key TTLs: the commands, ids, records and bounds (expiry is a replicated command) |
 //! | [`auth`] | users, roles, grants and tokens: the records replicated through the log, the policy, Argon2id and HMAC |
 //! | [`error`] | the one closed API error enum and its status table (it crosses the peer wire inside replies) |
 //! | [`protocol`] | the peer wire format: every message, its path, its version byte, pinned bytes |
@@ -20,6 +21,7 @@
 pub mod auth;
 pub mod backup;
 pub mod error;
+pub mod lease;
 pub mod limits;
 pub mod protocol;
 pub mod snapshot;

@@ -5,7 +5,7 @@
 //! "QKVSNAP1"                     magic, 8 bytes
 //! [u32 LE length][postcard Record]...
 //!     Record::Meta               always first: last log id and membership of the state
-//!     Record::Key / ClientAddr / Auth   the state, keys in byte order
+//!     Record::Key / ClientAddr / Auth / Lease   the state, keys in byte order
 //!     Record::End                always last: record count and CRC-32 of every byte before it
 //! ```
 //!
@@ -55,11 +55,28 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Record {
     Meta(SnapshotMeta),
-    Key { key: String, value: StoredValue },
-    ClientAddr { node_id: NodeId, client_addr: String },
-    End { records: u64, checksum: u32 },
+    Key {
+        key: String,
+        value: StoredValue,
+    },
+    ClientAddr {
+        node_id: NodeId,
+        client_addr: String,
+    },
+    End {
+        records: u64,
+        checksum: u32,
+    },
     // Appended (postcard numbers variants): one `auth/…` record of the state machine.
-    Auth { key: Vec<u8>, value: Vec<u8> },
+    Auth {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// One `lease/…` record of the state machine (a lease, or a key's attachment to one).
+    Lease {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
 }
 
 fn invalid(message: impl Into<String>) -> io::Error {
@@ -90,6 +107,10 @@ impl SnapshotWriter {
 
     pub fn write_client_addr(&mut self, node_id: NodeId, client_addr: String) -> io::Result<()> {
         self.write_record(&Record::ClientAddr { node_id, client_addr })
+    }
+
+    pub fn write_lease(&mut self, key: Vec<u8>, value: Vec<u8>) -> io::Result<()> {
+        self.write_record(&Record::Lease { key, value })
     }
 
     pub fn write_auth(&mut self, key: Vec<u8>, value: Vec<u8>) -> io::Result<()> {

@@ -121,6 +121,14 @@ pub enum TxnOp {
     Get {
         key: String,
     },
+    // Appended (postcard numbers variants).
+    /// A put that attaches the key to a lease: an existing one, or a new one for this key
+    /// alone (a per-key TTL). A plain put, or a delete, detaches the key from its lease.
+    PutWithLease {
+        key: String,
+        value: Bytes,
+        lease: crate::lease::LeaseRef,
+    },
 }
 
 /// A transaction: if every compare holds, `success` runs, else `failure`.
@@ -186,7 +194,10 @@ impl Txn {
         }
         for op in self.success.iter().chain(&self.failure) {
             match op {
-                TxnOp::Put { key, value } => {
+                TxnOp::Put { key, value } | TxnOp::PutWithLease { key, value, .. } => {
+                    if let TxnOp::PutWithLease { lease: crate::lease::LeaseRef::New { ttl_ms }, .. } = op {
+                        crate::lease::check_ttl(*ttl_ms)?;
+                    }
                     crate::types::check_key(key, max_key_bytes)?;
                     if value.len() > max_value_bytes {
                         return Err(Error::ValueTooLarge { size: value.len(), limit: max_value_bytes });
@@ -234,7 +245,7 @@ impl Txn {
     pub fn needs(&self) -> Vec<Need<'_>> {
         let compared = self.compare.iter().map(|compare| Need::Read(&compare.key));
         let operated = self.success.iter().chain(&self.failure).map(|op| match op {
-            TxnOp::Put { key, .. } | TxnOp::Delete { key } => Need::Write(key),
+            TxnOp::Put { key, .. } | TxnOp::PutWithLease { key, .. } | TxnOp::Delete { key } => Need::Write(key),
             TxnOp::DeletePrefix { prefix } => Need::WritePrefix(prefix),
             TxnOp::Get { key } => Need::Read(key),
         });

@@ -12,6 +12,8 @@ use serde::Serialize;
 use crate::auth::AuthCommand;
 use crate::auth::Need;
 use crate::auth::Principal;
+use crate::lease::LeaseCommand;
+use crate::lease::LeaseResult;
 use crate::txn::Cmp;
 use crate::txn::Compare;
 use crate::txn::Target;
@@ -118,6 +120,8 @@ pub enum Command {
     Auth(AuthCommand),
     /// Compares, then one of two lists of operations, atomically at one revision.
     Txn(Txn),
+    /// A lease granted, renewed, revoked or expired (`crate::lease`).
+    Lease(LeaseCommand),
 }
 
 thread_local! {
@@ -210,6 +214,7 @@ impl Command {
             }
             Command::Auth(command) => command.check().map_err(Error::InvalidParameter),
             Command::Txn(txn) => txn.check(max_key_bytes, max_value_bytes),
+            Command::Lease(command) => command.check(),
         }
     }
 
@@ -220,6 +225,13 @@ impl Command {
             Command::Put { key, .. } | Command::Delete { key, .. } => Some(vec![Need::Write(key)]),
             Command::Auth(_) => Some(vec![Need::Admin]),
             Command::Txn(txn) => Some(txn.needs()),
+            // Revoking also needs write permission on each of the lease's keys, judged at
+            // apply (only the state knows them).
+            Command::Lease(
+                LeaseCommand::Grant { .. } | LeaseCommand::KeepAlive { .. } | LeaseCommand::Revoke { .. },
+            ) => Some(vec![Need::Lease]),
+            // The leader's own: no client sends it.
+            Command::Lease(LeaseCommand::Expire { .. }) => None,
             Command::RegisterClientAddr { .. } | Command::As { .. } => None,
         }
     }
@@ -246,6 +258,8 @@ pub enum CommandResult {
     /// A transaction ran at `revision`: its `success` branch when every compare held, else
     /// its `failure` branch; one result per operation of that branch.
     Txn { succeeded: bool, revision: u64, results: Vec<crate::txn::TxnOpResult> },
+    /// A lease command's result, or `NotFound` for a put naming a lease that does not exist.
+    Lease(LeaseResult),
 }
 
 impl fmt::Display for Command {
@@ -259,6 +273,7 @@ impl fmt::Display for Command {
             Command::As { principal, command } => write!(f, "{command} as {principal}"),
             Command::Auth(command) => write!(f, "{command}"),
             Command::Txn(txn) => write!(f, "{txn}"),
+            Command::Lease(command) => write!(f, "{command}"),
         }
     }
 }

@@ -22,6 +22,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::json;
 
+mod watch;
+pub use watch::WatchReport;
+
 /// Largest number of connections: each is a task and a socket on both ends.
 pub const MAX_BENCH_CONNECTIONS: usize = 4096;
 /// Largest key space (keys are generated, not stored, on the client side).
@@ -29,7 +32,7 @@ pub const MAX_BENCH_KEYS: u64 = 100_000_000;
 /// Longest run: a benchmark is a measurement, not a soak test.
 pub const MAX_BENCH_DURATION_SECS: u64 = 3600;
 /// Histogram range: 1 µs to 60 s with 3 significant digits.
-const HISTOGRAM_MAX_MICROS: u64 = 60_000_000;
+pub(crate) const HISTOGRAM_MAX_MICROS: u64 = 60_000_000;
 /// One request may take this long before it counts as a timeout error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -50,6 +53,9 @@ pub enum Workload {
     /// Transactions: a compare on one random key's modification revision (always true), then
     /// puts of that key and the next one, atomically (etcd: the same through `/v3/kv/txn`).
     Txn,
+    /// Writes of random keys while `--watchers` watch every key: the events delivered per
+    /// second and the delay from a write's sending to its event's arrival (etcd: `/v3/watch`).
+    Watch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -91,6 +97,9 @@ pub struct BenchOptions {
     /// `mixed`: fraction of requests that are reads.
     #[arg(long, default_value_t = 0.9)]
     pub read_ratio: f64,
+    /// `watch`: streams watching every key, spread over the endpoints.
+    #[arg(long, default_value_t = 16)]
+    pub watchers: usize,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -125,6 +134,12 @@ impl BenchOptions {
         if self.workload == Workload::Txn && self.keys < 2 {
             return Err("--workload txn writes two distinct keys: --keys must be at least 2".into());
         }
+        if self.workload == Workload::Watch && !(1..=watch::MAX_BENCH_WATCHERS).contains(&self.watchers) {
+            return Err(format!("--watchers must be 1 to {}", watch::MAX_BENCH_WATCHERS));
+        }
+        if self.workload == Workload::Watch && self.value_bytes < 16 {
+            return Err("--workload watch stamps each value with 16 bytes: --value-bytes must be at least 16".into());
+        }
         if !(0.0..=1.0).contains(&self.read_ratio) {
             return Err("--read-ratio must be between 0 and 1".into());
         }
@@ -155,6 +170,9 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     pub throughput_per_sec: f64,
     pub latency_ms: Latency,
+    /// `watch`: what the watchers received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -185,6 +203,13 @@ impl Report {
             let kinds: Vec<String> = self.errors.iter().map(|(kind, n)| format!("{kind}: {n}")).collect();
             println!("errors:     {}", kinds.join(", "));
         }
+        if let Some(watch) = &self.watch {
+            let d = &watch.delay_ms;
+            println!(
+                "watch:      {} watchers, {} events ({:.0} /s), {} errors; delay ms p50 {:.2}  p99 {:.2}  max {:.2}",
+                watch.watchers, watch.events, watch.events_per_sec, watch.errors, d.p50, d.p99, d.max
+            );
+        }
     }
 }
 
@@ -194,6 +219,7 @@ struct Shared {
     endpoints: Vec<String>,
     /// TLS to the client port (`--cacert`, `--cert`, `--key` of the CLI).
     tls: quorumkv_api::client::ClientTls,
+    started: Instant,
     deadline: Instant,
     /// Requests started, for `--requests` and `populate`.
     issued: AtomicU64,
@@ -237,6 +263,7 @@ pub async fn run(
         .collect();
     let started = Instant::now();
     let shared = Arc::new(Shared {
+        started,
         deadline: started + Duration::from_secs(options.duration_secs),
         options: options.clone(),
         tls: tls.clone(),
@@ -245,6 +272,14 @@ pub async fn run(
         finished: AtomicU64::new(0),
         failed: AtomicU64::new(0),
     });
+    // The watchers first, each open before any write is sent.
+    let mut watchers = Vec::new();
+    if options.workload == Workload::Watch {
+        for index in 0..options.watchers {
+            let endpoint = shared.endpoints[index % shared.endpoints.len()].clone();
+            watchers.push(watch::open(&options, tls, endpoint, started, watch::stop_at(shared.deadline)).await?);
+        }
+    }
     let progress = (!options.quiet).then(|| tokio::spawn(progress_line(shared.clone(), started)));
     let workers: Vec<_> = (0..options.connections).map(|index| tokio::spawn(worker(shared.clone(), index))).collect();
     let mut histogram = new_histogram()?;
@@ -260,7 +295,10 @@ pub async fn run(
     if let Some(progress) = progress {
         progress.abort();
     }
-    let millis = |micros: u64| micros as f64 / 1000.0;
+    let watch = match options.workload {
+        Workload::Watch => Some(watch::report(watchers, started.elapsed()).await?),
+        _ => None,
+    };
     let ok = histogram.len();
     let report = Report {
         target: options.target,
@@ -271,20 +309,27 @@ pub async fn run(
         ok,
         errors,
         throughput_per_sec: ok as f64 / elapsed,
-        latency_ms: Latency {
-            mean: histogram.mean() / 1000.0,
-            p50: millis(histogram.value_at_quantile(0.50)),
-            p90: millis(histogram.value_at_quantile(0.90)),
-            p99: millis(histogram.value_at_quantile(0.99)),
-            p99_9: millis(histogram.value_at_quantile(0.999)),
-            max: millis(histogram.max()),
-        },
+        latency_ms: latency_of(&histogram),
+        watch,
     };
     if let Some(path) = &options.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(report)
+}
+
+/// The percentiles of a histogram of microseconds, in milliseconds.
+pub(crate) fn latency_of(histogram: &Histogram<u64>) -> Latency {
+    let millis = |micros: u64| micros as f64 / 1000.0;
+    Latency {
+        mean: histogram.mean() / 1000.0,
+        p50: millis(histogram.value_at_quantile(0.50)),
+        p90: millis(histogram.value_at_quantile(0.90)),
+        p99: millis(histogram.value_at_quantile(0.99)),
+        p99_9: millis(histogram.value_at_quantile(0.999)),
+        max: millis(histogram.max()),
+    }
 }
 
 fn new_histogram() -> Result<Histogram<u64>, String> {
@@ -359,7 +404,9 @@ async fn worker(shared: Arc<Shared>, index: usize) -> Result<Tally, String> {
             _ => false,
         };
         // A different value every time, without allocating per request beyond the body.
-        if let Some(first) = value.first_mut() {
+        if options.workload == Workload::Watch {
+            value = watch::stamped_value(shared.started, options.value_bytes);
+        } else if let Some(first) = value.first_mut() {
             *first = first.wrapping_add(1);
         }
         let started = Instant::now();

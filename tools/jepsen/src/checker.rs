@@ -7,6 +7,7 @@
 //! after every definite event, and the search succeeds once every definite operation is
 //! linearized. The search has a step budget and answers `Unknown` instead of running on.
 
+pub mod lease;
 pub mod set;
 pub mod staleness;
 pub mod watch;

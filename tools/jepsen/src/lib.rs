@@ -18,8 +18,9 @@
 //! | [`faults`] | the ledger of faults installed, skipped or indeterminate, and harness failures |
 //! | [`traffic`] | the clients and their workloads, recording every operation |
 //! | [`watchers`] | a watcher per node beside the register clients, reconnecting across faults |
+//! | [`leases`] | a lease holder per node beside the register clients: grant, attach, renew, abandon |
 //! | [`history`] | the recorded operations |
-//! | [`checker`] | linearizability (registers), [`checker::set`], [`checker::staleness`], [`checker::watch`] |
+//! | [`checker`] | linearizability (registers), [`checker::set`], [`checker::staleness`], [`checker::watch`], [`checker::lease`] |
 //! | [`report`] | `history.jsonl`, `result.json` and what a run prints |
 //! | [`run`] | one fault run, start to end |
 //! | [`verify`] | `quorumkv verify`: a short register workload on a live cluster, checked and cleaned up |
@@ -28,6 +29,7 @@ pub mod checker;
 pub mod cluster;
 pub mod faults;
 pub mod history;
+pub mod leases;
 pub mod nemesis;
 pub mod options;
 pub mod report;

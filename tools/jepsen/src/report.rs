@@ -27,6 +27,10 @@ pub struct RunReport {
     pub watch_events_checked: usize,
     pub watch_restarts: u32,
     pub watch_anomalies: serde_json::Value,
+    /// Leases the holders made, renewals acknowledged and ends seen, all checked
+    /// (`checker::lease`), and what was wrong.
+    pub lease_counts: crate::checker::lease::LeaseCounts,
+    pub lease_anomalies: serde_json::Value,
     pub learners: u64,
     /// HTTPS and mutual TLS (`--tls`), and users and roles on (`--auth`).
     pub tls: bool,

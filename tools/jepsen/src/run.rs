@@ -19,6 +19,7 @@ use crate::cluster::MAX_DIVERGENCES_REPORTED;
 use crate::cluster::RECOVERY_DEADLINE;
 use crate::history;
 use crate::history::Status;
+use crate::leases;
 use crate::nemesis;
 use crate::options::ClusterKind;
 use crate::options::Nemesis;
@@ -110,6 +111,31 @@ pub fn validate(options: &Options) -> Result<(), String> {
     Ok(())
 }
 
+/// The holders' keys still present on some node once every lease should have expired: each
+/// node's own state is polled (stale listings) until none is left there, for at most the
+/// recovery deadline plus two TTLs (a failover may lengthen a lease by one). As (node, key).
+async fn lease_keys_left(cluster: &Cluster, http: &reqwest::Client) -> Vec<(String, String)> {
+    let deadline = Instant::now() + RECOVERY_DEADLINE + Duration::from_millis(2 * leases::LEASE_TTL_MS);
+    loop {
+        let mut left = Vec::new();
+        for endpoint in &cluster.endpoints {
+            let url = format!("{endpoint}/v1/kv?prefix={}&consistency=stale&limit=1000", leases::LEASE_PREFIX);
+            let page = match http.get(url).timeout(Duration::from_secs(2)).send().await {
+                Ok(response) if response.status().is_success() => response.json::<quorumkv_api::Page>().await.ok(),
+                _ => None,
+            };
+            match page {
+                Some(page) => left.extend(page.items.into_iter().map(|item| (endpoint.clone(), item.key))),
+                None => left.push((endpoint.clone(), "(the node did not answer its listing)".into())),
+            }
+        }
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -> Result<Verdict, String> {
     let http = cluster.http_client(CLIENT_TIMEOUT).await?;
     cluster.wait_for_leader(&http).await?;
@@ -132,6 +158,15 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
                 crate::traffic::register_prefix(""),
                 stop,
             )));
+        }
+    }
+    // And a lease holder per node (preferring it).
+    let mut holders = Vec::new();
+    if options.workload == Workload::Register {
+        for index in 0..cluster.endpoints.len() {
+            let mut endpoints = cluster.endpoints.clone();
+            endpoints.rotate_left(index);
+            holders.push(tokio::spawn(leases::hold(endpoints, http.clone(), index, seed, start, deadline)));
         }
     }
     let mut clients = Vec::new();
@@ -167,6 +202,10 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
     for client in clients {
         let _ = client.await;
     }
+    let mut lease_logs = Vec::new();
+    for holder in holders {
+        lease_logs.push(holder.await.map_err(|e| e.to_string())?);
+    }
     cluster.heal_all(&mut nemesis_log, start).await;
     cluster.wait_for_leader(&http).await?;
 
@@ -201,6 +240,8 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
     for watcher in watchers {
         watch_logs.push(watcher.await.map_err(|e| e.to_string())?);
     }
+    // Every lease was abandoned by the end: its key must go from every node.
+    let remaining_lease_keys = if lease_logs.is_empty() { Vec::new() } else { lease_keys_left(cluster, &http).await };
     let divergence = replica_divergence(cluster, &http).await?;
     let mut operations = history.lock().map_err(|_| "history lock poisoned")?.clone();
     for (index, op) in operations.iter_mut().enumerate() {
@@ -228,8 +269,18 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         Some(present) => checker::set::check(&operations, &present),
     };
     let (watch_events_checked, watch_anomalies) = checker::watch::check(&operations, &watch_logs);
+    let (lease_counts, lease_anomalies) = checker::lease::check(&lease_logs, &remaining_lease_keys);
     let checker_ms = check_started.elapsed().as_millis();
-    let verdict = if divergence.is_empty() && watch_anomalies.is_empty() { verdict } else { Verdict::Invalid };
+    let verdict = if divergence.is_empty() && watch_anomalies.is_empty() && lease_anomalies.is_empty() {
+        verdict
+    } else {
+        Verdict::Invalid
+    };
+    // A run in which no lease was renewed, or none was seen to end, checked neither guarantee.
+    if !lease_logs.is_empty() && (lease_counts.renewals_acknowledged <= lease_counts.leases || lease_counts.leases == 0)
+    {
+        cluster.harness_failure(format!("the lease holders got no keepalive acknowledged ({lease_counts:?})"));
+    }
     for log in &watch_logs {
         let target = last_acknowledged.unwrap_or(0);
         if log.complete_to < target {
@@ -275,6 +326,8 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         watch_events_checked,
         watch_restarts: watch_logs.iter().map(|log| log.restarts).sum(),
         watch_anomalies: serde_json::to_value(&watch_anomalies).map_err(|e| e.to_string())?,
+        lease_counts,
+        lease_anomalies: serde_json::to_value(&lease_anomalies).map_err(|e| e.to_string())?,
         learners: options.learners,
         tls: options.tls,
         auth: options.auth,

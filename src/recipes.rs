@@ -1,0 +1,244 @@
+//! Locks and elections for the CLI (`quorumkv lock`, `quorumkv elect`), built from the public
+//! API only: a lease kept alive (the session), a create-only key under the lease, and blocking
+//! reads to wait for the one key ahead (etcd's `concurrency` recipe).
+//!
+//! Each contender creates `NAME/<its lease id>`; the holder is the key with the lowest create
+//! revision, and that revision is the fencing token: it grows with every acquisition, so a
+//! resource that refuses tokens older than the newest it has seen is safe even against a holder
+//! that was paused past its TTL and still believes it holds the lock (Jepsen's etcd 3.4.3
+//! analysis). A waiter waits for the deletion of the key just ahead of it, not for the holder,
+//! so a release wakes one waiter, not all of them.
+
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use bytes::Bytes;
+use quorumkv_api::client::Client;
+use quorumkv_api::client::ClientError;
+use quorumkv_api::client::Retry;
+use reqwest::header::HeaderMap;
+use reqwest::header::HeaderValue;
+use reqwest::Method;
+use reqwest::StatusCode;
+
+/// Waiters listed per page while finding the key ahead: the API's largest page.
+const WAITERS_PAGE: usize = 1_000;
+/// Pages of waiters read at most (10,000 contenders for one name).
+const MAX_WAITER_PAGES: usize = 10;
+/// How long one blocking read waits before it is asked again (it answers at a change anyway).
+const WAIT_MS: u64 = 30_000;
+
+fn failed(message: impl Into<String>) -> ClientError {
+    ClientError::Failed(message.into())
+}
+
+fn json_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers
+}
+
+fn error_of(answer: &quorumkv_api::client::Answer) -> ClientError {
+    failed(format!("{} {}", answer.status, String::from_utf8_lossy(&answer.body)))
+}
+
+/// A lease kept alive in the background. It counts as lost once `ttl_ms` has passed since the
+/// sending of the last keepalive that was answered, whatever the cluster may still think: the
+/// holder can only be sure of what it was told in time.
+pub(crate) struct Session {
+    client: Arc<Client>,
+    pub(crate) lease: u64,
+    lost: tokio::sync::watch::Receiver<Option<String>>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    pub(crate) async fn open(client: Arc<Client>, ttl_ms: u64) -> Result<Session, ClientError> {
+        let body = Bytes::from(serde_json::json!({ "ttl_ms": ttl_ms }).to_string());
+        let sent = Instant::now();
+        let answer = client
+            .request(Method::POST, &segments(&["v1", "leases"]), &[], json_headers(), Some(body), Retry::OnlyIfNotSent)
+            .await?;
+        if answer.status != StatusCode::CREATED {
+            return Err(error_of(&answer));
+        }
+        let granted: quorumkv_api::LeaseGrantReply =
+            serde_json::from_slice(&answer.body).map_err(|e| failed(format!("the grant's answer: {e}")))?;
+        let (lost_sender, lost) = tokio::sync::watch::channel(None);
+        let keeper = tokio::spawn(keep_alive(client.clone(), granted.id, ttl_ms, sent, lost_sender));
+        Ok(Session { client, lease: granted.id, lost, keeper })
+    }
+
+    /// Resolves once the session is lost, with the reason.
+    pub(crate) async fn lost(&self) -> String {
+        let mut lost = self.lost.clone();
+        let reason = match lost.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => "the keepalive task ended".into(),
+        };
+        reason
+    }
+
+    /// Ends the session: stops renewing and revokes the lease (its keys go with it).
+    pub(crate) async fn close(self) {
+        self.keeper.abort();
+        let lease = self.lease.to_string();
+        let path = segments(&["v1", "leases", &lease]);
+        if let Err(error) =
+            self.client.request(Method::DELETE, &path, &[], HeaderMap::new(), None, Retry::Idempotent).await
+        {
+            eprintln!("could not revoke lease {lease} (it expires by itself): {error}");
+        }
+    }
+}
+
+async fn keep_alive(
+    client: Arc<Client>,
+    lease: u64,
+    ttl_ms: u64,
+    mut last_acknowledged_send: Instant,
+    lost: tokio::sync::watch::Sender<Option<String>>,
+) {
+    let ttl = Duration::from_millis(ttl_ms);
+    let lease_text = lease.to_string();
+    let path = segments(&["v1", "leases", &lease_text, "keepalive"]);
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        let sent = Instant::now();
+        let left = ttl.saturating_sub(last_acknowledged_send.elapsed());
+        // Renewing twice is renewing once: a keepalive may be sent again.
+        let request = client.request(Method::POST, &path, &[], HeaderMap::new(), None, Retry::Idempotent);
+        match tokio::time::timeout(left, request).await {
+            Ok(Ok(answer)) if answer.status.is_success() => last_acknowledged_send = sent,
+            Ok(Ok(answer)) if answer.status == StatusCode::NOT_FOUND => {
+                let _ = lost.send(Some(format!("lease {lease} has ended")));
+                return;
+            }
+            Ok(Ok(answer)) => eprintln!("keepalive of lease {lease}: {}", error_of(&answer)),
+            Ok(Err(error)) => eprintln!("keepalive of lease {lease}: {error}"),
+            Err(_) => {}
+        }
+        if last_acknowledged_send.elapsed() >= ttl {
+            let _ = lost.send(Some(format!("no keepalive of lease {lease} was answered within its TTL")));
+            return;
+        }
+    }
+}
+
+fn segments(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|part| part.to_string()).collect()
+}
+
+/// A contender's key under `name`.
+fn contender_key(name: &str, lease: u64) -> String {
+    format!("{}/{lease:016x}", name.trim_end_matches('/'))
+}
+
+/// Creates this session's key under `name` with `value`; returns the key and its create
+/// revision (the fencing token once it holds).
+pub(crate) async fn enter(
+    client: &Client,
+    session: &Session,
+    name: &str,
+    value: &str,
+) -> Result<(String, u64), ClientError> {
+    let key = contender_key(name, session.lease);
+    let mut headers = HeaderMap::new();
+    headers.insert(reqwest::header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+    let query = [("lease", session.lease.to_string())];
+    let body = Some(Bytes::from(value.to_string()));
+    let answer =
+        client.request(Method::PUT, &Client::key_path(&key), &query, headers, body, Retry::OnlyIfNotSent).await?;
+    if !answer.status.is_success() {
+        return Err(error_of(&answer));
+    }
+    let put: quorumkv_api::PutReply =
+        serde_json::from_slice(&answer.body).map_err(|e| failed(format!("the put's answer: {e}")))?;
+    Ok((key, put.revision))
+}
+
+/// The contenders under `name`, in create-revision order, and the index the listing was read at.
+async fn contenders(client: &Client, name: &str) -> Result<(Vec<quorumkv_api::Item>, u64), ClientError> {
+    let prefix = format!("{}/", name.trim_end_matches('/'));
+    let (mut items, mut start, mut index) = (Vec::new(), String::new(), 0);
+    for _ in 0..MAX_WAITER_PAGES {
+        let query = [("prefix", prefix.clone()), ("start", start.clone()), ("limit", WAITERS_PAGE.to_string())];
+        let answer = client
+            .request(Method::GET, &segments(&["v1", "kv"]), &query, HeaderMap::new(), None, Retry::Idempotent)
+            .await?;
+        if !answer.status.is_success() {
+            return Err(error_of(&answer));
+        }
+        if index == 0 {
+            index = header_index(&answer.headers);
+        }
+        let page: quorumkv_api::Page =
+            serde_json::from_slice(&answer.body).map_err(|e| failed(format!("the listing: {e}")))?;
+        items.extend(page.items);
+        match page.next_start {
+            Some(next) => start = next,
+            None => {
+                items.sort_by_key(|item| item.create_revision);
+                return Ok((items, index));
+            }
+        }
+    }
+    Err(failed(format!("more than {} contenders for {name}", WAITERS_PAGE * MAX_WAITER_PAGES)))
+}
+
+fn header_index(headers: &HeaderMap) -> u64 {
+    headers.get(quorumkv_api::INDEX_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Waits until the key of create revision `mine` is the first under `name` (this session
+/// holds the lock, or leads).
+pub(crate) async fn wait_turn(client: &Client, name: &str, key: &str, mine: u64) -> Result<(), ClientError> {
+    loop {
+        let (items, index) = contenders(client, name).await?;
+        if !items.iter().any(|item| item.key == key) {
+            return Err(failed(format!("{key} is gone: the session's lease ended")));
+        }
+        let Some(ahead) = items.iter().rfind(|item| item.create_revision < mine) else {
+            return Ok(());
+        };
+        // Block until the key just ahead changes (deleted, usually) after the listing.
+        loop {
+            let query = [("wait_revision", index.to_string()), ("wait_ms", WAIT_MS.to_string())];
+            let path = Client::key_path(&ahead.key);
+            let answer = client.request(Method::GET, &path, &query, HeaderMap::new(), None, Retry::Idempotent).await?;
+            if answer.status == StatusCode::NOT_FOUND || header_index(&answer.headers) > index {
+                break;
+            }
+        }
+    }
+}
+
+/// The current leader under `name`: the value and create revision of its first key.
+async fn leader(client: &Client, name: &str) -> Result<(Option<(String, u64)>, u64), ClientError> {
+    let (items, index) = contenders(client, name).await?;
+    let first = items.into_iter().next().map(|item| (item.value.unwrap_or_default(), item.create_revision));
+    Ok((first, index))
+}
+
+/// Prints the leader under `name` (one JSON line) each time it changes, until `stop` resolves.
+pub(crate) async fn observe(client: &Client, name: &str) -> Result<(), ClientError> {
+    let prefix = format!("{}/", name.trim_end_matches('/'));
+    let mut printed: Option<Option<(String, u64)>> = None;
+    loop {
+        let (current, index) = leader(client, name).await?;
+        if printed.as_ref() != Some(&current) {
+            let line = match &current {
+                Some((value, revision)) => serde_json::json!({ "leader": value, "revision": revision }),
+                None => serde_json::json!({ "leader": null }),
+            };
+            println!("{line}");
+            printed = Some(current);
+        }
+        let query =
+            [("prefix", prefix.clone()), ("wait_revision", index.to_string()), ("wait_ms", WAIT_MS.to_string())];
+        client
+            .request(Method::GET, &segments(&["v1", "kv"]), &query, HeaderMap::new(), None, Retry::Idempotent)
+            .await?;
+    }
+}
