@@ -91,11 +91,14 @@ impl Node {
     pub async fn keep_lease_time(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(limits::LEASE_TICK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let pending = Arc::new(tokio::sync::Semaphore::new(limits::MAX_PENDING_LEASE_EXPIRIES));
         loop {
             tick.tick().await;
-            for (id, renewed_revision) in self.lease_clock_tick() {
+            for (id, renewed_revision) in self.lease_clock_tick(pending.available_permits()) {
+                let Ok(permit) = pending.clone().try_acquire_owned() else { break };
                 let node = self.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let command = Command::Lease(LeaseCommand::Expire { id, renewed_revision });
                     match node.write_as_leader(command, Ack::Quorum).await {
                         Ok(result) => tracing::debug!(id, ?result, "lease expiry applied"),
@@ -108,18 +111,23 @@ impl Node {
     }
 
     /// One turn of the keeper: bring the deadlines up to date with the applied leases, and
-    /// return the expiries to propose now (at most [`limits::MAX_LEASE_EXPIRIES_PER_TICK`]).
-    fn lease_clock_tick(&self) -> Vec<(LeaseId, u64)> {
+    /// return the expiries to propose now (at most [`limits::MAX_LEASE_EXPIRIES_PER_TICK`],
+    /// and at most `budget`: the proposals not yet answered are bounded too).
+    fn lease_clock_tick(&self, budget: usize) -> Vec<(LeaseId, u64)> {
         let metrics = self.raft_metrics();
         let reader = self.kv_reader();
         let cache = reader.lease_cache();
         let mut clock = self.lease_clock().lock().unwrap_or_else(|p| p.into_inner());
         let (generation, changes) = cache.drain_changes();
-        let applied_term = metrics.last_applied.as_ref().map(|log_id| log_id.committed_leader_id().term());
-        // Keeping time needs this node to lead and to have applied an entry of its own term.
+        let applied_leader = metrics.last_applied.as_ref().map(|log_id| {
+            let leader = log_id.committed_leader_id();
+            (leader.term(), *leader.node_id())
+        });
+        // Keeping time needs this node to lead and to have applied an entry of its own
+        // leadership (its first, blank one at least), hence every entry before it.
         let leading = metrics.state == ServerState::Leader
             && metrics.current_leader == Some(self.id())
-            && applied_term == Some(metrics.current_term);
+            && applied_leader == Some((metrics.current_term, self.id()));
         if !leading {
             clock.clear();
             return Vec::new();
@@ -154,7 +162,7 @@ impl Node {
         let due: Vec<LeaseId> = clock.order.iter().take_while(|(at, _)| *at <= now).map(|(_, id)| *id).collect();
         let mut expiries = Vec::new();
         for id in due {
-            if expiries.len() >= limits::MAX_LEASE_EXPIRIES_PER_TICK {
+            if expiries.len() >= limits::MAX_LEASE_EXPIRIES_PER_TICK.min(budget) {
                 break;
             }
             let Some(deadline) = clock.deadlines.get_mut(&id) else { continue };

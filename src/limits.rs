@@ -58,6 +58,9 @@ pub const LEASE_EXPIRE_RETRY_MS: u64 = 1_000;
 pub const MAX_LEASE_EXPIRIES_PER_TICK: usize = 1_000;
 /// Largest lease request body: a keepalive of the most leases (1,000 ids of 20 digits).
 pub const LEASE_BODY_BYTES: usize = 64 * 1024;
+/// Expiries proposed and not yet answered, at most: while commits are slow, due leases wait
+/// for a free slot instead of piling up proposals.
+pub const MAX_PENDING_LEASE_EXPIRIES: usize = 2_000;
 /// Keys a lease's description lists (`GET /v1/leases/{id}`); the rest are counted.
 pub const MAX_LEASE_KEYS_SHOWN: usize = 1_000;
 /// An idle watch stream gets a `progress` event this often: the client learns the revision it

@@ -569,6 +569,8 @@ async fn lock(client: Client, name: &str, ttl_ms: u64, command: Vec<String>) -> 
         .env("QUORUMKV_FENCING_TOKEN", token.to_string())
         .env("QUORUMKV_LOCK_KEY", &key)
         .env("QUORUMKV_LEASE_ID", session.lease.to_string())
+        // Its own process group, so that losing the lock stops what it started too.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| ClientError::Failed(format!("cannot run {program}: {e}")))?;
@@ -579,6 +581,9 @@ async fn lock(client: Client, name: &str, ttl_ms: u64, command: Vec<String>) -> 
     let status = match finished {
         Ok(status) => status.map_err(|e| ClientError::Failed(format!("waiting for {program}: {e}")))?,
         Err(reason) => {
+            if let Some(group) = child.id() {
+                let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{group}")]).status();
+            }
             let _ = child.kill().await;
             eprintln!("lost the lock {name} (fencing token {token}): {reason}; {program} was killed");
             return Ok(ExitCode::FAILURE);

@@ -28,6 +28,11 @@ const WAITERS_PAGE: usize = 1_000;
 const MAX_WAITER_PAGES: usize = 10;
 /// How long one blocking read waits before it is asked again (it answers at a change anyway).
 const WAIT_MS: u64 = 30_000;
+/// The session counts as lost this share of the TTL (a tenth) before the cluster may end the
+/// lease, so the command is stopped before anyone else can hold the lock.
+const LOSS_MARGIN_DIVISOR: u32 = 10;
+/// After a keepalive that failed, the next is tried this soon (not a third of the TTL later).
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 fn failed(message: impl Into<String>) -> ClientError {
     ClientError::Failed(message.into())
@@ -43,9 +48,10 @@ fn error_of(answer: &quorumkv_api::client::Answer) -> ClientError {
     failed(format!("{} {}", answer.status, String::from_utf8_lossy(&answer.body)))
 }
 
-/// A lease kept alive in the background. It counts as lost once `ttl_ms` has passed since the
-/// sending of the last keepalive that was answered, whatever the cluster may still think: the
-/// holder can only be sure of what it was told in time.
+/// A lease kept alive in the background. It counts as lost a tenth of `ttl_ms` before `ttl_ms`
+/// has passed since the sending of the last keepalive that was answered (the earliest moment
+/// the cluster may end the lease), whatever the cluster may still think: the holder can only be
+/// sure of what it was told in time.
 pub(crate) struct Session {
     client: Arc<Client>,
     pub(crate) lease: u64,
@@ -103,25 +109,31 @@ async fn keep_alive(
     let ttl = Duration::from_millis(ttl_ms);
     let lease_text = lease.to_string();
     let path = segments(&["v1", "leases", &lease_text, "keepalive"]);
+    let mut pause = ttl / 3;
     loop {
-        tokio::time::sleep(ttl / 3).await;
+        let lost_at = last_acknowledged_send + ttl - ttl / LOSS_MARGIN_DIVISOR;
+        tokio::time::sleep_until((Instant::now() + pause).min(lost_at).into()).await;
+        if Instant::now() >= lost_at {
+            let _ = lost.send(Some(format!("no keepalive of lease {lease} was answered in time")));
+            return;
+        }
         let sent = Instant::now();
-        let left = ttl.saturating_sub(last_acknowledged_send.elapsed());
         // Renewing twice is renewing once: a keepalive may be sent again.
         let request = client.request(Method::POST, &path, &[], HeaderMap::new(), None, Retry::Idempotent);
-        match tokio::time::timeout(left, request).await {
-            Ok(Ok(answer)) if answer.status.is_success() => last_acknowledged_send = sent,
+        pause = RETRY_PAUSE;
+        match tokio::time::timeout_at(lost_at.into(), request).await {
+            Ok(Ok(answer)) if answer.status.is_success() => {
+                last_acknowledged_send = sent;
+                pause = ttl / 3;
+            }
             Ok(Ok(answer)) if answer.status == StatusCode::NOT_FOUND => {
                 let _ = lost.send(Some(format!("lease {lease} has ended")));
                 return;
             }
             Ok(Ok(answer)) => eprintln!("keepalive of lease {lease}: {}", error_of(&answer)),
             Ok(Err(error)) => eprintln!("keepalive of lease {lease}: {error}"),
+            // At the loss deadline: the next turn says so.
             Err(_) => {}
-        }
-        if last_acknowledged_send.elapsed() >= ttl {
-            let _ = lost.send(Some(format!("no keepalive of lease {lease} was answered within its TTL")));
-            return;
         }
     }
 }
@@ -209,6 +221,9 @@ pub(crate) async fn wait_turn(client: &Client, name: &str, key: &str, mine: u64)
             let answer = client.request(Method::GET, &path, &query, HeaderMap::new(), None, Retry::Idempotent).await?;
             if answer.status == StatusCode::NOT_FOUND || header_index(&answer.headers) > index {
                 break;
+            }
+            if !answer.status.is_success() {
+                return Err(error_of(&answer));
             }
         }
     }

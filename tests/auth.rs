@@ -455,3 +455,49 @@ async fn the_cli_manages_users_and_logs_in() {
     let users = ok(cli(&endpoint, &[("QUORUMKV_PASSWORD", "root-pw")], &["--user", "root", "user", "list"]).await);
     assert!(users.contains("alice") && users.contains("root"), "{users}");
 }
+
+/// Goal: with auth on, a lease is its granter's: another user with the same permissions can
+/// neither renew it, nor revoke it, nor attach a key to it (its keys would block the owner's
+/// revoke); describing it needs read on its keys; an admin may do anything with it.
+#[tokio::test]
+async fn a_lease_belongs_to_the_user_who_granted_it() {
+    use reqwest::Method;
+    let cluster = Cluster::start(1).await;
+    let leader = cluster.wait_for_leader().await;
+    set_up_users(&cluster, leader).await;
+    let root = Caller::with_token(&cluster, &token(&cluster, leader, "root", "root-password").await);
+    let other_role = json!({"permissions": [{"prefix": "c/", "access": "readwrite"}]});
+    assert_eq!(root.json(leader, Method::PUT, "/v1/auth/roles/other", other_role).await.0, 200);
+    for (name, role) in [("bob", "app"), ("carol", "other")] {
+        let user = json!({"password": format!("{name}-password"), "roles": [role]});
+        assert_eq!(root.json(leader, Method::PUT, &format!("/v1/auth/users/{name}"), user).await.0, 200);
+    }
+    let alice = Caller::with_token(&cluster, &token(&cluster, leader, "alice", "alice-password").await);
+    let bob = Caller::with_token(&cluster, &token(&cluster, leader, "bob", "bob-password").await);
+    let carol = Caller::with_token(&cluster, &token(&cluster, leader, "carol", "carol-password").await);
+    let (status, body) = alice.json(leader, Method::POST, "/v1/leases", json!({"ttl_ms": 60_000})).await;
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<quorumkv_api::LeaseGrantReply>(&body).expect("a grant").id;
+    let attach = |key: &str| format!("/v1/kv/{key}?lease={id}");
+    assert_eq!(alice.call(leader, Method::PUT, &attach("app/a"), Some("v".into())).await.0, 200);
+
+    let keepalive = format!("/v1/leases/{id}/keepalive");
+    let lease = format!("/v1/leases/{id}");
+    refused(&bob.call(leader, Method::POST, &keepalive, None).await, 403, "permission_denied");
+    refused(
+        &bob.json(leader, Method::POST, "/v1/leases/keepalive", json!({"ids": [id]})).await,
+        403,
+        "permission_denied",
+    );
+    refused(&bob.call(leader, Method::DELETE, &lease, None).await, 403, "permission_denied");
+    refused(&bob.call(leader, Method::PUT, &attach("app/b"), Some("v".into())).await, 403, "permission_denied");
+    refused(&Caller::anonymous(&cluster).call(leader, Method::POST, &keepalive, None).await, 401, "unauthorized");
+    refused(&carol.call(leader, Method::GET, &lease, None).await, 403, "permission_denied");
+    assert_eq!(bob.call(leader, Method::GET, &lease, None).await.0, 200, "bob may read app/a");
+    assert_eq!(bob.get(leader, "app/b").await.0, 404, "the refused attach wrote nothing");
+    assert_eq!(alice.call(leader, Method::POST, &keepalive, None).await.0, 200);
+    assert_eq!(root.call(leader, Method::POST, &keepalive, None).await.0, 200, "an admin may");
+    let (status, body) = alice.call(leader, Method::DELETE, &lease, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""deleted_keys":1"#), "{body}");
+}

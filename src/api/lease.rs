@@ -118,6 +118,7 @@ pub(super) async fn revoke(
 }
 
 /// A linearizable description: every grant, keepalive and end acknowledged before is seen.
+/// Needs read permission on each key it lists.
 pub(super) async fn describe(
     State(node): State<Arc<Node>>,
     id: IdPath,
@@ -128,6 +129,10 @@ pub(super) async fn describe(
     node.authorize_or_catch_up(caller.principal(), Need::Lease).await?;
     let _slot = node.admit().await?;
     let (lease, remaining) = node.lease(id, Consistency::Linearizable).await?;
+    // The keys' names are theirs to see who may read them (etcd's TimeToLive with keys).
+    for key in &lease.keys {
+        node.authorize(caller.principal(), Need::Read(key))?;
+    }
     Ok(Json(LeaseInfo {
         id: lease.id,
         ttl_ms: lease.record.ttl_ms,

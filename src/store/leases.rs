@@ -11,8 +11,10 @@
 //! memory ([`LeaseCache`], bounded by `MAX_LEASES` and the keys that exist), loaded at start-up
 //! and after a snapshot install. Apply changes it in place, entry by entry, so each entry of a
 //! batch sees the ones before it; the batch's records reach RocksDB when the batch is written.
-//! A failed batch write stops the node (openraft's storage error), and a restart reloads the
-//! table from what was written.
+//! Unlike the auth cache (swapped in whole before the write), readers may see a batch's lease
+//! changes a moment before its keys: those entries are committed, so this is early, never
+//! wrong. A failed batch write stops the node (openraft's storage error), and a restart
+//! reloads the table from what was written.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -95,7 +97,12 @@ impl LeaseTable {
             }
         }
         for (id, key) in attachments {
-            let lease = table.leases.get_mut(&id).ok_or_else(|| io::Error::other("a key attached to no lease"))?;
+            // Never written (a lease ends only once its keys are gone), but not a reason to
+            // refuse to start: every replica loads the same records and skips the same.
+            let Some(lease) = table.leases.get_mut(&id) else {
+                tracing::error!(id, key, "a key attached to a lease that does not exist; ignored");
+                continue;
+            };
             lease.keys.insert(key.clone());
             table.key_lease.insert(key, id);
         }

@@ -376,7 +376,7 @@ impl StateMachine {
             }
             (Some(needs), _) => needs,
             // Internal commands come from members only, never wrapped for a user.
-            (None, None) => return self.apply_allowed(batch, overlay, auth, revision, command),
+            (None, None) => return self.apply_allowed(batch, overlay, auth, revision, None, command),
             (None, Some(auth::Principal::Member)) if !matches!(command, Command::As { .. }) => vec![Need::Admin],
             (None, Some(_)) => {
                 return Ok(CommandResult::Refused(Refusal::Forbidden(format!("{command} is not a client command"))))
@@ -386,6 +386,9 @@ impl StateMachine {
             if let Err(refusal) = auth::authorize(auth.records(), principal, need)? {
                 return Ok(CommandResult::Refused(refusal));
             }
+        }
+        if let Err(refusal) = self.check_lease_owner(auth.records(), principal, command)? {
+            return Ok(CommandResult::Refused(refusal));
         }
         if let Command::Lease(LeaseCommand::Revoke { id }) = command {
             // Revoking deletes the lease's keys: the sender must be able to delete each.
@@ -397,7 +400,47 @@ impl StateMachine {
                 }
             }
         }
-        self.apply_allowed(batch, overlay, auth, revision, command)
+        let owner = match principal {
+            Some(auth::Principal::User { name, .. }) => Some(name.as_str()),
+            _ => None,
+        };
+        self.apply_allowed(batch, overlay, auth, revision, owner, command)
+    }
+
+    /// While auth is on, a user may renew, revoke or attach keys to only the leases it made
+    /// (admins and members: any). Judged by the lease records at this point of the log.
+    fn check_lease_owner(
+        &self,
+        records: &AuthRecords,
+        principal: Option<&auth::Principal>,
+        command: &Command,
+    ) -> io::Result<Result<(), Refusal>> {
+        let Some(auth::Principal::User { name, .. }) = principal else { return Ok(Ok(())) };
+        if !records.enabled()? {
+            return Ok(Ok(()));
+        }
+        let ids: Vec<LeaseId> = match command {
+            Command::Lease(LeaseCommand::KeepAlive { ids }) => ids.clone(),
+            Command::Lease(LeaseCommand::Revoke { id }) => vec![*id],
+            Command::Txn(txn) => (txn.success.iter().chain(&txn.failure))
+                .filter_map(|op| match op {
+                    TxnOp::PutWithLease { lease: LeaseRef::Existing(id), .. } => Some(*id),
+                    _ => None,
+                })
+                .collect(),
+            _ => return Ok(Ok(())),
+        };
+        let leases = self.leases.lock();
+        for id in ids {
+            let Some(lease) = leases.get(id) else { continue };
+            if lease.record.owner.as_deref() == Some(name.as_str())
+                || auth::authorize(records, principal, Need::Admin)?.is_ok()
+            {
+                continue;
+            }
+            return Ok(Err(Refusal::Forbidden(format!("lease {id} was granted to another user than {name:?}"))));
+        }
+        Ok(Ok(()))
     }
 
     fn apply_allowed(
@@ -406,6 +449,7 @@ impl StateMachine {
         overlay: &mut Overlay,
         auth: &mut AuthBatch,
         revision: u64,
+        owner: Option<&str>,
         command: &Command,
     ) -> io::Result<CommandResult> {
         match command {
@@ -414,7 +458,7 @@ impl StateMachine {
             Command::Put { key, value, precondition } => {
                 let put = TxnOp::Put { key: key.clone(), value: value.clone() };
                 let txn = Txn { compare: precondition.compares(key), success: vec![put], failure: Vec::new() };
-                Ok(match self.apply_txn(batch, overlay, revision, &txn)? {
+                Ok(match self.apply_txn(batch, overlay, revision, owner, &txn)? {
                     Ok((true, _)) => CommandResult::Put { revision },
                     _ => self.precondition_failed(overlay, key)?,
                 })
@@ -422,7 +466,7 @@ impl StateMachine {
             Command::Delete { key, precondition } => {
                 let delete = TxnOp::Delete { key: key.clone() };
                 let txn = Txn { compare: precondition.compares(key), success: vec![delete], failure: Vec::new() };
-                Ok(match self.apply_txn(batch, overlay, revision, &txn)? {
+                Ok(match self.apply_txn(batch, overlay, revision, owner, &txn)? {
                     Ok((true, results)) => {
                         let deleted = matches!(results.first(), Some(TxnOpResult::Delete { deleted: true }));
                         CommandResult::Delete { revision, deleted }
@@ -430,12 +474,12 @@ impl StateMachine {
                     _ => self.precondition_failed(overlay, key)?,
                 })
             }
-            Command::Txn(txn) => Ok(match self.apply_txn(batch, overlay, revision, txn)? {
+            Command::Txn(txn) => Ok(match self.apply_txn(batch, overlay, revision, owner, txn)? {
                 Ok((succeeded, results)) => CommandResult::Txn { succeeded, revision, results },
                 Err(TxnRefused::Invalid(reason)) => CommandResult::Refused(Refusal::Invalid(reason)),
                 Err(TxnRefused::LeaseNotFound(id)) => CommandResult::Lease(LeaseResult::NotFound { id }),
             }),
-            Command::Lease(command) => self.apply_lease(batch, overlay, revision, command),
+            Command::Lease(command) => self.apply_lease(batch, overlay, revision, owner, command),
             Command::RegisterClientAddr { node_id, client_addr } => {
                 batch.put_cf(cf(&self.db, CF_SM), client_addr_key(*node_id), client_addr.as_bytes());
                 Ok(CommandResult::Empty)
@@ -479,6 +523,7 @@ impl StateMachine {
         batch: &mut WriteBatch,
         overlay: &mut Overlay,
         revision: u64,
+        owner: Option<&str>,
         txn: &Txn,
     ) -> io::Result<Result<(bool, Vec<TxnOpResult>), TxnRefused>> {
         let mut view = TxnView::new(&self.db, overlay);
@@ -605,8 +650,13 @@ impl StateMachine {
         }
         let mut leases = self.leases.lock();
         for (id, ttl_ms) in &new_leases {
-            let record =
-                LeaseRecord { ttl_ms: *ttl_ms, granted_revision: revision, renewed_revision: revision, per_key: true };
+            let record = LeaseRecord {
+                ttl_ms: *ttl_ms,
+                granted_revision: revision,
+                renewed_revision: revision,
+                per_key: true,
+                owner: owner.map(str::to_string),
+            };
             leases.grant(&self.db, batch, *id, record)?;
         }
         for (key, lease) in &attach {
@@ -625,6 +675,7 @@ impl StateMachine {
         batch: &mut WriteBatch,
         overlay: &mut Overlay,
         revision: u64,
+        owner: Option<&str>,
         command: &LeaseCommand,
     ) -> io::Result<CommandResult> {
         let result = match command {
@@ -642,6 +693,7 @@ impl StateMachine {
                     granted_revision: revision,
                     renewed_revision: revision,
                     per_key: false,
+                    owner: owner.map(str::to_string),
                 };
                 leases.grant(&self.db, batch, id, record)?;
                 LeaseResult::Granted { id, ttl_ms: *ttl_ms, revision }
@@ -675,7 +727,7 @@ impl StateMachine {
                 let deleted_keys = keys.len() as u64;
                 let deletes = keys.into_iter().map(|key| TxnOp::Delete { key }).collect();
                 let txn = Txn { compare: Vec::new(), success: deletes, failure: Vec::new() };
-                if let Err(refused) = self.apply_txn(batch, overlay, revision, &txn)? {
+                if let Err(refused) = self.apply_txn(batch, overlay, revision, owner, &txn)? {
                     // Plain deletes of at most MAX_LEASE_KEYS keys: nothing can refuse them.
                     return Err(io::Error::other(format!("ending lease {id}: {refused:?}")));
                 }

@@ -135,6 +135,9 @@ pub struct LeaseRecord {
     pub renewed_revision: u64,
     /// A per-key TTL's lease: it ends when its key is deleted or put without it.
     pub per_key: bool,
+    /// The user who made it (`None`: made without one, auth off or by a member). While auth
+    /// is on, only its owner and admins may renew it, revoke it or attach keys to it.
+    pub owner: Option<String>,
 }
 
 impl fmt::Display for LeaseCommand {

@@ -23,6 +23,10 @@ const MIN_ROUNDS: u32 = 2;
 const MAX_ROUNDS: u32 = 8;
 /// Leases one holder makes in a run, so memory and checking stay bounded.
 const MAX_LEASES_PER_HOLDER: usize = 10_000;
+/// After abandoning a lease, its key is read once more this long before the TTL since the
+/// last acknowledged renewal runs out: it must still be there (an expiry a few hundred ms early
+/// is caught, not only one a whole renewal interval early).
+const PROBE_BEFORE_END_MS: u64 = 300;
 /// The prefix of the holders' keys.
 pub const LEASE_PREFIX: &str = "jepsen-lease/";
 
@@ -40,6 +44,8 @@ pub struct LeaseRun {
     pub ended_seen: Vec<(u64, &'static str)>,
     /// Reads that found the key.
     pub present_reads: u32,
+    /// The read just before the TTL ran out found the key.
+    pub probe_present: bool,
 }
 
 /// What one holder did.
@@ -73,6 +79,8 @@ pub async fn hold(
     };
     let mut rng = fastrand::Rng::with_seed(seed ^ (holder as u64 + 0x1EA5E));
     let pause = Duration::from_millis(LEASE_TTL_MS / 4);
+    let client = std::sync::Arc::new(client);
+    let mut probes = Vec::new();
     while Instant::now() + pause < deadline && log.leases.len() < MAX_LEASES_PER_HOLDER {
         let Some(mut run) = grant(&client, start, &mut log).await else {
             tokio::time::sleep(pause).await;
@@ -88,10 +96,45 @@ pub async fn hold(
                 renew(&client, start, &mut run, &mut log).await;
                 read(&client, start, &mut run, &mut log).await;
             }
+            if run.ended_seen.is_empty() {
+                let last = run.acknowledged_sends_ms.iter().max().copied().unwrap_or(0);
+                let probe_at = start + Duration::from_millis(last + run.ttl_ms - PROBE_BEFORE_END_MS);
+                let (client, key) = (client.clone(), run.key.clone());
+                probes.push((log.leases.len(), tokio::spawn(probe(client, key, start, probe_at))));
+            }
         }
         log.leases.push(run);
     }
+    for (index, probe) in probes {
+        match probe.await {
+            Ok(Some(Probe::Present)) => log.leases[index].probe_present = true,
+            Ok(Some(Probe::Absent { answered_ms })) => {
+                log.leases[index].ended_seen.push((answered_ms, "read just before the TTL ran out: key absent"))
+            }
+            _ => log.errors += 1,
+        }
+    }
     log
+}
+
+enum Probe {
+    Present,
+    /// Absent, in the answer that arrived then (ms since the run started).
+    Absent {
+        answered_ms: u64,
+    },
+}
+
+/// Reads `key` (linearizable) at `at` (`None`: no answer).
+async fn probe(client: std::sync::Arc<Client>, key: String, start: Instant, at: Instant) -> Option<Probe> {
+    tokio::time::sleep_until(at.into()).await;
+    let path = Client::key_path(&key);
+    let answer = client.request(Method::GET, &path, &[], HeaderMap::new(), None, Retry::Idempotent).await.ok()?;
+    match answer.status {
+        StatusCode::OK => Some(Probe::Present),
+        StatusCode::NOT_FOUND => Some(Probe::Absent { answered_ms: millis_since(start, Instant::now()) }),
+        _ => None,
+    }
 }
 
 async fn grant(client: &Client, start: Instant, log: &mut LeaseLog) -> Option<LeaseRun> {

@@ -111,14 +111,16 @@ pub fn validate(options: &Options) -> Result<(), String> {
     Ok(())
 }
 
-/// The holders' keys still present on some node once every lease should have expired: each
-/// node's own state is polled (stale listings) until none is left there, for at most the
-/// recovery deadline plus two TTLs (a failover may lengthen a lease by one). As (node, key).
-async fn lease_keys_left(cluster: &Cluster, http: &reqwest::Client) -> Vec<(String, String)> {
+/// The holders' keys still present on some member once every lease should have expired: each
+/// member's own state is polled (stale listings) until none is left there, for at most the
+/// recovery deadline plus two TTLs (a failover may lengthen a lease by one). As (node, key),
+/// with the members that never answered. Only current members count (as for the replica
+/// comparison: the membership nemesis may have failed to add one back).
+async fn lease_keys_left(cluster: &Cluster, http: &reqwest::Client) -> (Vec<(String, String)>, Vec<String>) {
     let deadline = Instant::now() + RECOVERY_DEADLINE + Duration::from_millis(2 * leases::LEASE_TTL_MS);
     loop {
-        let mut left = Vec::new();
-        for endpoint in &cluster.endpoints {
+        let (mut left, mut unanswered) = (Vec::new(), Vec::new());
+        for endpoint in lease_members(cluster, http).await {
             let url = format!("{endpoint}/v1/kv?prefix={}&consistency=stale&limit=1000", leases::LEASE_PREFIX);
             let page = match http.get(url).timeout(Duration::from_secs(2)).send().await {
                 Ok(response) if response.status().is_success() => response.json::<quorumkv_api::Page>().await.ok(),
@@ -126,14 +128,28 @@ async fn lease_keys_left(cluster: &Cluster, http: &reqwest::Client) -> Vec<(Stri
             };
             match page {
                 Some(page) => left.extend(page.items.into_iter().map(|item| (endpoint.clone(), item.key))),
-                None => left.push((endpoint.clone(), "(the node did not answer its listing)".into())),
+                None => unanswered.push(endpoint.clone()),
             }
         }
-        if left.is_empty() || Instant::now() > deadline {
-            return left;
+        if (left.is_empty() && unanswered.is_empty()) || Instant::now() > deadline {
+            return (left, unanswered);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The endpoints of the members in the leader's view (every endpoint when no leader answers).
+async fn lease_members(cluster: &Cluster, http: &reqwest::Client) -> Vec<String> {
+    for endpoint in &cluster.endpoints {
+        let answer = http.get(format!("{endpoint}/v1/cluster")).timeout(Duration::from_secs(1)).send().await;
+        let Ok(response) = answer else { continue };
+        let Ok(status) = response.json::<quorumkv_api::ClusterStatus>().await else { continue };
+        if status.leader_id == Some(status.id) {
+            let ids = status.members.iter().map(|member| member.id as usize);
+            return ids.filter_map(|id| cluster.endpoints.get(id.wrapping_sub(1)).cloned()).collect();
+        }
+    }
+    cluster.endpoints.clone()
 }
 
 async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -> Result<Verdict, String> {
@@ -241,7 +257,8 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         watch_logs.push(watcher.await.map_err(|e| e.to_string())?);
     }
     // Every lease was abandoned by the end: its key must go from every node.
-    let remaining_lease_keys = if lease_logs.is_empty() { Vec::new() } else { lease_keys_left(cluster, &http).await };
+    let (remaining_lease_keys, unanswered_lease_listings) =
+        if lease_logs.is_empty() { (Vec::new(), Vec::new()) } else { lease_keys_left(cluster, &http).await };
     let divergence = replica_divergence(cluster, &http).await?;
     let mut operations = history.lock().map_err(|_| "history lock poisoned")?.clone();
     for (index, op) in operations.iter_mut().enumerate() {
@@ -276,10 +293,14 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
     } else {
         Verdict::Invalid
     };
-    // A run in which no lease was renewed, or none was seen to end, checked neither guarantee.
-    if !lease_logs.is_empty() && (lease_counts.renewals_acknowledged <= lease_counts.leases || lease_counts.leases == 0)
-    {
-        cluster.harness_failure(format!("the lease holders got no keepalive acknowledged ({lease_counts:?})"));
+    // A run in which no keepalive was acknowledged, or no read just before a TTL ran out found
+    // its key, checked nothing of the lease guarantee.
+    let checked_nothing = lease_counts.renewals_acknowledged <= lease_counts.leases || lease_counts.probes_present == 0;
+    if !lease_logs.is_empty() && checked_nothing {
+        cluster.harness_failure(format!("the lease holders checked nothing ({lease_counts:?})"));
+    }
+    for node in &unanswered_lease_listings {
+        cluster.harness_failure(format!("{node} did not answer the listing of lease keys at the end"));
     }
     for log in &watch_logs {
         let target = last_acknowledged.unwrap_or(0);

@@ -3,7 +3,8 @@
 //! it and was acknowledged (its grant, a keepalive).
 //!
 //! - **Never early.** An answer showing the lease ended (its key absent to a linearizable
-//!   read, a keepalive or the attaching put refused with `lease_not_found`) that arrived at `c`
+//!   read, among them one sent 300 ms before the TTL since the last acknowledged renewal runs
+//!   out, a keepalive or the attaching put refused with `lease_not_found`) that arrived at `c`
 //!   means it ended before `c`; with an acknowledged renewal sent at `s`, `c < s + ttl` is a
 //!   violation (this also catches a renewal acknowledged after the end was seen).
 //! - **Gone at the end.** Every lease was abandoned by the end of the run, so after the
@@ -31,6 +32,9 @@ pub struct LeaseCounts {
     pub leases: usize,
     pub renewals_acknowledged: usize,
     pub ends_seen: usize,
+    /// Reads just before a TTL ran out that found the key (there must be some, else the
+    /// tightest check looked at nothing).
+    pub probes_present: usize,
 }
 
 /// Checks the holders' logs; `remaining` names keys still present on some node at the end.
@@ -42,6 +46,7 @@ pub fn check(logs: &[LeaseLog], remaining: &[(String, String)]) -> (LeaseCounts,
             counts.leases += 1;
             counts.renewals_acknowledged += run.acknowledged_sends_ms.len();
             counts.ends_seen += run.ended_seen.len();
+            counts.probes_present += usize::from(run.probe_present);
             let last_renewal = run.acknowledged_sends_ms.iter().max();
             let first_end = run.ended_seen.iter().min_by_key(|(at, _)| *at);
             if let (Some(&renewed), Some(&(ended, how))) = (last_renewal, first_end) {
@@ -84,6 +89,7 @@ mod tests {
             acknowledged_sends_ms: acknowledged,
             ended_seen: ended,
             present_reads: 1,
+            probe_present: false,
         };
         LeaseLog { endpoint: "e".into(), leases: vec![run], errors: 0 }
     }
