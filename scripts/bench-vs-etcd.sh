@@ -20,11 +20,11 @@ rounds="${BENCH_ROUNDS:-3}"
 duration="${BENCH_DURATION_SECS:-10}"
 keys="${BENCH_KEYS:-100000}"
 value_bytes="${BENCH_VALUE_BYTES:-256}"
-configs=("put 1" "put 64" "put 256" "get 1" "get 64" "get 256" "txn 64")
+configs=("put 1" "put 64" "put 256" "get 1" "get 64" "get 256" "txn 64" "watch 16")
 single_node_configs=("put 64" "get 64")
 if [[ "${1:-}" == --smoke ]]; then
     rounds=1 duration=2 keys=2000
-    configs=("put 8" "get 8" "mixed 8" "cas 8" "txn 8")
+    configs=("put 8" "get 8" "mixed 8" "cas 8" "txn 8" "watch 8")
     single_node_configs=("put 8")
 fi
 out="$repo_dir/target/bench/$(date +%Y%m%d-%H%M%S)"
@@ -200,6 +200,18 @@ for (nodes, workload, conns) in sorted(groups, key=lambda k: (-k[0], k[1], k[2])
     qe = sum(sum(r["errors"].values()) for r in q); ee = sum(sum(r["errors"].values()) for r in e)
     print(f"| {nodes} | {workload} | {conns} | {qt:.0f} | {et:.0f} | {qt/et:.2f}x | {q50:.2f} / {q99:.2f} | "
           f"{e50:.2f} / {e99:.2f} | {q99/e99:.2f} | {qc:.0f} / {ec:.0f} | {qe} / {ee} |")
+watch_groups = {k: g for k, g in groups.items() if k[1] == "watch" and g.get("quorumkv") and g.get("etcd")}
+if watch_groups:
+    print("\nWatch: the writes above with watchers of every key; events delivered, and the delay from a write's sending to its event")
+    print("| nodes | writers | watchers | quorumkv events/s | etcd events/s | ratio | quorumkv delay p50 / p99 ms | etcd delay p50 / p99 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (nodes, _, conns), g in sorted(watch_groups.items(), key=lambda kv: -kv[0][0]):
+        q, e = g["quorumkv"], g["etcd"]
+        qe, ee = med(q, lambda r: r["watch"]["events_per_sec"]), med(e, lambda r: r["watch"]["events_per_sec"])
+        q50, q99 = med(q, lambda r: r["watch"]["delay_ms"]["p50"]), med(q, lambda r: r["watch"]["delay_ms"]["p99"])
+        e50, e99 = med(e, lambda r: r["watch"]["delay_ms"]["p50"]), med(e, lambda r: r["watch"]["delay_ms"]["p99"])
+        print(f"| {nodes} | {conns} | {q[0]['watch']['watchers']} | {qe:.0f} | {ee:.0f} | {qe/ee:.2f}x | "
+              f"{q50:.2f} / {q99:.2f} | {e50:.2f} / {e99:.2f} |")
 memory = [json.loads(l) for l in open(os.path.join(out, "memory.jsonl"))]
 for nodes in sorted({m["nodes"] for m in memory}, reverse=True):
     line = []

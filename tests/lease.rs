@@ -402,3 +402,41 @@ async fn an_election_moves_to_the_next_candidate_when_the_leader_dies() {
         let _ = child.wait();
     }
 }
+
+/// Goal: a holder that can no longer renew (the whole cluster is gone) gives the lock up before
+/// its TTL since the last renewal could run out: it kills its command and exits 1 within the
+/// TTL of the cluster going away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_cut_off_from_the_cluster_gives_up_within_the_ttl() {
+    const LOCK_TTL_MS: u64 = 3_000;
+    let mut cluster = Cluster::start(3).await;
+    cluster.wait_for_leader().await;
+    let pid_file = cluster.dir().join("holder.pid");
+    let script = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+    let ttl = LOCK_TTL_MS.to_string();
+    let mut holder =
+        cli(&cluster, &["lock", "locks/cut", "--ttl-ms", &ttl, "--", "sh", "-c", &script]).spawn().expect("run");
+    let pid = eventually("the command runs", || async {
+        std::fs::read_to_string(&pid_file).ok()?.trim().parse::<u32>().ok()
+    })
+    .await;
+    let cut_off = Instant::now();
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    let status = eventually("the holder gives up", || {
+        let exited = holder.try_wait().expect("try_wait");
+        async move { exited }
+    })
+    .await;
+    let gave_up_after = cut_off.elapsed();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        gave_up_after < Duration::from_millis(LOCK_TTL_MS),
+        "the holder gave up {gave_up_after:?} after the cluster went: later than the lease could have ended"
+    );
+    eventually("the command was killed", || async {
+        (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    })
+    .await;
+}
