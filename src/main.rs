@@ -564,35 +564,53 @@ async fn lock(client: Client, name: &str, ttl_ms: u64, command: Vec<String>) -> 
         Err(reason) => return Err(ClientError::Failed(format!("lost the lock before holding it: {reason}"))),
     };
     let (program, arguments) = command.split_first().ok_or_else(|| ClientError::Failed("no command to run".into()))?;
+    // In quorumkv's own process group: the terminal's Ctrl-C and Ctrl-Z reach both, and CMD
+    // may read the terminal.
     let mut child = tokio::process::Command::new(program)
         .args(arguments)
         .env("QUORUMKV_FENCING_TOKEN", token.to_string())
         .env("QUORUMKV_LOCK_KEY", &key)
         .env("QUORUMKV_LEASE_ID", session.lease.to_string())
-        // Its own process group, so that losing the lock stops what it started too.
-        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| ClientError::Failed(format!("cannot run {program}: {e}")))?;
-    let finished = tokio::select! {
-        status = child.wait() => Ok(status),
-        reason = session.lost() => Err(reason),
+    // Signals to quorumkv go to CMD too, and the lock is held until CMD has exited: quorumkv
+    // must not die (releasing nothing) while CMD runs on.
+    use tokio::signal::unix::SignalKind;
+    let listen = |kind: SignalKind| {
+        tokio::signal::unix::signal(kind).map_err(|e| ClientError::Failed(format!("cannot handle signals: {e}")))
     };
-    let status = match finished {
-        Ok(status) => status.map_err(|e| ClientError::Failed(format!("waiting for {program}: {e}")))?,
-        Err(reason) => {
-            if let Some(group) = child.id() {
-                let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{group}")]).status();
+    let (mut interrupt, mut terminate, mut hangup) =
+        (listen(SignalKind::interrupt())?, listen(SignalKind::terminate())?, listen(SignalKind::hangup())?);
+    let forward = |signal: &str, child: &tokio::process::Child| {
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill").args([signal, &pid.to_string()]).status();
+        }
+    };
+    let status = loop {
+        let finished = tokio::select! {
+            status = child.wait() => Ok(status),
+            reason = session.lost() => Err(reason),
+            _ = interrupt.recv() => { forward("-INT", &child); continue }
+            _ = terminate.recv() => { forward("-TERM", &child); continue }
+            _ = hangup.recv() => { forward("-HUP", &child); continue }
+        };
+        match finished {
+            Ok(status) => break status.map_err(|e| ClientError::Failed(format!("waiting for {program}: {e}")))?,
+            Err(reason) => {
+                let _ = child.kill().await;
+                eprintln!("lost the lock {name} (fencing token {token}): {reason}; {program} was killed");
+                return Ok(ExitCode::FAILURE);
             }
-            let _ = child.kill().await;
-            eprintln!("lost the lock {name} (fencing token {token}): {reason}; {program} was killed");
-            return Ok(ExitCode::FAILURE);
         }
     };
     session.close().await;
     Ok(match status.code() {
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        None => ExitCode::FAILURE,
+        // Killed by a signal: as a shell reports it.
+        None => ExitCode::from(
+            128u8.saturating_add(std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0) as u8),
+        ),
     })
 }
 

@@ -440,3 +440,32 @@ async fn a_holder_cut_off_from_the_cluster_gives_up_within_the_ttl() {
     })
     .await;
 }
+
+/// Goal: a signal to `quorumkv lock` reaches its command, and the lock is held until the
+/// command has exited: quorumkv does not die first and leave the command running unlocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_passes_signals_to_its_command_and_holds_until_it_exits() {
+    let cluster = Cluster::start(3).await;
+    cluster.wait_for_leader().await;
+    let journal = cluster.dir().join("signals");
+    let script = format!(
+        "trap 'echo terminated >> {0}; exit 7' TERM; echo running >> {0}; while true; do sleep 0.1; done",
+        journal.display()
+    );
+    let mut holder = cli(&cluster, &["lock", "locks/sig", "--", "sh", "-c", &script]).spawn().expect("run");
+    eventually("the command runs", || async {
+        std::fs::read_to_string(&journal).ok()?.contains("running").then_some(())
+    })
+    .await;
+    let status = std::process::Command::new("kill").args(["-TERM", &holder.id().to_string()]).status();
+    assert!(status.expect("kill").success());
+    let status = eventually("the holder exits once its command has", || {
+        let exited = holder.try_wait().expect("try_wait");
+        async move { exited }
+    })
+    .await;
+    assert_eq!(status.code(), Some(7), "the command's own exit status");
+    assert!(std::fs::read_to_string(&journal).expect("journal").contains("terminated"), "the command got SIGTERM");
+    let page: quorumkv_api::Page = cluster.get_json(1, "/v1/kv?prefix=locks/sig/").await;
+    assert!(page.items.is_empty(), "the lock was released: {page:?}");
+}
