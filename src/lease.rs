@@ -9,7 +9,7 @@
 //!   its grant or renewal applied, which is after the client sent it: the lease lives at least
 //!   `ttl_ms` after the client sent its last acknowledged keepalive (or grant).
 //! - **No early expiry across a failover.** A new leader starts keeping time only once it has
-//!   applied an entry of its own term (so every entry of earlier terms, every keepalive
+//!   applied an entry of its own leadership (so every entry before it, every keepalive
 //!   acknowledged by an earlier leader among them), and then gives every lease a fresh full TTL
 //!   from that moment. Each of those keepalives reached this node before it was elected, so the
 //!   fresh TTL ends after theirs would have. A lease may live up to one TTL longer than asked

@@ -236,7 +236,8 @@ async fn leader(client: &Client, name: &str) -> Result<(Option<(String, u64)>, u
     Ok((first, index))
 }
 
-/// Prints the leader under `name` (one JSON line) each time it changes, until `stop` resolves.
+/// Prints the leader under `name` (one JSON line) each time it changes; runs until an error
+/// (the caller ends it, on a signal or a lost session).
 pub(crate) async fn observe(client: &Client, name: &str) -> Result<(), ClientError> {
     let prefix = format!("{}/", name.trim_end_matches('/'));
     let mut printed: Option<Option<(String, u64)>> = None;
