@@ -13,11 +13,10 @@ use quorumkv_api::client::Answer;
 use quorumkv_api::client::Client;
 use quorumkv_api::client::ClientError;
 use quorumkv_api::client::Retry;
+use quorumkv_api::recipes;
 use reqwest::header::HeaderMap;
 use reqwest::header::HeaderValue;
 use reqwest::Method;
-
-mod recipes;
 
 /// glibc's malloc took about 11% of a node's CPU under a write load (perf, 3-node cluster,
 /// 64 connections); mimalloc's thread-local free lists avoid most of that.
@@ -542,7 +541,7 @@ async fn run_auth_command(
     }
 }
 
-/// `quorumkv lock NAME -- CMD`: see `recipes.rs`.
+/// `quorumkv lock NAME -- CMD`: see `quorumkv_api::recipes`.
 async fn lock(client: Client, name: &str, ttl_ms: u64, command: Vec<String>) -> Result<ExitCode, ClientError> {
     let client = std::sync::Arc::new(client);
     let session = recipes::Session::open(client.clone(), ttl_ms).await?;
@@ -558,7 +557,7 @@ async fn lock(client: Client, name: &str, ttl_ms: u64, command: Vec<String>) -> 
     let (key, token) = match acquired {
         Ok(Ok(acquired)) => acquired,
         Ok(Err(error)) => {
-            session.close().await;
+            close_session(session).await;
             return Err(error);
         }
         Err(reason) => return Err(ClientError::Failed(format!("lost the lock before holding it: {reason}"))),
@@ -604,7 +603,7 @@ async fn lock(client: Client, name: &str, ttl_ms: u64, command: Vec<String>) -> 
             }
         }
     };
-    session.close().await;
+    close_session(session).await;
     Ok(match status.code() {
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         // Killed by a signal: as a shell reports it.
@@ -614,7 +613,15 @@ async fn lock(client: Client, name: &str, ttl_ms: u64, command: Vec<String>) -> 
     })
 }
 
-/// `quorumkv elect NAME VALUE` (or `--observe`): see `recipes.rs`.
+/// Revokes a lock's or a campaign's lease; on an error it expires by itself, and says so.
+async fn close_session(session: recipes::Session) {
+    let lease = session.lease;
+    if let Err(error) = session.close().await {
+        eprintln!("could not revoke lease {lease} (it expires by itself): {error}");
+    }
+}
+
+/// `quorumkv elect NAME VALUE` (or `--observe`): see `quorumkv_api::recipes`.
 async fn elect(client: Client, name: &str, value: Option<String>, ttl_ms: u64) -> Result<ExitCode, ClientError> {
     let client = std::sync::Arc::new(client);
     let Some(value) = value else {
@@ -637,7 +644,7 @@ async fn elect(client: Client, name: &str, value: Option<String>, ttl_ms: u64) -
         }
         _ = tokio::signal::ctrl_c() => Ok(ExitCode::SUCCESS),
     };
-    session.close().await;
+    close_session(session).await;
     outcome
 }
 

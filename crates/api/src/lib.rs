@@ -35,6 +35,8 @@
 #[cfg(feature = "client")]
 pub mod client;
 pub mod limits;
+#[cfg(feature = "client")]
+pub mod recipes;
 
 use serde::Deserialize;
 use serde::Serialize;

@@ -8,6 +8,7 @@
 //! linearized. The search has a step budget and answers `Unknown` instead of running on.
 
 pub mod lease;
+pub mod lock;
 pub mod set;
 pub mod staleness;
 pub mod watch;

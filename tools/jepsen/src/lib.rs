@@ -19,8 +19,9 @@
 //! | [`traffic`] | the clients and their workloads, recording every operation |
 //! | [`watchers`] | a watcher per node beside the register clients, reconnecting across faults |
 //! | [`leases`] | a lease holder per node beside the register clients: grant, attach, renew, abandon |
+//! | [`locks`] | a lock holder bound to each node beside them, all taking one lock and working a fenced counter |
 //! | [`history`] | the recorded operations |
-//! | [`checker`] | linearizability (registers), [`checker::set`], [`checker::staleness`], [`checker::watch`], [`checker::lease`] |
+//! | [`checker`] | linearizability (registers), [`checker::set`], [`checker::staleness`], [`checker::watch`], [`checker::lease`], [`checker::lock`] |
 //! | [`report`] | `history.jsonl`, `result.json` and what a run prints |
 //! | [`run`] | one fault run, start to end |
 //! | [`verify`] | `quorumkv verify`: a short register workload on a live cluster, checked and cleaned up |
@@ -30,6 +31,7 @@ pub mod cluster;
 pub mod faults;
 pub mod history;
 pub mod leases;
+pub mod locks;
 pub mod nemesis;
 pub mod options;
 pub mod report;

@@ -31,6 +31,10 @@ pub struct RunReport {
     /// (`checker::lease`), and what was wrong.
     pub lease_counts: crate::checker::lease::LeaseCounts,
     pub lease_anomalies: serde_json::Value,
+    /// Critical sections the lock holders had, how they ended, the fenced counter's writes,
+    /// all checked (`checker::lock`), and what was wrong.
+    pub lock_counts: crate::checker::lock::LockCounts,
+    pub lock_anomalies: serde_json::Value,
     pub learners: u64,
     /// HTTPS and mutual TLS (`--tls`), and users and roles on (`--auth`).
     pub tls: bool,

@@ -20,6 +20,7 @@ use crate::cluster::RECOVERY_DEADLINE;
 use crate::history;
 use crate::history::Status;
 use crate::leases;
+use crate::locks;
 use crate::nemesis;
 use crate::options::ClusterKind;
 use crate::options::Nemesis;
@@ -111,24 +112,30 @@ pub fn validate(options: &Options) -> Result<(), String> {
     Ok(())
 }
 
-/// The holders' keys still present on some member once every lease should have expired: each
-/// member's own state is polled (stale listings) until none is left there, for at most the
-/// recovery deadline plus two TTLs (a failover may lengthen a lease by one). As (node, key),
-/// with the members that never answered. Only current members count (as for the replica
+/// The lease and lock holders' keys (under `prefixes`) still present on some member once every
+/// lease should have expired: each member's own state is polled (stale listings) until none is
+/// left there, for at most the recovery deadline plus two TTLs (a failover may lengthen a lease
+/// by one). As (node, key), with the members that never answered. Only current members count (as for the replica
 /// comparison: the membership nemesis may have failed to add one back).
-async fn lease_keys_left(cluster: &Cluster, http: &reqwest::Client) -> (Vec<(String, String)>, Vec<String>) {
+async fn lease_keys_left(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    prefixes: &[&str],
+) -> (Vec<(String, String)>, Vec<String>) {
     let deadline = Instant::now() + RECOVERY_DEADLINE + Duration::from_millis(2 * leases::LEASE_TTL_MS);
     loop {
         let (mut left, mut unanswered) = (Vec::new(), Vec::new());
         for endpoint in lease_members(cluster, http).await {
-            let url = format!("{endpoint}/v1/kv?prefix={}&consistency=stale&limit=1000", leases::LEASE_PREFIX);
-            let page = match http.get(url).timeout(Duration::from_secs(2)).send().await {
-                Ok(response) if response.status().is_success() => response.json::<quorumkv_api::Page>().await.ok(),
-                _ => None,
-            };
-            match page {
-                Some(page) => left.extend(page.items.into_iter().map(|item| (endpoint.clone(), item.key))),
-                None => unanswered.push(endpoint.clone()),
+            for prefix in prefixes {
+                let url = format!("{endpoint}/v1/kv?prefix={prefix}&consistency=stale&limit=1000");
+                let page = match http.get(url).timeout(Duration::from_secs(2)).send().await {
+                    Ok(response) if response.status().is_success() => response.json::<quorumkv_api::Page>().await.ok(),
+                    _ => None,
+                };
+                match page {
+                    Some(page) => left.extend(page.items.into_iter().map(|item| (endpoint.clone(), item.key))),
+                    None => unanswered.push(endpoint.clone()),
+                }
             }
         }
         if (left.is_empty() && unanswered.is_empty()) || Instant::now() > deadline {
@@ -185,6 +192,13 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
             holders.push(tokio::spawn(leases::hold(endpoints, http.clone(), index, seed, start, deadline)));
         }
     }
+    // And a lock holder per node (bound to it), all taking one lock.
+    let mut lockers = Vec::new();
+    if options.workload == Workload::Register {
+        for (index, endpoint) in cluster.endpoints.iter().enumerate() {
+            lockers.push(tokio::spawn(locks::hold(endpoint.clone(), http.clone(), index, seed, start, deadline)));
+        }
+    }
     let mut clients = Vec::new();
     for process in 0..options.clients {
         let endpoint = cluster.endpoints[process % cluster.endpoints.len()].clone();
@@ -222,6 +236,10 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
     for holder in holders {
         lease_logs.push(holder.await.map_err(|e| e.to_string())?);
     }
+    let mut lock_logs = Vec::new();
+    for locker in lockers {
+        lock_logs.push(locker.await.map_err(|e| e.to_string())?);
+    }
     cluster.heal_all(&mut nemesis_log, start).await;
     cluster.wait_for_leader(&http).await?;
 
@@ -256,15 +274,22 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
     for watcher in watchers {
         watch_logs.push(watcher.await.map_err(|e| e.to_string())?);
     }
-    // Every lease was abandoned by the end: its key must go from every node.
-    let (remaining_lease_keys, unanswered_lease_listings) =
-        if lease_logs.is_empty() { (Vec::new(), Vec::new()) } else { lease_keys_left(cluster, &http).await };
+    // Every lease was abandoned, and every lock session released or abandoned, by the end:
+    // their keys must go from every node.
+    let (remaining_lease_keys, unanswered_lease_listings) = if lease_logs.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        lease_keys_left(cluster, &http, &[leases::LEASE_PREFIX, locks::LOCK_PREFIX]).await
+    };
     let divergence = replica_divergence(cluster, &http).await?;
     let mut operations = history.lock().map_err(|_| "history lock poisoned")?.clone();
     for (index, op) in operations.iter_mut().enumerate() {
         op.index = index;
     }
     history::write(out, &operations)?;
+    // What the lock holders saw, section by section, to read beside `lock_anomalies`.
+    let lock_json = serde_json::to_vec_pretty(&lock_logs).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("locks.json"), lock_json).map_err(|e| e.to_string())?;
     let check_started = Instant::now();
     let (verdict, anomalies) = match final_set {
         None => {
@@ -287,17 +312,21 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
     };
     let (watch_events_checked, watch_anomalies) = checker::watch::check(&operations, &watch_logs);
     let (lease_counts, lease_anomalies) = checker::lease::check(&lease_logs, &remaining_lease_keys);
+    let (lock_counts, lock_anomalies) = checker::lock::check(&lock_logs);
     let checker_ms = check_started.elapsed().as_millis();
-    let verdict = if divergence.is_empty() && watch_anomalies.is_empty() && lease_anomalies.is_empty() {
-        verdict
-    } else {
-        Verdict::Invalid
-    };
+    let clean = watch_anomalies.is_empty() && lease_anomalies.is_empty() && lock_anomalies.is_empty();
+    let verdict = if divergence.is_empty() && clean { verdict } else { Verdict::Invalid };
     // A run in which no keepalive was acknowledged, or no read just before a TTL ran out found
     // its key, checked nothing of the lease guarantee.
     let checked_nothing = lease_counts.renewals_acknowledged <= lease_counts.leases || lease_counts.probes_present == 0;
     if !lease_logs.is_empty() && checked_nothing {
         cluster.harness_failure(format!("the lease holders checked nothing ({lease_counts:?})"));
+    }
+    // A run in which the lock never changed hands, or no fenced write was acknowledged,
+    // checked nothing of the lock or its fence.
+    if !lock_logs.is_empty() && (lock_counts.sections < 2 || lock_counts.writes_acknowledged == 0) {
+        let errors: Vec<_> = lock_logs.iter().filter_map(|log| log.errors.last()).collect();
+        cluster.harness_failure(format!("the lock holders checked nothing ({lock_counts:?}; last errors {errors:?})"));
     }
     for node in &unanswered_lease_listings {
         cluster.harness_failure(format!("{node} did not answer the listing of lease keys at the end"));
@@ -349,6 +378,8 @@ async fn exercise(options: &Options, seed: u64, cluster: &Cluster, out: &Path) -
         watch_anomalies: serde_json::to_value(&watch_anomalies).map_err(|e| e.to_string())?,
         lease_counts,
         lease_anomalies: serde_json::to_value(&lease_anomalies).map_err(|e| e.to_string())?,
+        lock_counts,
+        lock_anomalies: serde_json::to_value(&lock_anomalies).map_err(|e| e.to_string())?,
         learners: options.learners,
         tls: options.tls,
         auth: options.auth,

@@ -1,4 +1,5 @@
-//! Locks and elections for the CLI (`quorumkv lock`, `quorumkv elect`), built from the public
+//! Locks and elections (the CLI's `quorumkv lock` and `quorumkv elect`, and the Jepsen lock
+//! workload, so the fault runs test the recipe users run), built from the public
 //! API only: a lease kept alive (the session), a create-only key under the lease, and blocking
 //! reads to wait for the one key ahead (etcd's `concurrency` recipe).
 //!
@@ -13,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+use crate::client::Client;
+use crate::client::ClientError;
+use crate::client::Retry;
 use bytes::Bytes;
-use quorumkv_api::client::Client;
-use quorumkv_api::client::ClientError;
-use quorumkv_api::client::Retry;
 use reqwest::header::HeaderMap;
 use reqwest::header::HeaderValue;
 use reqwest::Method;
@@ -44,7 +45,7 @@ fn json_headers() -> HeaderMap {
     headers
 }
 
-fn error_of(answer: &quorumkv_api::client::Answer) -> ClientError {
+fn error_of(answer: &crate::client::Answer) -> ClientError {
     failed(format!("{} {}", answer.status, String::from_utf8_lossy(&answer.body)))
 }
 
@@ -52,15 +53,34 @@ fn error_of(answer: &quorumkv_api::client::Answer) -> ClientError {
 /// has passed since the sending of the last keepalive that was answered (the earliest moment
 /// the cluster may end the lease), whatever the cluster may still think: the holder can only be
 /// sure of what it was told in time.
-pub(crate) struct Session {
+pub struct Session {
     client: Arc<Client>,
-    pub(crate) lease: u64,
-    lost: tokio::sync::watch::Receiver<Option<String>>,
+    pub lease: u64,
+    hold: tokio::sync::watch::Receiver<Hold>,
     keeper: tokio::task::JoinHandle<()>,
 }
 
+/// What the keeper knows: the session holds until `until` unless it has `ended`. A deadline,
+/// not a flag the keeper sets when it passes: a keeper task scheduled late cannot stretch it.
+#[derive(Debug, Clone)]
+struct Hold {
+    until: Instant,
+    /// Why, and since when: the deadline, or when the answer saying the lease ended arrived.
+    ended: Option<(String, Instant)>,
+}
+
+impl Hold {
+    /// When the session stopped holding (`None`: it holds now).
+    fn lost_at(&self) -> Option<Instant> {
+        match &self.ended {
+            Some((_, at)) => Some(*at),
+            None => Some(self.until).filter(|until| Instant::now() >= *until),
+        }
+    }
+}
+
 impl Session {
-    pub(crate) async fn open(client: Arc<Client>, ttl_ms: u64) -> Result<Session, ClientError> {
+    pub async fn open(client: Arc<Client>, ttl_ms: u64) -> Result<Session, ClientError> {
         let body = Bytes::from(serde_json::json!({ "ttl_ms": ttl_ms }).to_string());
         let sent = Instant::now();
         let answer = client
@@ -69,52 +89,88 @@ impl Session {
         if answer.status != StatusCode::CREATED {
             return Err(error_of(&answer));
         }
-        let granted: quorumkv_api::LeaseGrantReply =
+        let granted: crate::LeaseGrantReply =
             serde_json::from_slice(&answer.body).map_err(|e| failed(format!("the grant's answer: {e}")))?;
-        let (lost_sender, lost) = tokio::sync::watch::channel(None);
-        let keeper = tokio::spawn(keep_alive(client.clone(), granted.id, ttl_ms, sent, lost_sender));
-        Ok(Session { client, lease: granted.id, lost, keeper })
+        let ttl = Duration::from_millis(ttl_ms);
+        let (hold_sender, hold) = tokio::sync::watch::channel(Hold { until: held_until(sent, ttl), ended: None });
+        let keeper = tokio::spawn(keep_alive(client.clone(), granted.id, ttl, sent, hold_sender));
+        Ok(Session { client, lease: granted.id, hold, keeper })
+    }
+
+    /// Whether the session still holds now. A holder checks this before each action it takes
+    /// as holder (the Jepsen lock workload does).
+    pub fn is_held(&self) -> bool {
+        self.hold.borrow().lost_at().is_none()
+    }
+
+    /// When the session stopped holding (`None`: it holds now): what a holder takes as the end
+    /// of its critical section when it finds the session lost.
+    pub fn lost_at(&self) -> Option<Instant> {
+        self.hold.borrow().lost_at()
     }
 
     /// Resolves once the session is lost, with the reason.
-    pub(crate) async fn lost(&self) -> String {
-        let mut lost = self.lost.clone();
-        let reason = match lost.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone().unwrap_or_default(),
-            Err(_) => "the keepalive task ended".into(),
-        };
-        reason
+    pub async fn lost(&self) -> String {
+        let mut hold = self.hold.clone();
+        loop {
+            let current = hold.borrow_and_update().clone();
+            if let Some((reason, _)) = current.ended {
+                return reason;
+            }
+            if Instant::now() >= current.until {
+                return format!("no keepalive of lease {} was answered in time", self.lease);
+            }
+            tokio::select! {
+                changed = hold.changed() => {
+                    if changed.is_err() {
+                        // The keeper is gone (it panicked): nothing renews any more.
+                        tokio::time::sleep_until(current.until.into()).await;
+                        return "the keepalive task ended".into();
+                    }
+                }
+                () = tokio::time::sleep_until(current.until.into()) => {}
+            }
+        }
     }
 
-    /// Ends the session: stops renewing and revokes the lease (its keys go with it).
-    pub(crate) async fn close(self) {
+    /// Ends the session: stops renewing and revokes the lease (its keys go with it). An error
+    /// leaves the lease to expire by itself.
+    pub async fn close(self) -> Result<(), ClientError> {
         self.keeper.abort();
         let lease = self.lease.to_string();
         let path = segments(&["v1", "leases", &lease]);
-        if let Err(error) =
-            self.client.request(Method::DELETE, &path, &[], HeaderMap::new(), None, Retry::Idempotent).await
-        {
-            eprintln!("could not revoke lease {lease} (it expires by itself): {error}");
-        }
+        self.client.request(Method::DELETE, &path, &[], HeaderMap::new(), None, Retry::Idempotent).await.map(drop)
     }
+
+    /// Stops renewing without revoking: the lease ends by itself after its TTL, as when the
+    /// holder dies (the Jepsen lock workload abandons some sessions so).
+    pub fn abandon(self) {
+        self.keeper.abort();
+    }
+}
+
+/// Until when a session whose last answered keepalive was sent at `sent` holds.
+fn held_until(sent: Instant, ttl: Duration) -> Instant {
+    sent + ttl - ttl / LOSS_MARGIN_DIVISOR
 }
 
 async fn keep_alive(
     client: Arc<Client>,
     lease: u64,
-    ttl_ms: u64,
+    ttl: Duration,
     mut last_acknowledged_send: Instant,
-    lost: tokio::sync::watch::Sender<Option<String>>,
+    hold: tokio::sync::watch::Sender<Hold>,
 ) {
-    let ttl = Duration::from_millis(ttl_ms);
     let lease_text = lease.to_string();
     let path = segments(&["v1", "leases", &lease_text, "keepalive"]);
     let mut pause = ttl / 3;
+    let mut last_error = String::new();
     loop {
-        let lost_at = last_acknowledged_send + ttl - ttl / LOSS_MARGIN_DIVISOR;
+        let lost_at = held_until(last_acknowledged_send, ttl);
         tokio::time::sleep_until((Instant::now() + pause).min(lost_at).into()).await;
         if Instant::now() >= lost_at {
-            let _ = lost.send(Some(format!("no keepalive of lease {lease} was answered in time")));
+            let reason = format!("no keepalive of lease {lease} was answered in time{last_error}");
+            hold.send_modify(|hold| hold.ended = Some((reason, lost_at)));
             return;
         }
         let sent = Instant::now();
@@ -125,13 +181,15 @@ async fn keep_alive(
             Ok(Ok(answer)) if answer.status.is_success() => {
                 last_acknowledged_send = sent;
                 pause = ttl / 3;
+                hold.send_modify(|hold| hold.until = held_until(sent, ttl));
             }
             Ok(Ok(answer)) if answer.status == StatusCode::NOT_FOUND => {
-                let _ = lost.send(Some(format!("lease {lease} has ended")));
+                let reason = format!("lease {lease} has ended");
+                hold.send_modify(|hold| hold.ended = Some((reason, Instant::now().min(lost_at))));
                 return;
             }
-            Ok(Ok(answer)) => eprintln!("keepalive of lease {lease}: {}", error_of(&answer)),
-            Ok(Err(error)) => eprintln!("keepalive of lease {lease}: {error}"),
+            Ok(Ok(answer)) => last_error = format!(" (the last answer: {})", error_of(&answer)),
+            Ok(Err(error)) => last_error = format!(" (the last error: {error})"),
             // At the loss deadline: the next turn says so.
             Err(_) => {}
         }
@@ -149,12 +207,7 @@ fn contender_key(name: &str, lease: u64) -> String {
 
 /// Creates this session's key under `name` with `value`; returns the key and its create
 /// revision (the fencing token once it holds).
-pub(crate) async fn enter(
-    client: &Client,
-    session: &Session,
-    name: &str,
-    value: &str,
-) -> Result<(String, u64), ClientError> {
+pub async fn enter(client: &Client, session: &Session, name: &str, value: &str) -> Result<(String, u64), ClientError> {
     let key = contender_key(name, session.lease);
     let mut headers = HeaderMap::new();
     headers.insert(reqwest::header::IF_NONE_MATCH, HeaderValue::from_static("*"));
@@ -165,13 +218,13 @@ pub(crate) async fn enter(
     if !answer.status.is_success() {
         return Err(error_of(&answer));
     }
-    let put: quorumkv_api::PutReply =
+    let put: crate::PutReply =
         serde_json::from_slice(&answer.body).map_err(|e| failed(format!("the put's answer: {e}")))?;
     Ok((key, put.revision))
 }
 
 /// The contenders under `name`, in create-revision order, and the index the listing was read at.
-async fn contenders(client: &Client, name: &str) -> Result<(Vec<quorumkv_api::Item>, u64), ClientError> {
+async fn contenders(client: &Client, name: &str) -> Result<(Vec<crate::Item>, u64), ClientError> {
     let prefix = format!("{}/", name.trim_end_matches('/'));
     let (mut items, mut start, mut index) = (Vec::new(), String::new(), 0);
     for _ in 0..MAX_WAITER_PAGES {
@@ -185,7 +238,7 @@ async fn contenders(client: &Client, name: &str) -> Result<(Vec<quorumkv_api::It
         if index == 0 {
             index = header_index(&answer.headers);
         }
-        let page: quorumkv_api::Page =
+        let page: crate::Page =
             serde_json::from_slice(&answer.body).map_err(|e| failed(format!("the listing: {e}")))?;
         items.extend(page.items);
         match page.next_start {
@@ -200,12 +253,12 @@ async fn contenders(client: &Client, name: &str) -> Result<(Vec<quorumkv_api::It
 }
 
 fn header_index(headers: &HeaderMap) -> u64 {
-    headers.get(quorumkv_api::INDEX_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+    headers.get(crate::INDEX_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// Waits until the key of create revision `mine` is the first under `name` (this session
 /// holds the lock, or leads).
-pub(crate) async fn wait_turn(client: &Client, name: &str, key: &str, mine: u64) -> Result<(), ClientError> {
+pub async fn wait_turn(client: &Client, name: &str, key: &str, mine: u64) -> Result<(), ClientError> {
     loop {
         let (items, index) = contenders(client, name).await?;
         if !items.iter().any(|item| item.key == key) {
@@ -238,7 +291,7 @@ async fn leader(client: &Client, name: &str) -> Result<(Option<(String, u64)>, u
 
 /// Prints the leader under `name` (one JSON line) each time it changes; runs until an error
 /// (the caller ends it, on a signal or a lost session).
-pub(crate) async fn observe(client: &Client, name: &str) -> Result<(), ClientError> {
+pub async fn observe(client: &Client, name: &str) -> Result<(), ClientError> {
     let prefix = format!("{}/", name.trim_end_matches('/'));
     let mut printed: Option<Option<(String, u64)>> = None;
     loop {
