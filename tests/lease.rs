@@ -469,3 +469,65 @@ async fn a_lock_passes_signals_to_its_command_and_holds_until_it_exits() {
     let page: quorumkv_api::Page = cluster.get_json(1, "/v1/kv?prefix=locks/sig/").await;
     assert!(page.items.is_empty(), "the lock was released: {page:?}");
 }
+
+/// Goal: a waiter for a lock keeps waiting for as long as the holder holds, however short its
+/// client's request timeout: a blocking read is given its wait on top of it. Before, the
+/// recipes' 30 s blocking reads ran into the client's timeout (10 s) on a quiet lock, every
+/// attempt failed, and after the client's attempts (about a minute) `quorumkv lock` gave up
+/// and `quorumkv elect` resigned. Here the client's timeout is half a second, so the old
+/// code gave up within the pause below.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_outlasts_its_clients_request_timeout() {
+    use quorumkv_api::limits::CLIENT_BACKOFF_MAX_MS;
+    use quorumkv_api::limits::CLIENT_MAX_ATTEMPTS;
+    use quorumkv_api::recipes;
+    use std::sync::Arc;
+
+    let cluster = Cluster::start(3).await;
+    cluster.wait_for_leader().await;
+    let request_timeout = Duration::from_millis(500);
+    let client =
+        Arc::new(Client::new(&cluster.node(1).client_addr).expect("client").with_request_timeout(request_timeout));
+    let holder = recipes::Session::open(client.clone(), 5_000).await.expect("the holder's session");
+    let (holder_key, holder_token) = recipes::enter(&client, &holder, "locks/quiet", "").await.expect("enter");
+    recipes::wait_turn(&client, "locks/quiet", &holder_key, holder_token).await.expect("the first holds at once");
+    let waiter = recipes::Session::open(client.clone(), 5_000).await.expect("the waiter's session");
+    let (waiter_key, waiter_token) = recipes::enter(&client, &waiter, "locks/quiet", "").await.expect("enter");
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move { recipes::wait_turn(&client, "locks/quiet", &waiter_key, waiter_token).await })
+    };
+    // Longer than every attempt of the old code could last: each its timeout and a backoff.
+    let give_up_budget = (request_timeout + Duration::from_millis(CLIENT_BACKOFF_MAX_MS)) * CLIENT_MAX_ATTEMPTS;
+    tokio::time::sleep(give_up_budget).await;
+    assert!(!waiting.is_finished(), "the waiter stopped waiting while the lock was held: {:?}", waiting.await);
+    assert!(holder.is_held(), "the holder's session was kept alive meanwhile");
+    holder.close().await.expect("release");
+    let turn = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("the turn comes on release");
+    turn.expect("join").expect("the waiter holds the lock");
+    assert!(waiter.is_held());
+    waiter.close().await.expect("release");
+}
+
+/// Goal: a session dropped without `close` (an early return, a timeout around an acquisition)
+/// stops renewing, so its lease and any lock under it end within the TTL. Before, its keeper
+/// task renewed it for as long as the process ran, and every other contender waited forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_session_stops_renewing_its_lease() {
+    use quorumkv_api::recipes;
+    use std::sync::Arc;
+
+    let cluster = Cluster::start(3).await;
+    cluster.wait_for_leader().await;
+    let client = Arc::new(Client::new(&cluster.node(2).client_addr).expect("client"));
+    let session = recipes::Session::open(client.clone(), TTL_MS).await.expect("session");
+    let lease = session.lease;
+    let dropped_at = Instant::now();
+    drop(session);
+    eventually("the dropped session's lease has ended", || async {
+        let response = cluster.http.get(cluster.url(1, &format!("/v1/leases/{lease}"))).send().await.ok()?;
+        (response.status() == 404).then_some(())
+    })
+    .await;
+    assert!(dropped_at.elapsed() >= Duration::from_millis(TTL_MS) / 2, "not before its keepalives ran out");
+}

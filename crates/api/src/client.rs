@@ -44,6 +44,10 @@ pub struct Client {
     /// Index into `endpoints` of the endpoint requests go to first.
     current: std::sync::atomic::AtomicUsize,
     http: reqwest::Client,
+    /// How long one attempt may take, when not the HTTP client's own timeout
+    /// ([`limits::CLIENT_REQUEST_TIMEOUT_MS`], or a caller's in [`Client::with_http`]); a
+    /// blocking read gets its wait plus a margin instead ([`Client::blocking_read`]).
+    request_timeout: Option<Duration>,
 }
 
 /// What may be retried after a transport failure.
@@ -207,7 +211,14 @@ impl Client {
             .pool_idle_timeout(Duration::from_millis(limits::CLIENT_POOL_IDLE_TIMEOUT_MS))
             .build()
             .map_err(|e| ClientError::Failed(e.to_string()))?;
-        Ok(Self { endpoints, current: std::sync::atomic::AtomicUsize::new(0), http })
+        Ok(Self { endpoints, current: std::sync::atomic::AtomicUsize::new(0), http, request_timeout: None })
+    }
+
+    /// The same client with another per-attempt timeout for [`Client::request`] (a blocking
+    /// read gets its wait on top; watch streams and downloads keep their own limits).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
     }
 
     /// Logs in (`POST /v1/auth/token`): a token for [`Client::with_token`].
@@ -316,10 +327,45 @@ impl Client {
         body: Option<Bytes>,
         retry: Retry,
     ) -> Result<Answer, ClientError> {
+        let timeout = self.request_timeout;
+        self.send_request(Request { method, segments, query, headers, body, retry, timeout }).await
+    }
+
+    /// A blocking read (`GET` with `wait_revision` and `wait_ms`, see the README's "Watch and
+    /// blocking reads"): waits at most `wait` for a change, so each attempt may take that long
+    /// plus the request timeout (at least [`limits::BLOCKING_READ_MARGIN_MS`]) before it counts
+    /// as failed. A wait longer than
+    /// the client's request timeout would otherwise fail every attempt on a quiet key.
+    pub async fn blocking_read(
+        &self,
+        segments: &[String],
+        query: &[(&str, String)],
+        wait_revision: u64,
+        wait: Duration,
+    ) -> Result<Answer, ClientError> {
+        let mut query = query.to_vec();
+        query.push(("wait_revision", wait_revision.to_string()));
+        query.push(("wait_ms", wait.as_millis().to_string()));
+        // After its wait the server still reads, perhaps through a read point: as long as any
+        // request may take, and at least the margin.
+        let after_wait = self.request_timeout.unwrap_or(Duration::from_millis(limits::CLIENT_REQUEST_TIMEOUT_MS));
+        let timeout = wait + after_wait.max(Duration::from_millis(limits::BLOCKING_READ_MARGIN_MS));
+        let request = Request {
+            method: Method::GET,
+            segments,
+            query: &query,
+            headers: HeaderMap::new(),
+            body: None,
+            retry: Retry::Idempotent,
+            timeout: Some(timeout),
+        };
+        self.send_request(request).await
+    }
+
+    async fn send_request(&self, request: Request<'_>) -> Result<Answer, ClientError> {
         use std::sync::atomic::Ordering;
         let mut backoff = Backoff::new();
         let mut last_error = String::from("no attempt made");
-        let request = Request { method, segments, query, headers, body, retry };
         for attempt in 0..limits::CLIENT_MAX_ATTEMPTS {
             let index = self.current.load(Ordering::Relaxed) % self.endpoints.len();
             let endpoint = &self.endpoints[index];
@@ -344,7 +390,7 @@ impl Client {
     /// One try at one endpoint: an answer, a failure that is safe to retry elsewhere (with
     /// the server's `Retry-After`, if any), or an error whose outcome is unknown.
     async fn attempt(&self, endpoint: &Url, request: &Request<'_>) -> Result<Attempt, ClientError> {
-        let Request { method, segments, query, headers, body, retry } = request;
+        let Request { method, segments, query, headers, body, retry, timeout } = request;
         let retry = *retry;
         let retry_after = |error: String| Ok(Attempt::Retry { error, hint: None });
         let mut url = endpoint.clone();
@@ -356,6 +402,9 @@ impl Client {
             url.query_pairs_mut().extend_pairs(*query);
         }
         let mut builder = self.http.request(method.clone(), url).headers(headers.clone());
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(*timeout);
+        }
         if let Some(body) = body {
             builder = builder.body(body.clone());
         }
@@ -454,7 +503,7 @@ impl Client {
     /// TLS, token and timeouts).
     pub fn with_http(endpoints: &str, http: reqwest::Client) -> Result<Self, ClientError> {
         let endpoints = parse_endpoints(endpoints)?;
-        Ok(Self { endpoints, current: std::sync::atomic::AtomicUsize::new(0), http })
+        Ok(Self { endpoints, current: std::sync::atomic::AtomicUsize::new(0), http, request_timeout: None })
     }
 }
 
@@ -654,6 +703,9 @@ struct Request<'a> {
     headers: HeaderMap,
     body: Option<Bytes>,
     retry: Retry,
+    /// For the whole attempt: sending, waiting and reading the answer (`None`: the HTTP
+    /// client's own).
+    timeout: Option<Duration>,
 }
 
 /// What one try at one endpoint came to.

@@ -18,6 +18,13 @@ pub const CLIENT_BACKOFF_FIRST_MS: u64 = 100;
 pub const CLIENT_BACKOFF_MAX_MS: u64 = 1_000;
 /// Client request timeout: above the server's write timeout so the server's 504 arrives first.
 pub const CLIENT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// A blocking read's attempt may take its wait plus the request timeout, and at least this
+/// long: the server answers at the end of the wait on its own clock, then reads (perhaps
+/// through a read point) and sends the state.
+pub const BLOCKING_READ_MARGIN_MS: u64 = 5_000;
+/// How long the lock and election recipes block on one read before asking again (an answer
+/// comes at once on a change anyway); short, so a waiter whose endpoint died moves on soon.
+pub const RECIPE_WAIT_MS: u64 = 5_000;
 /// How long the client waits to connect to one endpoint before trying the next.
 pub const CLIENT_CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// The client drops a pooled connection idle this long, before the server's header timeout

@@ -27,8 +27,8 @@ use reqwest::StatusCode;
 const WAITERS_PAGE: usize = 1_000;
 /// Pages of waiters read at most (10,000 contenders for one name).
 const MAX_WAITER_PAGES: usize = 10;
-/// How long one blocking read waits before it is asked again (it answers at a change anyway).
-const WAIT_MS: u64 = 30_000;
+/// How long one blocking read waits before it is asked again.
+const WAIT: Duration = Duration::from_millis(crate::limits::RECIPE_WAIT_MS);
 /// The session counts as lost this share of the TTL (a tenth) before the cluster may end the
 /// lease, so the command is stopped before anyone else can hold the lock.
 const LOSS_MARGIN_DIVISOR: u32 = 10;
@@ -136,6 +136,7 @@ impl Session {
     /// Ends the session: stops renewing and revokes the lease (its keys go with it). An error
     /// leaves the lease to expire by itself.
     pub async fn close(self) -> Result<(), ClientError> {
+        // First stop renewing, so no keepalive races the revoke.
         self.keeper.abort();
         let lease = self.lease.to_string();
         let path = segments(&["v1", "leases", &lease]);
@@ -143,8 +144,16 @@ impl Session {
     }
 
     /// Stops renewing without revoking: the lease ends by itself after its TTL, as when the
-    /// holder dies (the Jepsen lock workload abandons some sessions so).
-    pub fn abandon(self) {
+    /// holder dies (the Jepsen lock workload abandons some sessions so). Dropping a session
+    /// does the same.
+    pub fn abandon(self) {}
+}
+
+impl Drop for Session {
+    /// A session dropped (an early return, a timeout around an acquisition) stops renewing:
+    /// otherwise its keeper would hold the lease, and any lock under it, as long as the
+    /// process runs.
+    fn drop(&mut self) {
         self.keeper.abort();
     }
 }
@@ -269,9 +278,8 @@ pub async fn wait_turn(client: &Client, name: &str, key: &str, mine: u64) -> Res
         };
         // Block until the key just ahead changes (deleted, usually) after the listing.
         loop {
-            let query = [("wait_revision", index.to_string()), ("wait_ms", WAIT_MS.to_string())];
             let path = Client::key_path(&ahead.key);
-            let answer = client.request(Method::GET, &path, &query, HeaderMap::new(), None, Retry::Idempotent).await?;
+            let answer = client.blocking_read(&path, &[], index, WAIT).await?;
             if answer.status == StatusCode::NOT_FOUND || header_index(&answer.headers) > index {
                 break;
             }
@@ -304,10 +312,10 @@ pub async fn observe(client: &Client, name: &str) -> Result<(), ClientError> {
             println!("{line}");
             printed = Some(current);
         }
-        let query =
-            [("prefix", prefix.clone()), ("wait_revision", index.to_string()), ("wait_ms", WAIT_MS.to_string())];
-        client
-            .request(Method::GET, &segments(&["v1", "kv"]), &query, HeaderMap::new(), None, Retry::Idempotent)
-            .await?;
+        let answer = client.blocking_read(&segments(&["v1", "kv"]), &[("prefix", prefix.clone())], index, WAIT).await?;
+        if !answer.status.is_success() {
+            // Not a change to print: a refusal (403, say) that asking again would only repeat.
+            return Err(error_of(&answer));
+        }
     }
 }
