@@ -10,7 +10,8 @@
 # measured: server CPU per request (all nodes together, from /proc) and resident memory of the
 # nodes after the runs. etcd comes from Debian's packages (installed when missing).
 # Settings (environment): BENCH_ROUNDS (3), BENCH_DURATION_SECS (10), BENCH_KEYS (100000),
-# BENCH_VALUE_BYTES (256), QUORUMKV_BINARY (target/debug/quorumkv, built when missing).
+# BENCH_VALUE_BYTES (256), QUORUMKV_PROFILE (release: the binary users deploy; dev with
+# --smoke, the tests' build), QUORUMKV_BINARY (target/<profile>/quorumkv, built when missing).
 # Results: target/bench/<time>/ (one JSON per run, summary.md).
 set -euo pipefail
 
@@ -26,7 +27,11 @@ if [[ "${1:-}" == --smoke ]]; then
     rounds=1 duration=2 keys=2000
     configs=("put 8" "get 8" "mixed 8" "cas 8" "txn 8" "watch 8")
     single_node_configs=("put 8")
+    # It times nothing: the tests' build will do, and CI builds no second profile.
+    default_profile=dev
 fi
+default_profile="${default_profile:-release}"
+source scripts/profile.sh
 out="$repo_dir/target/bench/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out/runs"
 startup_deadline_seconds=60
@@ -38,9 +43,10 @@ if ! command -v etcd >/dev/null; then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
 fi
 # Debian's etcd-server package starts a system etcd on 2379/2380; ours use other ports.
-binary="${QUORUMKV_BINARY:-$repo_dir/target/debug/quorumkv}"
+binary="${QUORUMKV_BINARY:-$repo_dir/target/$profile_dir/quorumkv}"
 if [[ -z "${QUORUMKV_BINARY:-}" ]]; then
-    cargo build --quiet --locked --bin quorumkv
+    echo "building quorumkv, $profile profile"
+    cargo build --quiet --locked "${profile_flags[@]}" --bin quorumkv
 fi
 
 started_pids=()

@@ -6,12 +6,15 @@
 # 1. The base image the Dockerfile names (debian:bookworm-slim) is made locally when missing:
 #    debootstrap of Debian bookworm (minbase) from the Debian mirror this machine's apt already
 #    uses (its sources under /etc/apt, or DEBIAN_MIRROR), trimmed, then `docker import`. A machine that can pull images already has it and skips this.
-# 2. The quorumkv binary is built on the host (the same dev profile the tests use, so RocksDB
-#    is not compiled again), stripped, and copied into the Dockerfile's `prebuilt` stage.
+# 2. The quorumkv binary is built on the host, stripped, and copied into the Dockerfile's
+#    `prebuilt` stage: the release profile, what users deploy, unless QUORUMKV_PROFILE=dev
+#    (scripts/test.sh sets it: the tests' build, so CI does not compile RocksDB again).
 # Users with a registry build the full multi-stage image instead: `docker build -t quorumkv .`
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+default_profile=release
+source scripts/profile.sh
 image="${QUORUMKV_IMAGE:-quorumkv:dev}"
 base_image="debian:bookworm-slim"
 
@@ -65,11 +68,12 @@ if ! docker image inspect "$base_image" >/dev/null 2>&1; then
     trap - EXIT
 fi
 
-cargo build --locked --bin quorumkv
+echo "building quorumkv, $profile profile"
+cargo build --quiet --locked "${profile_flags[@]}" --bin quorumkv
 context=target/docker-context
 rm -rf "$context"
 mkdir -p "$context"
-strip -o "$context/quorumkv" target/debug/quorumkv
+strip -o "$context/quorumkv" "target/$profile_dir/quorumkv"
 docker build --quiet --target prebuilt -f Dockerfile -t "$image" "$context" >/dev/null
 size=$(docker image inspect --format '{{.Size}}' "$image")
 echo "built $image ($((size / 1024 / 1024)) MiB; base $base_image $(($(docker image inspect --format '{{.Size}}' "$base_image") / 1024 / 1024)) MiB)"

@@ -11,6 +11,9 @@
 #               once a state dir has certificates, its nodes always start with TLS)
 #   --auth:     users and roles on: creates user `root` (role admin) with a random password in
 #               $QUORUMKV_STATE_DIR/root-password and enables auth (kept, like --tls)
+#   --release:  build and run the release profile (what users deploy; a second RocksDB build
+#               of about 10 minutes the first time) instead of the dev profile the tests use;
+#               QUORUMKV_PROFILE=release does the same
 #
 # The nodes authenticate each other with a peer token, generated once into
 # $QUORUMKV_STATE_DIR/peer-token (and, with --tls, also with their certificates).
@@ -24,21 +27,24 @@ for arg in "$@"; do
     case "$arg" in
         --tls) tls=true ;;
         --auth) auth=true ;;
+        --release) export QUORUMKV_PROFILE=release ;;
         *)
-            echo "usage: $0 [--tls] [--auth]" >&2
+            echo "usage: $0 [--tls] [--auth] [--release]" >&2
             exit 2
             ;;
     esac
 done
 
 cd "$(dirname "$0")/.."
+default_profile=dev
+source scripts/profile.sh
 state_dir="${QUORUMKV_STATE_DIR:-$PWD/.quorumkv}"
-binary="$PWD/target/debug/quorumkv"
+binary="$PWD/target/$profile_dir/quorumkv"
 initial_cluster="1=127.0.0.1:9081,2=127.0.0.1:9082,3=127.0.0.1:9083"
 leader_deadline_seconds=60
 
-echo "building quorumkv (the first build compiles RocksDB: about 10 minutes on 2 cores)..."
-cargo build --quiet --bin quorumkv
+echo "building quorumkv, $profile profile (the first build compiles RocksDB: about 10 minutes on 2 cores)..."
+cargo build --quiet "${profile_flags[@]}" --bin quorumkv
 
 mkdir -p "$state_dir"
 certs_dir="$state_dir/certs"
@@ -118,6 +124,9 @@ if $auth && [[ ! -f "$password_file" ]]; then
     echo "auth enabled: user root, password in $password_file"
 fi
 auth_hint=""
+# The same build again (a restart without --release would start the dev build's nodes).
+restart_flags=""
+[[ "$profile" == release ]] && restart_flags=" --release"
 if [[ -f "$password_file" ]]; then
     auth_hint="
   export QUORUMKV_USER=root QUORUMKV_PASSWORD=\$(cat $password_file)   # auth is on: log in as root
@@ -133,7 +142,7 @@ cluster is up (TLS): leader is node $leader (pid $(cat "$state_dir/node-$leader.
   $binary --cacert $certs_dir/ca.pem get greeting      # or: export QUORUMKV_CACERT=$certs_dir/ca.pem
 
   kill -9 \$(cat $state_dir/node-$leader.pid)    # kill the leader; the others elect a new one
-  scripts/start-3-nodes.sh                        # restart whatever is not running (TLS is kept)
+  scripts/start-3-nodes.sh$restart_flags                        # restart whatever is not running (TLS is kept)
   scripts/stop-3-nodes.sh                         # stop all three (SIGTERM, graceful)
 $auth_hint
 USAGE
@@ -148,7 +157,7 @@ cluster is up: leader is node $leader (pid $(cat "$state_dir/node-$leader.pid"))
   $binary get greeting
 
   kill -9 \$(cat $state_dir/node-$leader.pid)    # kill the leader; the others elect a new one
-  scripts/start-3-nodes.sh                        # restart whatever is not running
+  scripts/start-3-nodes.sh$restart_flags                        # restart whatever is not running
   scripts/stop-3-nodes.sh                         # stop all three (SIGTERM, graceful)
 $auth_hint
 USAGE

@@ -30,6 +30,9 @@ if ((${#missing[@]} > 0)); then
     fi
 fi
 
+# Every step uses the dev profile, the scripts too (scripts/profile.sh): one RocksDB build.
+export QUORUMKV_PROFILE=dev
+
 step "formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
