@@ -23,6 +23,7 @@
 //! | [`api`] | client HTTP handlers on `--client-addr`: authenticate, validate, call `Node`, map to HTTP |
 //! | [`auth`] | users, roles, tokens: the policy, checked at the edge and again at apply (from `quorumkv-wire`) |
 //! | [`node`] | `Node`: writes via the leader, linearizable reads, status, step-down |
+//! | [`read_rounds`] | concurrent linearizable reads share one read point (one round, not one each) |
 //! | [`bootstrap`] | how a node starts: resume, join, or bootstrap — never a wiped voter |
 //! | [`leader`] | the one way to the leader: run locally or forward, retry only what did not run |
 //! | [`removal`] | a removed member learns it, stops serving clients, comes back with `--join` |
@@ -57,7 +58,8 @@
 //!
 //! read:   HTTP GET ─▶ api::kv::get ─▶ Node::get
 //!            linearizable/lease: read point from the leader (ReadIndex or lease,
-//!            via /internal/read-index on a follower) ─▶ wait until applied here ─▶ KvReader
+//!            via /internal/read-index on a follower; concurrent reads share one, read_rounds)
+//!            ─▶ wait until applied here ─▶ KvReader
 //!            stale: KvReader directly
 //! ```
 
@@ -75,6 +77,7 @@ pub mod logging;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod read_rounds;
 pub mod removal;
 pub mod server;
 pub mod staleness;

@@ -238,6 +238,17 @@ pub const MAX_PEERS: usize = 15;
 pub const MAX_FORWARDS_IN_FLIGHT_PER_PEER: usize = 64;
 /// How long a request waits for a forwarding slot to the leader before `429`.
 pub const FORWARD_SLOT_WAIT_MS: u64 = 1_000;
+
+/// A follower's next shared read round begins when the running one ends or, if that one is
+/// slow (a leader change, a lossy link), this long after the first read queued for it (with a
+/// slot free, below): one slow round does not hold up every read behind it. A round on a
+/// healthy network takes a few round trips, far less (see `read_rounds.rs`).
+pub const READ_ROUND_OVERLAP_MS: u64 = 100;
+/// Shared read rounds of one kind running at once on a follower: the one running and one
+/// overlapping it. Each takes a forwarding slot to the leader
+/// ([`MAX_FORWARDS_IN_FLIGHT_PER_PEER`]); more would crowd out forwarded writes when the
+/// leader is slow.
+pub const MAX_READ_ROUNDS_IN_FLIGHT: usize = 2;
 /// Forwarded requests the peer port serves at once (Raft RPCs are not counted: one stream per
 /// peer bounds them, and they must never wait behind forwarded writes).
 pub const MAX_CONCURRENT_FORWARDED_REQUESTS: usize = 1_024;

@@ -42,6 +42,7 @@ use crate::network::PeerNetwork;
 use crate::protocol;
 use crate::protocol::ForwardedWrite;
 use crate::protocol::ReadPolicy;
+use crate::read_rounds::ReadRounds;
 use crate::store;
 use crate::store::AuthRecords;
 use crate::store::BootstrapRecord;
@@ -128,7 +129,31 @@ pub struct Node {
     pub(crate) watchers: Arc<tokio::sync::Semaphore>,
     /// The leader's deadlines for leases (see `lease.rs`).
     lease_clock: std::sync::Mutex<crate::lease::LeaseClock>,
+    /// Concurrent linearizable reads share read points (see `read_rounds.rs`): one for
+    /// ReadIndex reads, one for lease reads.
+    read_index_rounds: ReadRounds<ReadPoint>,
+    lease_read_rounds: ReadRounds<ReadPoint>,
     prometheus_metrics: Metrics,
+}
+
+/// A read point: the leader that confirmed it, and the log id a read must wait for.
+type ReadPoint = Result<(NodeId, ReadLogId<TypeConfig>), Error>;
+
+/// A follower's shared read rounds of one policy (see `read_rounds.rs`).
+fn read_rounds(node: &std::sync::Weak<Node>, policy: ReadPolicy) -> ReadRounds<ReadPoint> {
+    let node = node.clone();
+    ReadRounds::new(
+        move || {
+            let node = node.clone();
+            Box::pin(async move {
+                match node.upgrade() {
+                    Some(node) => node.read_point(policy).await,
+                    None => Err(Error::Unavailable("the node is shutting down".into())),
+                }
+            })
+        },
+        || Err(Error::Unavailable("the read round failed".into())),
+    )
 }
 
 /// A node's part in Raft as the API names it: mapped explicitly, so that a rename in openraft
@@ -178,7 +203,7 @@ impl Node {
             // Removed before this restart: no campaigning until added back (see `removal.rs`).
             raft.runtime_config().elect(false);
         }
-        Ok(Arc::new(Node {
+        Ok(Arc::new_cyclic(|node| Node {
             id: config.id,
             config,
             raft,
@@ -200,6 +225,8 @@ impl Node {
             password_work: Arc::new(tokio::sync::Semaphore::new(limits::MAX_CONCURRENT_PASSWORD_HASHES)),
             watchers: Arc::new(tokio::sync::Semaphore::new(limits::MAX_WATCHERS)),
             lease_clock: std::sync::Mutex::default(),
+            read_index_rounds: read_rounds(node, ReadPolicy::ReadIndex),
+            lease_read_rounds: read_rounds(node, ReadPolicy::Lease),
             prometheus_metrics: Metrics::new(),
         }))
     }
@@ -445,17 +472,30 @@ impl Node {
             Consistency::Lease => ReadPolicy::Lease,
         };
         let timeout = self.config.read_timeout();
-        let (leader, read_log_id) = self
-            .via_leader::<protocol::ReadIndex, _, _>(&policy, timeout, Effect::None, || {
-                self.read_index_as_leader(policy)
-            })
-            .await?;
+        let (leader, read_log_id) = if self.current_leader() == Some(self.id) {
+            // On the leader openraft already folds concurrent reads into one heartbeat round.
+            self.read_point(policy).await?
+        } else {
+            match policy {
+                ReadPolicy::ReadIndex => self.read_index_rounds.read_point().await?,
+                ReadPolicy::Lease => self.lease_read_rounds.read_point().await?,
+            }
+        };
         let linearizer = Linearizer::new(leader, read_log_id, None);
         match linearizer.try_await_ready(&self.raft, Some(timeout)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(Error::Unavailable("this node did not apply up to the read point in time".into())),
             Err(fatal) => Err(Error::Unavailable(format!("raft stopped: {fatal}"))),
         }
+    }
+
+    /// A read point from the leader: this node's own when it leads, else asked of the leader.
+    async fn read_point(&self, policy: ReadPolicy) -> ReadPoint {
+        let timeout = self.config.read_timeout();
+        self.via_leader::<protocol::ReadIndex, _, _>(&policy, timeout, Effect::None, || {
+            self.read_index_as_leader(policy)
+        })
+        .await
     }
 
     /// On the leader: confirms leadership and returns this node's id with the log id a read

@@ -32,6 +32,11 @@ const TOKEN_MARGIN_SECS: u64 = 15 * 60;
 /// The longest `--auth` run: its token, with the margin, within the lifetime a node allows.
 pub const MAX_AUTH_RUN_SECS: u64 = MAX_AUTH_TOKEN_TTL_MS / 1000 - TOKEN_MARGIN_SECS;
 
+/// Snapshots every this many entries in a fault run, far below the default (100,000, what a
+/// run of a minute writes at most): snapshots, purges and their installs on a node that lagged
+/// happen under the faults, several times a run.
+const FAULT_RUN_SNAPSHOT_LOG_ENTRIES: u64 = 5_000;
+
 pub struct Cluster {
     pub kind: ClusterKind,
     pub dir: PathBuf,
@@ -64,6 +69,8 @@ impl Cluster {
             .env("QUORUMKV_NETNS_STATE_DIR", &self.dir)
             .env("QUORUMKV_STATE_DIR", &self.dir)
             .env("QUORUMKV_SERVE_ARGS", &self.serve_args)
+            // The same for containers, which take settings from the environment only.
+            .env("QUORUMKV_SNAPSHOT_LOG_ENTRIES", FAULT_RUN_SNAPSHOT_LOG_ENTRIES.to_string())
             .stdin(std::process::Stdio::null())
             // Interrupted (Ctrl-C), the run drops this future and takes the cluster down: the
             // script must not go on beside the teardown. Nodes it started are the teardown's.
@@ -93,6 +100,7 @@ impl Cluster {
             }
             _ => String::new(),
         };
+        serve_args.push_str(&format!(" --snapshot-log-entries {FAULT_RUN_SNAPSHOT_LOG_ENTRIES}"));
         if options.auth {
             // The runner logs in once: its token must outlive the run, its final phase included.
             // Within the node's bound: `validate` keeps the time limit under MAX_AUTH_RUN_SECS.
