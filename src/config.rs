@@ -167,8 +167,9 @@ pub struct ServeConfig {
 
     /// Build a snapshot (and purge the log behind it) after this many applied entries.
     /// etcd's default (`--snapshot-count`): each snapshot copies the whole state, so at 10,000
-    /// a node under 10k writes/s spent a tenth of its CPU re-copying it every second; the log
-    /// behind it is about 100,000 small entries on disk, replayed at most on a restart.
+    /// a node under 10k writes/s spent a tenth of its CPU re-copying it every second. The cost
+    /// is disk: up to this many entries stay in the log (size it for large values); a restart
+    /// re-applies only the entries not yet applied.
     #[arg(long, env = "QUORUMKV_SNAPSHOT_LOG_ENTRIES", default_value_t = 100_000)]
     pub snapshot_log_entries: u64,
 

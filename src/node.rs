@@ -500,7 +500,7 @@ impl Node {
 
     /// On the leader: confirms leadership and returns this node's id with the log id a read
     /// must wait for.
-    pub async fn read_index_as_leader(&self, policy: ReadPolicy) -> Result<(NodeId, ReadLogId<TypeConfig>), Error> {
+    pub async fn read_index_as_leader(&self, policy: ReadPolicy) -> ReadPoint {
         let option = match policy {
             ReadPolicy::ReadIndex => openraft::ReadPolicy::ReadIndex,
             ReadPolicy::Lease => openraft::ReadPolicy::LeaseRead,

@@ -499,8 +499,12 @@ async fn a_waiter_outlasts_its_clients_request_timeout() {
     };
     // Longer than every attempt of the old code could last: each its timeout and a backoff.
     let give_up_budget = (request_timeout + Duration::from_millis(CLIENT_BACKOFF_MAX_MS)) * CLIENT_MAX_ATTEMPTS;
-    tokio::time::sleep(give_up_budget).await;
-    assert!(!waiting.is_finished(), "the waiter stopped waiting while the lock was held: {:?}", waiting.await);
+    // Watched throughout, so a waiter that gives up fails the test when it does.
+    let until = Instant::now() + give_up_budget;
+    while Instant::now() < until {
+        assert!(!waiting.is_finished(), "the waiter stopped waiting while the lock was held: {:?}", waiting.await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(holder.is_held(), "the holder's session was kept alive meanwhile");
     holder.close().await.expect("release");
     let turn = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("the turn comes on release");

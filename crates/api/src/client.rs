@@ -46,7 +46,7 @@ pub struct Client {
     http: reqwest::Client,
     /// How long one attempt may take, when not the HTTP client's own timeout
     /// ([`limits::CLIENT_REQUEST_TIMEOUT_MS`], or a caller's in [`Client::with_http`]); a
-    /// blocking read gets its wait plus a margin instead ([`Client::blocking_read`]).
+    /// blocking read gets its wait on top ([`Client::blocking_read`]).
     request_timeout: Option<Duration>,
 }
 
@@ -334,8 +334,8 @@ impl Client {
     /// A blocking read (`GET` with `wait_revision` and `wait_ms`, see the README's "Watch and
     /// blocking reads"): waits at most `wait` for a change, so each attempt may take that long
     /// plus the request timeout (at least [`limits::BLOCKING_READ_MARGIN_MS`]) before it counts
-    /// as failed. A wait longer than
-    /// the client's request timeout would otherwise fail every attempt on a quiet key.
+    /// as failed. A wait longer than the client's request timeout would otherwise fail every
+    /// attempt on a quiet key.
     pub async fn blocking_read(
         &self,
         segments: &[String],

@@ -182,9 +182,8 @@ async fn section(
     };
     // An answer and the session's deadline can be ready at the same poll (a stalled runtime),
     // and `select!` picks either: a turn that comes after the session ended is no section.
-    let acquired = acquired.and_then(|token| match session.lost_at() {
-        None => Ok(token),
-        Some(_) => Err("the turn came after the session ended".to_string()),
+    let acquired = acquired.and_then(|token| {
+        session.is_held().then_some(token).ok_or_else(|| "the turn came after the session ended".to_string())
     });
     let token = match acquired {
         Ok(token) => token,
