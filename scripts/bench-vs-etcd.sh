@@ -10,8 +10,13 @@
 # measured: server CPU per request (all nodes together, from /proc) and resident memory of the
 # nodes after the runs. etcd comes from Debian's packages (installed when missing).
 # Settings (environment): BENCH_ROUNDS (3), BENCH_DURATION_SECS (10), BENCH_KEYS (100000),
-# BENCH_VALUE_BYTES (256), QUORUMKV_PROFILE (release: the binary users deploy; dev with
-# --smoke, the tests' build), QUORUMKV_BINARY (target/<profile>/quorumkv, built when missing).
+# BENCH_VALUE_BYTES (256), BENCH_NODES (3: the cluster size of the table), BENCH_CONFIGS
+# (workloads and connections, comma-separated: "put 64,get 64"; default the table's),
+# BENCH_SINGLE_NODE (1: also the 1-node runs), BENCH_OUT (the results folder),
+# BENCH_KEEP_DATA (0: the clusters' data directories are removed once measured),
+# QUORUMKV_PROFILE (release: the binary users deploy; dev with --smoke, the tests' build),
+# QUORUMKV_BINARY (target/<profile>/quorumkv, built when missing). scripts/bench-growth.sh
+# runs it over value sizes, key counts and cluster sizes.
 # Results: target/bench/<time>/ (one JSON per run, summary.md).
 set -euo pipefail
 
@@ -30,9 +35,14 @@ if [[ "${1:-}" == --smoke ]]; then
     # It times nothing: the tests' build will do, and CI builds no second profile.
     default_profile=dev
 fi
+if [[ -n "${BENCH_CONFIGS:-}" ]]; then IFS=, read -r -a configs <<<"$BENCH_CONFIGS"; fi
+cluster_nodes="${BENCH_NODES:-3}"
+[[ "${BENCH_SINGLE_NODE:-1}" == 1 ]] || single_node_configs=()
+# Ports are 1808<id> and <id>2379: one digit of node id.
+((cluster_nodes >= 1 && cluster_nodes <= 9)) || { echo "BENCH_NODES must be 1 to 9" >&2; exit 2; }
 default_profile="${default_profile:-release}"
 source scripts/profile.sh
-out="$repo_dir/target/bench/$(date +%Y%m%d-%H%M%S)"
+out="${BENCH_OUT:-$repo_dir/target/bench/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$out/runs"
 startup_deadline_seconds=60
 
@@ -176,16 +186,22 @@ bench_cluster() {
     memory quorumkv "$nodes" "${qkv_pids[@]}"
     memory etcd "$nodes" "${etcd_pids[@]}"
     cleanup
+    # The data is not a result and can be large (100,000 values of 4 KiB on 6 nodes and their
+    # logs: gigabytes); keep it only when asked.
+    [[ "${BENCH_KEEP_DATA:-0}" == 1 ]] || rm -rf "$out/quorumkv-$nodes" "$out/etcd-$nodes"
 }
 
 echo "quorumkv $("$binary" --version | awk '{print $2}') ($binary) vs $(etcd --version | head -n 1); results in $out"
-bench_cluster 3 "${configs[@]}"
-rounds=1
-bench_cluster 1 "${single_node_configs[@]}"
+bench_cluster "$cluster_nodes" "${configs[@]}"
+rounds_of_the_table="$rounds"
+if ((${#single_node_configs[@]} > 0 && cluster_nodes != 1)); then
+    rounds=1
+    bench_cluster 1 "${single_node_configs[@]}"
+fi
 
-python3 - "$out" <<'PY' | tee "$out/summary.md"
+python3 - "$out" "$cluster_nodes" "$rounds_of_the_table" "$keys" "$value_bytes" <<'PY' | tee "$out/summary.md"
 import glob, json, os, statistics, sys
-out = sys.argv[1]
+out, cluster_nodes, table_rounds, keys, value_bytes = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 runs = [json.load(open(p)) for p in glob.glob(os.path.join(out, "runs", "*.json"))]
 groups = {}
 for r in runs:
@@ -225,7 +241,8 @@ for nodes in sorted({m["nodes"] for m in memory}, reverse=True):
         rss = [m["rss_kib"] / 1024 for m in memory if m["system"] == system and m["nodes"] == nodes]
         line.append(f"{system} max {max(rss):.0f} MiB")
     print(f"\nResident memory per node after the {nodes}-node runs: " + ", ".join(line))
-print(f"\nMedians of {max(r['round'] for r in runs if r['nodes'] == 3)} rounds (3 nodes) and 1 round (1 node); "
+single = "" if cluster_nodes == 1 or not any(r["nodes"] == 1 for r in runs) else " and 1 round (1 node)"
+print(f"\nMedians of {table_rounds} rounds ({cluster_nodes} nodes){single}, {keys} keys of {value_bytes} bytes; "
       f"ratio = quorumkv / etcd; p99 ratio below 1 means quorumkv's p99 is lower.")
 PY
 # Every run must have served requests without errors on an undisturbed cluster.

@@ -86,7 +86,16 @@ fi
 # The benchmark tool, briefly, against 3-node and 1-node clusters of quorumkv and etcd (from
 # Debian's packages): proves `quorumkv bench` and scripts/bench-vs-etcd.sh work, times nothing.
 step "benchmark smoke run"
-scripts/bench-vs-etcd.sh --smoke
+bench_smoke_out="$PWD/target/bench/ci-smoke"
+rm -rf "$bench_smoke_out"
+BENCH_OUT="$bench_smoke_out" scripts/bench-vs-etcd.sh --smoke
+# The runs' data directories are removed once measured (they once grew to 66 GB and filled
+# the disk); the results stay.
+leftover=$(find "$bench_smoke_out" -mindepth 1 -maxdepth 1 -type d \( -name 'quorumkv-*' -o -name 'etcd-*' \))
+if [[ -n "$leftover" || ! -s "$bench_smoke_out/summary.md" ]]; then
+    echo "FAILED: the benchmark left data directories behind or wrote no summary: ${leftover:-no summary.md}"
+    exit 1
+fi
 
 # Jepsen-style fault runs on a network-namespace cluster (needs root: ip netns, iptables).
 # Short versions of what docs/fault-testing.md describes; each must end with a valid verdict,

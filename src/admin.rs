@@ -15,6 +15,7 @@ use openraft::error::RaftError;
 use openraft::ChangeMembers;
 
 use crate::error::Error;
+use crate::leader::forward_as;
 use crate::leader::Effect;
 use crate::limits;
 use crate::node::matched_index;
@@ -28,9 +29,11 @@ impl Node {
     /// Runs an administration request from any node: on the leader, or forwarded to it.
     pub async fn admin(&self, command: AdminCommand) -> Result<(), Error> {
         let timeout = self.config().write_timeout() + Duration::from_secs(1);
-        self.via_leader::<protocol::Admin, _, _>(&command, timeout, Effect::Changes, || {
-            self.admin_as_leader(command.clone())
-        })
+        self.via_leader(
+            Effect::Changes,
+            || self.admin_as_leader(command.clone()),
+            |peer| forward_as::<protocol::Admin>(peer, &command, timeout),
+        )
         .await
     }
 

@@ -15,6 +15,7 @@ use std::time::Instant;
 use crate::error::Error;
 use crate::limits;
 use crate::network::CallError;
+use crate::network::PeerClient;
 use crate::node::Node;
 use crate::protocol::Rpc;
 use crate::types::NodeId;
@@ -47,23 +48,22 @@ impl<T> Attempt<T> {
 }
 
 impl Node {
-    /// Runs a request on the leader: `local` when this node leads, else `request` forwarded as
-    /// the [`Rpc`] `R` to the leader's peer port (answered with `Result<T, Error>`), within `timeout`.
+    /// Runs a request on the leader: `local` when this node leads, else `remote`, which sends
+    /// it to the leader's peer port (see [`forward_as`]; a write goes in a batch).
     ///
     /// Waits for an election at most `--leader-wait-ms` in all. After "not the leader" from the
     /// node it believed led (a leader that just stepped down, or one elected but not yet sure
     /// of it) it goes to the node named in the answer, else tries again after a short pause,
     /// so a request never sits out a whole leader wait once a leader exists.
-    pub(crate) async fn via_leader<R, T, Local>(
+    pub(crate) async fn via_leader<T, Local, Remote>(
         &self,
-        request: &R::Request,
-        timeout: Duration,
         effect: Effect,
         local: impl Fn() -> Local,
+        remote: impl Fn(PeerClient) -> Remote,
     ) -> Result<T, Error>
     where
-        R: Rpc<Reply = Result<T, Error>>,
         Local: Future<Output = Result<T, Error>>,
+        Remote: Future<Output = Result<Result<T, Error>, CallError>>,
     {
         let deadline = Instant::now() + self.config().leader_wait();
         let mut pause = Duration::from_millis(limits::LEADER_RETRY_PAUSE_FIRST_MS);
@@ -78,7 +78,7 @@ impl Node {
             let attempt = if leader == self.id() {
                 Attempt::from_result(local().await)
             } else {
-                self.forward::<R, T>(leader, request, timeout, effect).await
+                self.forward(leader, effect, &remote).await
             };
             match attempt {
                 Attempt::Finished(result) => return result,
@@ -107,19 +107,21 @@ impl Node {
         Err(Error::NoLeader { last_known_leader: self.current_leader().or(last_known_leader) })
     }
 
-    async fn forward<R: Rpc<Reply = Result<T, Error>>, T>(
+    async fn forward<T, Remote>(
         &self,
         leader: NodeId,
-        request: &R::Request,
-        timeout: Duration,
         effect: Effect,
-    ) -> Attempt<T> {
+        remote: &impl Fn(PeerClient) -> Remote,
+    ) -> Attempt<T>
+    where
+        Remote: Future<Output = Result<Result<T, Error>, CallError>>,
+    {
         let peer = match self.peer_client(leader) {
             Ok(peer) => peer,
             // The leader left the membership we know: wait for the next one.
             Err(_) => return Attempt::Unreachable,
         };
-        let answer: Result<Result<T, Error>, CallError> = peer.forward::<R>(request, timeout).await;
+        let answer: Result<Result<T, Error>, CallError> = remote(peer).await;
         match answer {
             Ok(result) => Attempt::from_result(result),
             Err(error) => match after_failed_forward(&error, effect) {
@@ -157,6 +159,15 @@ impl Node {
     }
 }
 
+/// The usual `remote` of [`Node::via_leader`]: `request` sent alone as the [`Rpc`] `R`.
+pub(crate) async fn forward_as<R: Rpc>(
+    peer: PeerClient,
+    request: &R::Request,
+    timeout: Duration,
+) -> Result<R::Reply, CallError> {
+    peer.forward::<R>(request, timeout).await
+}
+
 /// The retry rule for a forward that got no answer from the leader: `None` when it may be
 /// sent again (to whichever node leads by then), else the error the client gets.
 fn after_failed_forward(error: &CallError, effect: Effect) -> Option<Error> {
@@ -164,7 +175,9 @@ fn after_failed_forward(error: &CallError, effect: Effect) -> Option<Error> {
         // Not sent, and retrying would only queue again behind the same requests.
         CallError::Busy(_) => Some(Error::Overloaded),
         // Not run, and sending it again would be refused again (e.g. another protocol version).
-        CallError::Refused(..) | CallError::Unauthorized(..) => Some(Error::Unavailable(error.to_string())),
+        CallError::Refused(..) | CallError::UnknownPath(..) | CallError::Unauthorized(..) => {
+            Some(Error::Unavailable(error.to_string()))
+        }
         // Certainly not run: the leader was unreachable or not serving yet.
         CallError::NotSent(..) | CallError::NotReady(_) => None,
         // It may have run: a read point changes nothing, a write's outcome is unknown.
@@ -192,6 +205,8 @@ mod tests {
             assert_eq!(after_failed_forward(&CallError::Busy(2), effect), Some(Error::Overloaded));
             let refused = CallError::Refused(2, "HTTP 400: peer protocol version 2".into());
             assert!(matches!(after_failed_forward(&refused, effect), Some(Error::Unavailable(_))));
+            let unknown_path = CallError::UnknownPath(2, "/p1/internal/writes".into());
+            assert!(matches!(after_failed_forward(&unknown_path, effect), Some(Error::Unavailable(_))));
             let unauthorized = CallError::Unauthorized(2, "peer token".into());
             assert!(matches!(after_failed_forward(&unauthorized, effect), Some(Error::Unavailable(_))));
         }

@@ -33,7 +33,7 @@
 //! | [`staleness`] | bounded-staleness reads, measured against the cluster's real commit point |
 //! | [`backup`] | consistent JSON-lines backups streamed from a node |
 //! | [`protocol`] | the peer wire format: every message, its path, its version byte, pinned bytes (from `quorumkv-wire`) |
-//! | [`network`] | peer HTTP on `--peer-addr`: carries `protocol`'s Raft RPCs and forwarded requests, each proven to come from a member (mutual TLS or peer token) |
+//! | [`network`] | peer HTTP on `--peer-addr`: carries `protocol`'s Raft RPCs and forwarded requests (writes in batches), each proven to come from a member (mutual TLS or peer token) |
 //! | [`store`] | RocksDB: Raft log and metadata (group commit), state machine, snapshots |
 //! | [`server`] | start-up (on addresses, or on listeners bound already), signals, graceful shutdown |
 //! | [`listener`] | accepting connections within limits: a cap per listener, header deadlines, TLS |
@@ -45,16 +45,17 @@
 //! # Request path (peer paths without their `/p1` version prefix)
 //!
 //! ```text
-//! write:  HTTP PUT ─▶ api::kv::put ─▶ Node::write ──(follower)──▶ peer /internal/write ─┐
+//! write:  HTTP PUT ─▶ api::kv::put ─▶ Node::write ──(follower)──▶ peer /internal/writes ┐
 //!         (POST /v1/txn ─▶ api::txn::txn ─▶ the same, as Command::Txn)                   │
 //!                                        │ (leader)                                      │
 //!                                        ▼                                               ▼
-//!                       Raft::client_write ◀───────────────────────── Node::write_as_leader
+//!                       Raft::client_write ◀───────── Node::write_as_leader, write_many_as_leader
 //!                              │ append: LogStore (WAL write, then one fsync per batch)
 //!                              │ replicate: network::RaftConnection ─▶ peers' /raft/append
 //!                              ▼ quorum durable ⇒ committed
 //!                       StateMachine::apply (one WriteBatch) ─▶ CommandResult ─▶ 200 {"revision"}
 //!                         every PUT, DELETE and Txn through apply_txn: compares, then a branch
+//!         a follower's concurrent writes reach the leader in batches (network::write_batches)
 //!
 //! read:   HTTP GET ─▶ api::kv::get ─▶ Node::get
 //!            linearizable/lease: read point from the leader (ReadIndex or lease,

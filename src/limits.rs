@@ -239,6 +239,25 @@ pub const MAX_FORWARDS_IN_FLIGHT_PER_PEER: usize = 64;
 /// How long a request waits for a forwarding slot to the leader before `429`.
 pub const FORWARD_SLOT_WAIT_MS: u64 = 1_000;
 
+/// Batches of forwarded writes one node has in flight to one peer (see
+/// `network/write_batches.rs`). While they are all out, writes queue and go together in the
+/// next: a few in flight keep the leader's pipeline full (it proposes one batch while the
+/// previous is being fsynced and replicated), while more would only make the batches smaller.
+pub const MAX_WRITE_BATCHES_IN_FLIGHT_PER_PEER: usize = 4;
+/// A batch of forwarded writes is cut at about this many encoded bytes (a larger single write
+/// goes alone): one replication batch's worth ([`MAX_APPEND_BATCH_BYTES`]), so a batch of
+/// large values is sent, proposed and answered well within a write's timeout and always fits
+/// a peer message ([`MAX_PEER_MESSAGE_BYTES`]). (At 1 MiB, 64 KiB values went 16 to a batch,
+/// and writes queued behind four slow batches long enough to be refused.)
+pub const MAX_FORWARDED_WRITE_BATCH_BYTES: usize = MAX_APPEND_BATCH_BYTES;
+/// Most writes per batch: the peer protocol's own limit (a leader refuses more).
+pub use quorumkv_wire::protocol::MAX_FORWARDED_WRITES_PER_BATCH;
+/// Writes waiting on one node for a batch to one peer: beyond this a write is refused at once
+/// (`429`) rather than queued. Four full batches: as many as can be in flight. A queued write
+/// waits at most its own timeout for a batch to go (`network/write_batches.rs`).
+pub const MAX_QUEUED_FORWARDED_WRITES_PER_PEER: usize =
+    MAX_WRITE_BATCHES_IN_FLIGHT_PER_PEER * MAX_FORWARDED_WRITES_PER_BATCH;
+
 /// A follower's next shared read round begins when the running one ends or, if that one is
 /// slow (a leader change, a lossy link), this long after the first read queued for it (with a
 /// slot free, below): one slow round does not hold up every read behind it. A round on a
@@ -356,6 +375,9 @@ const _: () = assert!(CLIENT_POOL_IDLE_TIMEOUT_MS < PEER_HEADER_TIMEOUT_MS);
 const _: () = assert!(MIN_CLIENT_CONNECTIONS <= DEFAULT_MAX_CLIENT_CONNECTIONS);
 const _: () = assert!(EVICTION_MIN_IDLE_MS < CLIENT_HEADER_TIMEOUT_MS);
 const _: () = assert!(MAX_APPEND_BATCH_BYTES < MAX_PEER_MESSAGE_BYTES);
+// A batch of several writes stays under its cut (a single larger write goes alone, as it would
+// unbatched), with room for the sequence's length.
+const _: () = assert!(MAX_FORWARDED_WRITE_BATCH_BYTES + 16 < MAX_PEER_MESSAGE_BYTES);
 const _: () = assert!(MAX_VALUE_BYTES_CEILING + MAX_KEY_BYTES_CEILING < MAX_PEER_MESSAGE_BYTES);
 
 /// A list page also stops at about this many value bytes, so a page of large values stays a

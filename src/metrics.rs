@@ -66,6 +66,7 @@ pub struct Metrics {
     leader_changes: Counter,
     snapshots: Counter,
     purges: Counter,
+    forwarded_batch_writes: Histogram,
 }
 
 impl Default for Metrics {
@@ -94,6 +95,8 @@ impl Metrics {
             leader_changes: Counter::default(),
             snapshots: Counter::default(),
             purges: Counter::default(),
+            // 1 to 256: one write alone up to a full batch (the peer protocol's limit).
+            forwarded_batch_writes: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             registry: Registry::default(),
         };
         registry.register("http_requests", "HTTP requests by route, method and status", metrics.requests.clone());
@@ -120,6 +123,11 @@ impl Metrics {
             "RocksDB SST and memtable bytes by column family",
             metrics.storage_bytes.clone(),
         );
+        registry.register(
+            "forwarded_write_batch_writes",
+            "Writes per batch another node forwarded here (to the leader it believed this node was)",
+            metrics.forwarded_batch_writes.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 
@@ -141,6 +149,11 @@ impl Metrics {
 
     pub fn count_purge(&self) {
         self.purges.inc();
+    }
+
+    /// Records the size of a batch of writes another node forwarded to this leader.
+    pub fn observe_forwarded_batch(&self, writes: usize) {
+        self.forwarded_batch_writes.observe(writes as f64);
     }
 
     /// Sets the scrape-time gauges and encodes everything in the Prometheus text format.

@@ -13,6 +13,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use backon::Retryable;
+use futures::StreamExt;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::ClientWriteError;
 use openraft::error::LinearizableReadError;
@@ -31,6 +32,7 @@ use crate::auth::Need;
 use crate::auth::Principal;
 use crate::config::ServeConfig;
 use crate::error::Error;
+use crate::leader::forward_as;
 use crate::leader::Effect;
 use crate::limits;
 use crate::metrics::Metrics;
@@ -154,6 +156,17 @@ fn read_rounds(node: &std::sync::Weak<Node>, policy: ReadPolicy) -> ReadRounds<R
         },
         || Err(Error::Unavailable("the read round failed".into())),
     )
+}
+
+/// What a client gets for a write that Raft refused or dropped before committing it.
+fn not_committed(error: ClientWriteError<TypeConfig>) -> Error {
+    match error {
+        ClientWriteError::ForwardToLeader(forward) => Error::NoLeader { last_known_leader: forward.leader_id },
+        ClientWriteError::LogEntryDiscarded(_) => {
+            Error::OutcomeUnknown("leadership changed before the write was committed".into())
+        }
+        other => Error::Internal(other.to_string()),
+    }
 }
 
 /// A node's part in Raft as the API names it: mapped explicitly, so that a rename in openraft
@@ -354,9 +367,14 @@ impl Node {
     pub async fn write(&self, command: Command, ack: Ack) -> Result<CommandResult, Error> {
         let timeout = self.config.write_timeout() + Duration::from_secs(1);
         let request = ForwardedWrite { command, ack };
-        self.via_leader::<protocol::ForwardWrite, _, _>(&request, timeout, Effect::Changes, || {
-            self.write_as_leader(request.command.clone(), ack)
-        })
+        self.via_leader(
+            Effect::Changes,
+            || self.write_as_leader(request.command.clone(), ack),
+            |peer| {
+                let request = &request;
+                async move { peer.forward_write(request, timeout).await }
+            },
+        )
         .await
     }
 
@@ -375,15 +393,73 @@ impl Node {
                 Ok(response.data)
             }
             Ok(Ok(response)) => Ok(response.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                Err(Error::NoLeader { last_known_leader: forward.leader_id })
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
-                Err(Error::OutcomeUnknown("leadership changed before the write was committed".into()))
-            }
-            Ok(Err(RaftError::APIError(other))) => Err(Error::Internal(other.to_string())),
+            Ok(Err(RaftError::APIError(error))) => Err(not_committed(error)),
             Ok(Err(RaftError::Fatal(fatal))) => Err(Error::OutcomeUnknown(format!("raft stopped: {fatal}"))),
         }
+    }
+
+    /// Proposes writes forwarded together (`network/write_batches.rs`) on this node, which must
+    /// be the leader: one proposal of them all, and one answer per write, in order, each what
+    /// [`Node::write_as_leader`] would have answered it alone. A write without an answer when
+    /// the write timeout ends (or when Raft stops) has an unknown outcome.
+    pub async fn write_many_as_leader(&self, writes: Vec<ForwardedWrite>) -> Vec<Result<CommandResult, Error>> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return writes.iter().map(|_| Err(Error::ShuttingDown)).collect();
+        }
+        self.prometheus_metrics.observe_forwarded_batch(writes.len());
+        let timeout = self.config.write_timeout();
+        let started = Instant::now();
+        let mut answers: Vec<Option<Result<CommandResult, Error>>> = Vec::with_capacity(writes.len());
+        // Position in the batch and ack of each write proposed, in proposal order.
+        let mut proposed = Vec::with_capacity(writes.len());
+        let mut commands = Vec::with_capacity(writes.len());
+        for (position, write) in writes.into_iter().enumerate() {
+            match write.command.check(self.config.max_key_bytes, self.config.max_value_bytes) {
+                Ok(()) => {
+                    answers.push(None);
+                    proposed.push((position, write.ack));
+                    commands.push(write.command);
+                }
+                Err(refused) => answers.push(Some(Err(refused))),
+            }
+        }
+        // Committed writes that wait for every voter (ack=all): position and log index.
+        let mut wait_for_all = Vec::new();
+        let propose = async {
+            let mut results = match self.raft.client_write_many(commands).await {
+                Ok(results) => results,
+                Err(fatal) => return Err(fatal),
+            };
+            for &(position, ack) in &proposed {
+                let answer = match results.next().await {
+                    None => break,
+                    Some(Err(fatal)) => return Err(fatal),
+                    Some(Ok(Err(error))) => Err(not_committed(error)),
+                    Some(Ok(Ok(response))) => {
+                        if ack == Ack::All {
+                            wait_for_all.push((position, response.log_id.index()));
+                        }
+                        Ok(response.response)
+                    }
+                };
+                answers[position] = Some(answer);
+            }
+            Ok(())
+        };
+        let unknown = match tokio::time::timeout(timeout, propose).await {
+            Err(_) => format!("not committed within {} ms", timeout.as_millis()),
+            Ok(Err(fatal)) => format!("raft stopped: {fatal}"),
+            Ok(Ok(())) => "no answer from Raft".to_string(),
+        };
+        for (position, index) in wait_for_all {
+            if let Err(error) = self.await_all_voters(index, timeout.saturating_sub(started.elapsed())).await {
+                answers[position] = Some(Err(error));
+            }
+        }
+        answers
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(|| Err(Error::OutcomeUnknown(unknown.clone()))))
+            .collect()
     }
 
     /// Waits until every voter, the leader included, has the log durable up to `index`
@@ -492,9 +568,11 @@ impl Node {
     /// A read point from the leader: this node's own when it leads, else asked of the leader.
     async fn read_point(&self, policy: ReadPolicy) -> ReadPoint {
         let timeout = self.config.read_timeout();
-        self.via_leader::<protocol::ReadIndex, _, _>(&policy, timeout, Effect::None, || {
-            self.read_index_as_leader(policy)
-        })
+        self.via_leader(
+            Effect::None,
+            || self.read_index_as_leader(policy),
+            |peer| forward_as::<protocol::ReadIndex>(peer, &policy, timeout),
+        )
         .await
     }
 

@@ -279,3 +279,62 @@ async fn verify_passes_a_live_cluster_and_leaves_no_keys() {
     let page: Page = cluster.get_json(1, "/v1/kv?prefix=_quorumkv/verify/").await;
     assert!(page.items.is_empty(), "verify left keys behind: {:?}", page.items);
 }
+
+/// Goal: writes sent at once through a follower reach the leader in batches (fewer batches
+/// than writes, counted by the leader), and each write still gets its own answer: every put
+/// its own revision, every compare-and-set that cannot match its own 412, each readable after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_a_follower_go_in_batches_with_one_answer_each() {
+    const PUTS: usize = 150;
+    const DOOMED_CAS: usize = 50;
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let batched_before = forwarded_batch_totals(&cluster, leader).await;
+
+    let puts = (0..PUTS).map(|i| {
+        let request = cluster.http.put(cluster.url(follower, &format!("/v1/kv/batch/{i}"))).body(format!("v{i}"));
+        async move {
+            let response = request.send().await.expect("sent");
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap_or_default();
+            assert_eq!(status, 200, "put {i}: {body}");
+            serde_json::from_str::<PutReply>(&body).expect("a put's answer").revision
+        }
+    });
+    let doomed = (0..DOOMED_CAS).map(|i| {
+        let request = cluster
+            .http
+            .put(cluster.url(follower, &format!("/v1/kv/batch-cas/{i}")))
+            .header("If-Match", "\"999999999\"")
+            .body("never");
+        async move { request.send().await.expect("sent").status().as_u16() }
+    });
+    let (revisions, refusals) = tokio::join!(futures::future::join_all(puts), futures::future::join_all(doomed));
+    let distinct: std::collections::BTreeSet<u64> = revisions.iter().copied().collect();
+    assert_eq!(distinct.len(), PUTS, "every put its own revision");
+    assert!(refusals.iter().all(|status| *status == 412), "{refusals:?}");
+
+    let (batches, writes) = forwarded_batch_totals(&cluster, leader).await;
+    let (batches, writes) = (batches - batched_before.0, writes - batched_before.1);
+    assert!(writes >= (PUTS + DOOMED_CAS) as u64, "{writes} writes in batches");
+    assert!(batches < writes, "{writes} writes in {batches} batches: none shared one");
+    // Each answer went to its own write: the revision a put was told is the one its key has.
+    for (i, revision) in revisions.iter().enumerate() {
+        let response = cluster.http.get(cluster.url(leader, &format!("/v1/kv/batch/{i}"))).send().await.expect("GET");
+        assert_eq!(response.headers()["etag"], format!("\"{revision}\"").as_str(), "batch/{i}");
+        assert_eq!(response.text().await.expect("body"), format!("v{i}"));
+    }
+    assert_eq!(cluster.get(follower, "batch-cas/0", "linearizable").await.0, 404);
+}
+
+/// The leader's count of forwarded batches and of the writes in them, from `/metrics`.
+async fn forwarded_batch_totals(cluster: &Cluster, id: u64) -> (u64, u64) {
+    let text = cluster.http.get(cluster.url(id, "/metrics")).send().await.expect("metrics").text().await.expect("body");
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0.0, |value| value.trim().parse::<f64>().expect("a number")) as u64
+    };
+    (value("quorumkv_forwarded_write_batch_writes_count"), value("quorumkv_forwarded_write_batch_writes_sum"))
+}

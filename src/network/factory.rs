@@ -47,7 +47,7 @@ use crate::types::Vote;
 fn backs_off(error: &CallError) -> bool {
     match error {
         CallError::NotSent(..) | CallError::NotReady(_) | CallError::Busy(_) | CallError::Unauthorized(..) => true,
-        CallError::NoAnswer(..) | CallError::Refused(..) => false,
+        CallError::NoAnswer(..) | CallError::Refused(..) | CallError::UnknownPath(..) => false,
     }
 }
 

@@ -11,6 +11,7 @@
 mod factory;
 mod peer_client;
 mod server;
+mod write_batches;
 
 pub use factory::PeerNetwork;
 pub use peer_client::CallError;

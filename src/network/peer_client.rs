@@ -7,19 +7,24 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use super::write_batches::Forwarded;
+use super::write_batches::WriteBatches;
 use super::PeerCredentials;
 use crate::limits::CLIENT_POOL_IDLE_TIMEOUT_MS;
 use crate::limits::FORWARD_SLOT_WAIT_MS;
 use crate::limits::MAX_FORWARDS_IN_FLIGHT_PER_PEER;
 use crate::limits::PEER_CONNECT_TIMEOUT_MS;
+use crate::protocol;
 use crate::protocol::decode;
 use crate::protocol::encode;
+use crate::protocol::Ack;
+use crate::protocol::ForwardedWrite;
 use crate::protocol::Rpc;
 use crate::store::BootstrapRecord;
 use crate::types::NodeId;
 
 /// Why a call to a peer failed, split by whether the request could have been processed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     /// The request never reached the peer (connection refused or not established).
     #[error("peer {0} unreachable: {1}")]
@@ -43,6 +48,10 @@ pub enum CallError {
     /// Not sent: this node already forwards as many requests to the peer as it may.
     #[error("too many requests already forwarded to peer {0}")]
     Busy(NodeId),
+    /// The peer answered `404` before anything ran: it does not know the message (a build
+    /// from before it was added, or of another protocol version).
+    #[error("peer {0} does not know {1}")]
+    UnknownPath(NodeId, String),
 }
 
 /// A connection pool to one peer. Cheap to clone.
@@ -58,6 +67,9 @@ pub struct PeerClient {
     /// Slots for requests forwarded to this peer ([`MAX_FORWARDS_IN_FLIGHT_PER_PEER`]): each
     /// takes a connection, and the peer's descriptors are budgeted for that many.
     forwards: Arc<tokio::sync::Semaphore>,
+    /// Forwarded writes, sent in batches. `None` in the batch sender's own copy (so the task
+    /// does not keep its own queue open) and where no runtime was running to start it.
+    writes: Option<WriteBatches>,
 }
 
 impl PeerClient {
@@ -75,11 +87,32 @@ impl PeerClient {
     /// [`FORWARD_SLOT_WAIT_MS`]) for one of this peer's forwarding slots, then sends with the
     /// whole `timeout` ahead of it.
     pub async fn forward<R: Rpc>(&self, request: &R::Request, timeout: Duration) -> Result<R::Reply, CallError> {
+        let body = encode(request).map_err(|e| CallError::NotSent(self.target, format!("encode: {e}")))?;
+        self.forward_encoded::<R>(body, timeout).await
+    }
+
+    /// [`Self::forward`] of a request already encoded.
+    pub(crate) async fn forward_encoded<R: Rpc>(
+        &self,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<R::Reply, CallError> {
         let wait = Duration::from_millis(FORWARD_SLOT_WAIT_MS);
         let Ok(Ok(_slot)) = tokio::time::timeout(wait, self.forwards.clone().acquire_owned()).await else {
             return Err(CallError::Busy(self.target));
         };
-        self.call::<R>(request, timeout).await
+        self.send(R::PATH, body.into(), timeout).await
+    }
+
+    /// A client's write forwarded to this peer (the leader), in a batch with whatever other
+    /// writes are waiting to go there (see `write_batches.rs`). An `ack=all` write goes alone:
+    /// it waits for every voter, and a batch is answered only once all its writes are, so
+    /// with a voter down it would hold the quorum writes beside it for the whole timeout.
+    pub async fn forward_write(&self, write: &ForwardedWrite, timeout: Duration) -> Forwarded {
+        match &self.writes {
+            Some(batches) if write.ack == Ack::Quorum => batches.forward(write, timeout).await,
+            _ => self.forward::<protocol::ForwardWrite>(write, timeout).await,
+        }
     }
 
     /// POSTs `body` (already encoded, or a stream such as a snapshot) to `path` and decodes the
@@ -104,6 +137,9 @@ impl PeerClient {
         }
         if status == reqwest::StatusCode::UNAUTHORIZED {
             return Err(CallError::Unauthorized(self.target, "its peer token differs from this node's".into()));
+        }
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(CallError::UnknownPath(self.target, path.to_string()));
         }
         if status.is_client_error() {
             // Refused before the handler ran, whether or not the reason arrives whole.
@@ -181,7 +217,11 @@ impl PeerClients {
             format!("cannot build the HTTP client: {error}")
         });
         let forwards = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS_IN_FLIGHT_PER_PEER));
-        let client = PeerClient { target, base_url, http, bootstrap: self.bootstrap.clone(), forwards };
+        let mut client =
+            PeerClient { target, base_url, http, bootstrap: self.bootstrap.clone(), forwards, writes: None };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            client.writes = Some(WriteBatches::start(client.clone()));
+        }
         clients.insert(target, client.clone());
         client
     }

@@ -32,6 +32,7 @@ pub fn peer_router(node: Arc<Node>) -> Router {
     // Forwarded client requests share one bound; Raft RPCs never wait behind them.
     let forwarded = Router::new()
         .route(protocol::ForwardWrite::PATH, post(forwarded_write))
+        .route(protocol::ForwardWrites::PATH, post(forwarded_writes))
         .route(protocol::ReadIndex::PATH, post(read_index))
         .route(protocol::Admin::PATH, post(forwarded_admin))
         .route(protocol::Freshness::PATH, post(freshness))
@@ -284,6 +285,19 @@ async fn forwarded_write(State(node): State<Arc<Node>>, PeerBody(body): PeerBody
         node.write_as_leader(request.command, request.ack).await
     })
     .await
+}
+
+/// A batch over the protocol's count limit is refused whole (`400`) before any of it runs.
+async fn forwarded_writes(State(node): State<Arc<Node>>, PeerBody(body): PeerBody) -> Response {
+    match parse::<<protocol::ForwardWrites as Rpc>::Request>(&body) {
+        Ok(writes) if writes.len() > protocol::MAX_FORWARDED_WRITES_PER_BATCH => Rejection::new(
+            StatusCode::BAD_REQUEST,
+            format!("{} writes in one batch; at most {}", writes.len(), protocol::MAX_FORWARDED_WRITES_PER_BATCH),
+        )
+        .into_response(),
+        Ok(writes) => reply::<<protocol::ForwardWrites as Rpc>::Reply>(&node.write_many_as_leader(writes).await),
+        Err(rejection) => rejection.into_response(),
+    }
 }
 
 async fn forwarded_admin(State(node): State<Arc<Node>>, PeerBody(body): PeerBody) -> Response {

@@ -5,7 +5,8 @@
 //!
 //! Every path starts with `/p<version>/` and every request and reply body with one byte,
 //! [`PROTOCOL_VERSION`], then the message in postcard (varints, raw byte strings), with nothing
-//! after it. A node of another version answers `404` (its paths differ), and a body of another
+//! after it. A node of another version answers `404` (its paths differ; so does an older build
+//! of the same version for a message added since, see below), and a body of another
 //! version or with bytes left over is refused (`400`), both before anything runs: two builds
 //! that disagree about the format fail loudly instead of misreading each other. (Postcard alone
 //! cannot tell: a body of one version can decode as a different message of another.) Builds
@@ -17,6 +18,9 @@
 //!   its position. A peer that does not know a new variant refuses the message (`400`).
 //! - Struct and tuple fields are **never reordered, added or removed** without raising
 //!   [`PROTOCOL_VERSION`]: postcard encodes fields by position, without names.
+//! - A **new message may be added within a version** only if its sender, answered `404` (an
+//!   older build of the same version), falls back to messages that build knows; its request
+//!   and reply types are then frozen like the rest. ([`ForwardWrites`] is such a message.)
 //! - The tests at the bottom pin the bytes of every message. A change that fails them is a
 //!   change of the wire format: raise the version or undo it; never just update the bytes.
 //!
@@ -36,6 +40,7 @@
 //! | [`InstallSnapshot`] | `/raft/snapshot` | [`snapshot_header`] then the file, streamed → `SnapshotResponse` |
 //! | [`TransferLeader`] | `/raft/transfer-leader` | `TransferLeaderRequest` → `TransferLeaderResponse` |
 //! | [`ForwardWrite`] | `/internal/write` | [`ForwardedWrite`] → `Result<CommandResult, Error>` (run on the leader) |
+//! | [`ForwardWrites`] | `/internal/writes` | `Vec<ForwardedWrite>` → `Vec<Result<CommandResult, Error>>`, one per write, in order |
 //! | [`ReadIndex`] | `/internal/read-index` | [`ReadPolicy`] → `Result<(NodeId, ReadLogId), Error>` |
 //! | [`Freshness`] | `/internal/freshness` | `()` → `Result<FreshnessReply, Error>` (bounded staleness) |
 //! | [`Admin`] | `/internal/admin` | [`AdminCommand`] → `Result<(), Error>` (run on the leader) |
@@ -98,6 +103,11 @@ rpc!(/// The leader hands leadership to this node.
     TransferLeader, "/p1/raft/transfer-leader", TransferLeaderRequest<TypeConfig> => TransferLeaderResponse<TypeConfig>);
 rpc!(/// A client's write, run on the leader.
     ForwardWrite, "/p1/internal/write", ForwardedWrite => Result<CommandResult, Error>);
+rpc!(/// Several clients' writes forwarded together, run on the leader as one proposal of
+    /// several entries; one answer per write, in the order sent. At most
+    /// [`MAX_FORWARDED_WRITES_PER_BATCH`] writes. Added within version 1: a build before it
+    /// answers `404` (nothing ran), and the sender then forwards the writes one by one.
+    ForwardWrites, "/p1/internal/writes", Vec<ForwardedWrite> => Vec<Result<CommandResult, Error>>);
 rpc!(/// The leader confirms it leads and names the log id a linearizable read waits for.
     ReadIndex, "/p1/internal/read-index", ReadPolicy => Result<(NodeId, ReadLogId<TypeConfig>), Error>);
 rpc!(/// How fresh the leader's quorum-confirmed commit point is (bounded-staleness reads).
@@ -199,6 +209,36 @@ pub enum DecodeError {
     Postcard(#[from] postcard::Error),
     #[error("{0} bytes after the end of the message")]
     Trailing(usize),
+}
+
+/// Most writes one [`ForwardWrites`] carries: a leader refuses more (`400`) before any runs.
+/// Enough that a busy follower's forwarded writes go in a few messages per fsync; a batch
+/// is also cut at a size (the sender's), so a batch of large values stays one peer message.
+pub const MAX_FORWARDED_WRITES_PER_BATCH: usize = 256;
+
+/// One element of a sequence, encoded alone (no version byte): see [`encode_sequence`].
+pub fn encode_element<T: Serialize + ?Sized>(element: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(element)
+}
+
+/// The message `encode(&vec![a, b, ...])` from the elements [`encode_element`] encoded one by
+/// one: a sender encodes each write as it is queued, on the caller's task, and a batch is
+/// then only their concatenation (and the exact size of a batch is known before it is sent).
+pub fn encode_sequence<E: AsRef<[u8]>>(elements: &[E]) -> Result<Vec<u8>, postcard::Error> {
+    // Postcard writes a sequence as its length (a varint, like any usize), then its elements.
+    let mut message = postcard::to_extend(&elements.len(), vec![PROTOCOL_VERSION])?;
+    for element in elements {
+        message.extend_from_slice(element.as_ref());
+    }
+    Ok(message)
+}
+
+/// The message `encode(&element)` from what [`encode_element`] made of it.
+pub fn encode_from_element(element: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(element.len() + 1);
+    message.push(PROTOCOL_VERSION);
+    message.extend_from_slice(element);
+    message
 }
 
 /// A message as it goes on the wire: the version byte, then postcard.
@@ -346,6 +386,33 @@ mod tests {
         );
     }
 
+    /// Goal: a batch of forwarded writes is pinned, and the sender's way of building one from
+    /// writes encoded one by one gives exactly the bytes of the whole batch encoded at once.
+    #[test]
+    fn forwarded_write_batches_are_pinned() {
+        let put = |key: &str| ForwardedWrite {
+            command: Command::Put {
+                key: key.into(),
+                value: Bytes::from_static(b"v"),
+                precondition: Precondition::None,
+            },
+            ack: Ack::Quorum,
+        };
+        let batch = vec![put("a"), put("b")];
+        pinned(batch.clone(), "01020001610176000000016201760000");
+        let elements: Vec<Vec<u8>> = batch.iter().map(|write| encode_element(write).expect("encode")).collect();
+        assert_eq!(encode_sequence(&elements).expect("encode"), encode(&batch).expect("encode"));
+        assert_eq!(encode_from_element(&elements[0]), encode(&batch[0]).expect("encode"));
+        // A length past one varint byte, as a full batch has.
+        let full: Vec<ForwardedWrite> = (0..MAX_FORWARDED_WRITES_PER_BATCH).map(|i| put(&i.to_string())).collect();
+        let elements: Vec<Vec<u8>> = full.iter().map(|write| encode_element(write).expect("encode")).collect();
+        assert_eq!(encode_sequence(&elements).expect("encode"), encode(&full).expect("encode"));
+        pinned::<Vec<Result<CommandResult, Error>>>(
+            vec![Ok(CommandResult::Put { revision: 300 }), Err(Error::NoLeader { last_known_leader: Some(2) })],
+            "01020000ac02010a0102",
+        );
+    }
+
     #[test]
     fn every_error_variant_is_pinned() {
         let cases: Vec<(Error, &str)> = vec![
@@ -468,6 +535,7 @@ mod tests {
             TransferLeader::PATH,
             InstallSnapshot::PATH,
             ForwardWrite::PATH,
+            ForwardWrites::PATH,
             ReadIndex::PATH,
             Freshness::PATH,
             Admin::PATH,
