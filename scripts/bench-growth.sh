@@ -3,7 +3,7 @@
 # round each) at 64 connections, over value size (256 B, 4 KiB, 64 KiB), key count (100,000
 # and 1,000,000) and cluster size (3 and 5 nodes), one of them changed at a time.
 #
-#   scripts/bench-growth.sh        # prints one table; about 40 minutes on 2 cores (the
+#   scripts/bench-growth.sh        # prints one table; about 30 minutes on 2 cores (the
 #                                  # 1,000,000-key case alone took 12, mostly loading the keys)
 #
 # 64 KiB values use 10,000 keys (640 MB per node, the same order as 4 KiB x 100,000) so the

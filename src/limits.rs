@@ -254,7 +254,8 @@ pub const MAX_FORWARDED_WRITE_BATCH_BYTES: usize = MAX_APPEND_BATCH_BYTES;
 pub use quorumkv_wire::protocol::MAX_FORWARDED_WRITES_PER_BATCH;
 /// Writes waiting on one node for a batch to one peer: beyond this a write is refused at once
 /// (`429`) rather than queued. Four full batches: as many as can be in flight. A queued write
-/// waits at most its own timeout for a batch to go (`network/write_batches.rs`).
+/// waits at most its own timeout for a batch slot (`network/write_batches.rs`), then up to
+/// [`FORWARD_SLOT_WAIT_MS`] for a connection and its timeout again for the answer.
 pub const MAX_QUEUED_FORWARDED_WRITES_PER_PEER: usize =
     MAX_WRITE_BATCHES_IN_FLIGHT_PER_PEER * MAX_FORWARDED_WRITES_PER_BATCH;
 
